@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make run` (set up and run the terminal on its embedded
+# defaults) and `make test` (set up and run the whole test suite). Everything else is a step of those.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup models run test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+models: setup
+	$(BIN)/python -m models.build
+
+run: models
+	$(BIN)/python -m edge.demo
+
+test: models
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check edge models tests bench provisioning
+	$(BIN)/ruff format --check edge models tests bench provisioning
+
+bench: models
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .venv-build* models/out models/cache var

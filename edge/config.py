@@ -1,0 +1,234 @@
+"""One configuration schema for the whole terminal.
+
+The file is TOML (``/etc/edge/config.toml`` on a device). Every key has a default, so an empty
+file runs the terminal on its embedded defaults: simulated camera, mock GPIO, printer to a file
+and the durable outbox. Unknown keys and wrong types are refused, each error named by key path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from edge.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = Path("/etc/edge/config.toml")
+
+
+def _default_models_dir() -> str:
+    return os.environ.get("EDGE_MODELS_DIR", str(PROJECT_ROOT / "models" / "out"))
+
+
+def _default_state_dir() -> str:
+    return os.environ.get("EDGE_STATE_DIR", "var")
+
+
+class Section(BaseModel):
+    """Base of every section: strict, so a typo in a key is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+class DeviceConfig(Section):
+    id: str = Field(
+        default="edge-demo-0001",
+        pattern=r"^[a-z0-9][a-z0-9-]{2,62}$",
+        description="Terminal id; MQTT topics, events and receipts carry it",
+    )
+    regency: str = Field(
+        default="3171",
+        pattern=r"^[0-9]{4}$",
+        description="Four-digit BPS regency code (kabupaten/kota) of the distribution point",
+    )
+    point_name: str = Field(
+        default="Titik Salur Demo", max_length=64, description="Distribution point, on receipts"
+    )
+    state_dir: str = Field(
+        default_factory=_default_state_dir,
+        description="Ledger, keys, bundles and pending receipts live here",
+    )
+    max_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Refuse to sign events when the clock is further off than this from a trusted time",
+    )
+
+
+class ModelsConfig(Section):
+    dir: str = Field(
+        default_factory=_default_models_dir,
+        description="Folder with manifest.json and the .tflite files made by `make models`",
+    )
+    embedder: Literal["int8", "dynamic"] = Field(
+        default="int8", description="Fully integer-quantized or dynamic-range embedder"
+    )
+    threads: int = Field(default=2, ge=1, le=8, description="Interpreter threads per model")
+
+
+class QualityConfig(Section):
+    min_face_px: float = Field(default=60.0, ge=0, description="Minimum inter-ocular-based face size")
+    min_sharpness: float = Field(
+        default=20.0, ge=0, description="Minimum variance of the Laplacian on the aligned crop"
+    )
+    max_yaw_deg: float = Field(default=35.0, gt=0, le=90)
+    max_pitch_deg: float = Field(default=35.0, gt=0, le=90)
+    max_roll_deg: float = Field(default=30.0, gt=0, le=180)
+    min_brightness: float = Field(default=40.0, ge=0, le=255)
+    max_brightness: float = Field(default=220.0, ge=0, le=255)
+    min_contrast: float = Field(default=15.0, ge=0, description="Standard deviation of grey levels")
+
+
+class VisionConfig(Section):
+    detector_score: float = Field(default=0.6, gt=0, lt=1)
+    nms_iou: float = Field(default=0.3, gt=0, lt=1)
+    flip_view: bool = Field(default=True, description="Average with the embedding of the mirrored crop")
+    match_threshold: float = Field(
+        default=0.60,
+        ge=-1,
+        le=1,
+        description="Cosine threshold; set by `edge calibrate` for a target false-match rate",
+    )
+    duplicate_threshold: float = Field(
+        default=0.70,
+        ge=-1,
+        le=1,
+        description="1:N score above which a face is taken to belong to another household",
+    )
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+class LivenessConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
+    min_frames: int = Field(default=6, ge=2, description="Frames with a good face needed to decide")
+
+
+class FlowConfig(Section):
+    mode: Literal["qr", "identify"] = Field(
+        default="qr", description="qr: claim by invitation QR then 1:1; identify: 1:N only"
+    )
+    capture_timeout_s: float = Field(default=6.0, gt=0)
+    good_frames: int = Field(default=3, ge=1, description="Good face frames fused for a decision")
+    cooldown_s: float = Field(default=5.0, ge=0)
+    store_debug_images: bool = Field(
+        default=False, description="Keep face images for debugging (personal data: off by default)"
+    )
+
+
+class CameraConfig(Section):
+    kind: Literal["auto", "picamera2", "opencv", "folder"] = "folder"
+    source: str = Field(
+        default="",
+        description="opencv: device index or video file; folder: directory of images",
+    )
+    width: int = Field(default=640, ge=64)
+    height: int = Field(default=480, ge=64)
+    fps: float = Field(default=15.0, gt=0)
+    loop: bool = Field(default=False, description="folder/video: start again at the end")
+    queue_size: int = Field(default=2, ge=1, le=16, description="Frames buffered before dropping")
+
+
+class SignalsConfig(Section):
+    kind: Literal["gpiozero", "mock", "log"] = "mock"
+    led_kind: Literal["rgb", "separate"] = "rgb"
+    red_pin: int = Field(default=17, ge=0, le=27)
+    green_pin: int = Field(default=27, ge=0, le=27)
+    blue_pin: int = Field(default=22, ge=0, le=27)
+    buzzer_pin: int = Field(default=18, ge=0, le=27)
+    active_high: bool = True
+
+
+class PrinterConfig(Section):
+    kind: Literal["serial", "file", "none"] = "file"
+    port: str = "/dev/serial0"
+    baudrate: int = Field(default=9600, ge=1200)
+    path: str = Field(default="", description="file printer: output file (default state_dir/receipts.bin)")
+    refusal_slip: bool = Field(default=False, description="Print a slip for refusals as well")
+
+
+class MqttConfig(Section):
+    enabled: bool = Field(default=False, description="Off: events wait in the ledger outbox")
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = Field(default=True, description="Mutual TLS; plain TCP only for a lab")
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    keepalive_s: int = Field(default=30, ge=5)
+    health_interval_s: float = Field(default=60.0, gt=0)
+    topic_prefix: str = "bansos/v1"
+
+
+class BundleConfig(Section):
+    central_public_key: str = Field(
+        default="", description="Ed25519 public key (PEM) of central that signs bundles and commands"
+    )
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(Section):
+    """The whole terminal configuration."""
+
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    printer: PrinterConfig = Field(default_factory=PrinterConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.device.state_dir)
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} error(s)"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a mapping against the schema; raise ConfigError listing every bad key path."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load a TOML file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+def dump_effective(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data, with secrets hidden (for `edge check-config`)."""
+    # SecretStr dumps as '**********' in json mode, which is what we want on a technician's screen.
+    return cfg.model_dump(mode="json")
