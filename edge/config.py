@@ -7,6 +7,9 @@ and the durable outbox. Unknown keys and wrong types are refused, each error nam
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -71,7 +74,9 @@ class ModelsConfig(Section):
 
 
 class QualityConfig(Section):
-    min_face_px: float = Field(default=60.0, ge=0, description="Minimum inter-ocular-based face size")
+    min_face_px: float = Field(
+        default=60.0, ge=0, description="Minimum inter-ocular-based face size"
+    )
     min_sharpness: float = Field(
         default=20.0, ge=0, description="Minimum variance of the Laplacian on the aligned crop"
     )
@@ -86,7 +91,9 @@ class QualityConfig(Section):
 class VisionConfig(Section):
     detector_score: float = Field(default=0.6, gt=0, lt=1)
     nms_iou: float = Field(default=0.3, gt=0, lt=1)
-    flip_view: bool = Field(default=True, description="Average with the embedding of the mirrored crop")
+    flip_view: bool = Field(
+        default=True, description="Average with the embedding of the mirrored crop"
+    )
     match_threshold: float = Field(
         default=0.60,
         ge=-1,
@@ -147,7 +154,9 @@ class PrinterConfig(Section):
     kind: Literal["serial", "file", "none"] = "file"
     port: str = "/dev/serial0"
     baudrate: int = Field(default=9600, ge=1200)
-    path: str = Field(default="", description="file printer: output file (default state_dir/receipts.bin)")
+    path: str = Field(
+        default="", description="file printer: output file (default state_dir/receipts.bin)"
+    )
     refusal_slip: bool = Field(default=False, description="Print a slip for refusals as well")
 
 
@@ -168,7 +177,8 @@ class MqttConfig(Section):
 
 class BundleConfig(Section):
     central_public_key: str = Field(
-        default="", description="Ed25519 public key (PEM) of central that signs bundles and commands"
+        default="",
+        description="Ed25519 public key (PEM) of central that signs bundles and commands",
     )
 
 
@@ -196,18 +206,44 @@ class Config(Section):
         return Path(self.device.state_dir)
 
 
+def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """For an unknown key, the closest known key of the same section (a typo is the usual cause)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return ""
+        model = sub
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _echo_input(err: dict[str, Any]) -> bool:
+    """Show the offending value, except tables and anything that may be a secret."""
+    if "input" not in err or isinstance(err["input"], dict | list):
+        return False
+    return not any(word in str(err["loc"][-1]) for word in ("password", "secret", "token"))
+
+
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = [f"{source}: {exc.error_count()} error(s)"]
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {path}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggest(Config, err["loc"])
+        elif _echo_input(err):
+            msg = f"{msg} (got {type(err['input']).__name__} {err['input']!r:.40})"
+        lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a mapping against the schema; raise ConfigError listing every bad key path."""
     try:
-        return Config.model_validate(data)
+        # Strict: TOML is typed, so "5" for an integer or 1 for a boolean is a mistake to report,
+        # not to coerce. Python callers constructing sections directly keep lax validation.
+        return Config.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
 
@@ -232,3 +268,38 @@ def dump_effective(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data, with secrets hidden (for `edge check-config`)."""
     # SecretStr dumps as '**********' in json mode, which is what we want on a technician's screen.
     return cfg.model_dump(mode="json")
+
+
+def _toml_value(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: cannot write a non-finite number to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are a subset of TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
+    raise ConfigError(f"{key}: cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """Render nested plain data (as from ``dump_effective``) as TOML that ``load_config`` reads."""
+    scalars = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {_toml_value(value, _prefix + key)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in tables:
+        name = _prefix + key
+        body = dump_toml(value, name + ".")
+        # A table holding only sub-tables still gets its header: it keeps the file readable.
+        out += f"\n[{name}]\n{body}"
+    return out
