@@ -151,13 +151,25 @@ class SignalsConfig(Section):
 
 
 class PrinterConfig(Section):
-    kind: Literal["serial", "file", "none"] = "file"
+    kind: Literal["serial", "file", "dummy", "none"] = Field(
+        default="file", description="dummy: bytes kept in memory (tests); none: no printer"
+    )
     port: str = "/dev/serial0"
     baudrate: int = Field(default=9600, ge=1200)
     path: str = Field(
         default="", description="file printer: output file (default state_dir/receipts.bin)"
     )
     refusal_slip: bool = Field(default=False, description="Print a slip for refusals as well")
+    timeout_s: float = Field(
+        default=0.5, gt=0, le=5, description="serial: wait this long for a status answer"
+    )
+    status_queries: bool = Field(
+        default=True,
+        description="serial: ask online/paper (DLE EOT); false when the printer's TX is not wired",
+    )
+    profile: str = Field(
+        default="", description="python-escpos profile name; empty: generic 58 mm, 32 columns"
+    )
 
 
 class MqttConfig(Section):
