@@ -1,0 +1,215 @@
+"""Receipt printer: real serial transport over a pseudo-terminal, file and Dummy transports."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+
+import pytest
+from escpos_decode import decode
+
+from edge.config import PrinterConfig
+from edge.devices.printer import PrinterStatus, make_printer
+from edge.devices.receipt import Line, Refusal, example_receipt, receipt_blocks
+from edge.errors import DeviceError
+
+PAPER_BYTE = {"ok": 0x12, "low": 0x1E, "out": 0x72}  # DLE EOT 4 answers (near-end / end bits)
+
+
+class FakeSerialPrinter:
+    """The printer's side of a pty: keeps every byte received and answers DLE EOT like a
+    real 58 mm printer, unless told to be silent (switched off, TX not wired)."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.port = os.ttyname(slave)
+        self._slave = slave  # kept open so the pty survives between opens by the printer
+        self.received = bytearray()
+        self.answering = True
+        self.online = True
+        self.paper = "ok"
+        self.paper_after: str | None = None  # paper state to switch to once a cut arrives
+        self._stop = threading.Event()
+        self._scan = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                return
+            self.received += chunk
+            self._answer()
+
+    def _answer(self) -> None:
+        data = bytes(self.received)
+        while True:
+            i = data.find(b"\x10\x04", self._scan)
+            if i < 0 or i + 2 >= len(data):
+                if b"\x1dV" in data[self._scan :] and self.paper_after:
+                    self.paper = self.paper_after
+                return
+            if b"\x1dV" in data[self._scan : i] and self.paper_after:
+                self.paper = self.paper_after
+            self._scan = i + 3
+            if not self.answering:
+                continue
+            n = data[i + 2]
+            if n == 1:
+                os.write(self.master, bytes([0x12 if self.online else 0x1A]))
+            elif n == 4:
+                os.write(self.master, bytes([PAPER_BYTE[self.paper]]))
+
+    def wait_for(self, marker: bytes, timeout: float = 3.0) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in self.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        os.close(self.master)
+        os.close(self._slave)
+
+
+@pytest.fixture
+def fake_printer():
+    fake = FakeSerialPrinter()
+    yield fake
+    fake.close()
+
+
+def _serial(fake: FakeSerialPrinter, tmp_path, **kw):
+    cfg = PrinterConfig(kind="serial", port=fake.port, baudrate=115200, timeout_s=0.3, **kw)
+    return make_printer(cfg, tmp_path)
+
+
+def test_receipt_over_serial_pty_decodes_to_text_qr_and_cut(fake_printer, tmp_path):
+    printer = _serial(fake_printer, tmp_path)
+    r = example_receipt()
+    assert printer.status() == PrinterStatus(True, "ok")
+    printer.print_receipt(r)
+    fake_printer.wait_for(b"\x1dV")
+    time.sleep(0.1)
+    printer.close()
+
+    out = decode(bytes(fake_printer.received))
+    expected = [
+        (b.text.strip(), b.align, b.bold, b.tall) for b in receipt_blocks(r) if isinstance(b, Line)
+    ]
+    assert [(x.text, x.align, x.bold, x.tall) for x in out.lines] == expected
+    assert out.qr == [r.qr_payload]
+    assert out.cuts == 1 and out.order[-1] == "cut"
+    # checked before and after: 2 queries (online, paper) each time
+    assert out.status_queries[:2] == [1, 4] and len(out.status_queries) >= 4
+    texts = "\n".join(out.texts)
+    assert "BUKTI PENYALURAN BANSOS" in texts
+    assert "Rp 300.000" in texts
+    assert "WIB" in texts and "2026-T4" in texts
+
+
+def test_silent_printer_is_offline_quickly_and_print_raises(fake_printer, tmp_path):
+    fake_printer.answering = False
+    printer = _serial(fake_printer, tmp_path)
+    t0 = time.monotonic()
+    st = printer.status()
+    assert st == PrinterStatus(False, "unknown")
+    assert time.monotonic() - t0 < 1.5
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match="offline"):
+        printer.print_receipt(example_receipt())
+    assert time.monotonic() - t0 < 1.5
+    assert b"\x1dV" not in fake_printer.received  # nothing printed
+    # the printer comes back: the same object prints without a restart
+    fake_printer.answering = True
+    printer.print_receipt(example_receipt())
+    fake_printer.wait_for(b"\x1dV")
+    assert decode(bytes(fake_printer.received)).cuts == 1
+    printer.close()
+
+
+def test_paper_states_and_paper_out_during_print(fake_printer, tmp_path):
+    printer = _serial(fake_printer, tmp_path)
+    fake_printer.paper = "low"
+    assert printer.status() == PrinterStatus(True, "low")
+    printer.print_diagnostic(["kamera: ok"])  # low paper still prints
+    fake_printer.paper = "out"
+    with pytest.raises(DeviceError, match="out of paper"):
+        printer.print_receipt(example_receipt())
+    fake_printer.paper = "ok"
+    fake_printer.paper_after = "out"  # runs out while this slip is printing
+    with pytest.raises(DeviceError, match="out of paper after"):
+        printer.print_receipt(example_receipt())
+    printer.close()
+
+
+def test_status_queries_off_prints_without_asking(fake_printer, tmp_path):
+    fake_printer.answering = False
+    printer = _serial(fake_printer, tmp_path, status_queries=False)
+    assert printer.status() == PrinterStatus(True, "unknown")
+    printer.print_refusal(Refusal("Titik A", "edge-demo-0001", 0.0, "already_paid", "e-1"))
+    fake_printer.wait_for(b"\x1dV")
+    out = decode(bytes(fake_printer.received))
+    assert out.status_queries == []
+    assert "SUDAH DIAMBIL" in out.texts
+    printer.close()
+
+
+def test_missing_serial_port_is_offline_not_fatal(tmp_path):
+    cfg = PrinterConfig(kind="serial", port=str(tmp_path / "ttyNOPE"), timeout_s=0.2)
+    printer = make_printer(cfg, tmp_path)
+    assert printer.status() == PrinterStatus(False, "unknown")
+    with pytest.raises(DeviceError):
+        printer.print_receipt(example_receipt())
+
+
+def test_dummy_refusal_diagnostic_and_reprint():
+    printer = make_printer(PrinterConfig(kind="dummy"), "unused")
+    dummy = printer.transport
+    with pytest.raises(DeviceError):
+        printer.reprint_last()
+    printer.print_refusal(Refusal("Titik A", "edge-demo-0001", 0.0, "spoof", "e-2"))
+    out = decode(dummy.output)
+    assert "VERIFIKASI GAGAL" in out.texts
+    assert out.qr == [] and out.cuts == 1
+    dummy.clear()
+
+    printer.print_diagnostic(["kamera: ok", "antrean: 3 peristiwa", "x" * 40])
+    out = decode(dummy.output)
+    assert "DIAGNOSTIK TERMINAL" in out.texts and "antrean: 3 peristiwa" in out.texts
+    assert all(len(t) <= 32 for t in out.texts)
+    dummy.clear()
+
+    r = example_receipt()
+    printer.print_receipt(r)
+    printer.reprint_last()
+    out = decode(dummy.output)
+    assert out.cuts == 2 and out.qr == [r.qr_payload, r.qr_payload]
+    assert out.texts.count("** CETAK ULANG **") == 1
+
+
+def test_file_printer_appends_and_reports_unknown_paper(tmp_path):
+    printer = make_printer(PrinterConfig(kind="file"), tmp_path)
+    assert printer.status() == PrinterStatus(True, "unknown")
+    printer.print_receipt(example_receipt())
+    printer.close()
+    printer = make_printer(PrinterConfig(kind="file"), tmp_path)  # a restart must not erase
+    printer.print_receipt(example_receipt())
+    printer.close()
+    out = decode((tmp_path / "receipts.bin").read_bytes())
+    assert out.cuts == 2 and len(out.qr) == 2
+
+
+def test_none_printer_refuses_to_print(tmp_path):
+    printer = make_printer(PrinterConfig(kind="none"), tmp_path)
+    assert not printer.enabled
+    assert printer.status() == PrinterStatus(False, "unknown")
+    with pytest.raises(DeviceError, match="none"):
+        printer.print_receipt(example_receipt())
