@@ -1,0 +1,201 @@
+"""LED and buzzer signals per outcome, on gpiozero.
+
+One RGB LED (or three separate LEDs on the same three pins) and an active buzzer tell the
+recipient and the officer what happened without a screen. ``show(pattern)`` never blocks: LED
+blinking runs on a small thread, the buzzer uses gpiozero's own background ``beep``.
+
+kind "gpiozero" drives real pins (lgpio on a Pi 4/5); kind "mock" runs the same code on
+gpiozero's ``MockFactory`` so every path runs on a laptop; kind "log" only keeps a history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from edge.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+Colour = tuple[int, int, int]
+OFF: Colour = (0, 0, 0)
+RED: Colour = (1, 0, 0)
+GREEN: Colour = (0, 1, 0)
+BLUE: Colour = (0, 0, 1)
+YELLOW: Colour = (1, 1, 0)
+MAGENTA: Colour = (1, 0, 1)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """LED steps (colour, seconds) played once and held on the last step, or repeated; and an
+    optional buzzer code (on seconds, off seconds, count)."""
+
+    steps: tuple[tuple[Colour, float], ...]
+    repeat: bool = False
+    beep: tuple[float, float, int] | None = None
+
+
+def _steady(colour: Colour, beep: tuple[float, float, int] | None = None) -> Pattern:
+    return Pattern(((colour, 0.0),), False, beep)
+
+
+def _blink(colour: Colour, on: float, off: float, beep=None) -> Pattern:
+    return Pattern(((colour, on), (OFF, off)), True, beep)
+
+
+# Colours carry the meaning for sighted people and beep codes for everyone else: one short
+# beep is the only "good" sound, anything longer or repeated means "see the officer".
+PATTERNS: dict[str, Pattern] = {
+    "off": _steady(OFF),
+    "ready": _steady(BLUE),
+    "busy": _blink(BLUE, 0.15, 0.15),
+    "accepted": _steady(GREEN, beep=(0.2, 0.0, 1)),
+    "refused": _steady(RED, beep=(0.2, 0.2, 2)),
+    "already_paid": _steady(YELLOW, beep=(0.1, 0.1, 3)),
+    "spoof": _blink(RED, 0.1, 0.1, beep=(1.0, 0.0, 1)),
+    "fault": _blink(RED, 0.5, 0.5, beep=(0.6, 0.3, 2)),
+    "no_network": _blink(MAGENTA, 1.0, 1.0),
+}
+
+
+class Signals:
+    """History-only signals (kind "log"); the base of the gpiozero implementation."""
+
+    def __init__(self) -> None:
+        self.history: list[str] = []
+        self.current: str | None = None
+
+    def show(self, pattern: str) -> None:
+        """Switch to ``pattern`` (see ``PATTERNS``); returns at once."""
+        if pattern not in PATTERNS:
+            raise ValueError(f"unknown signal pattern {pattern!r}")
+        self.history.append(pattern)
+        self.current = pattern
+        log.debug("signal %s", pattern)
+        self._play(PATTERNS[pattern])
+
+    def _play(self, p: Pattern) -> None:
+        pass
+
+    def close(self) -> None:
+        """Turn everything off and release the pins."""
+
+
+class GpioSignals(Signals):
+    """RGB LED (or three LEDs) and a buzzer on gpiozero devices."""
+
+    def __init__(
+        self,
+        red_pin: int,
+        green_pin: int,
+        blue_pin: int,
+        buzzer_pin: int,
+        *,
+        separate: bool = False,
+        active_high: bool = True,
+        pin_factory=None,
+    ) -> None:
+        super().__init__()
+        from gpiozero import RGBLED, Buzzer, LEDBoard
+        from gpiozero.exc import GPIOZeroError
+
+        try:
+            if separate:
+                self.led = LEDBoard(
+                    red_pin,
+                    green_pin,
+                    blue_pin,
+                    pwm=False,
+                    active_high=active_high,
+                    pin_factory=pin_factory,
+                )
+            else:
+                # on/off colours only: software PWM would cost CPU the face pipeline needs
+                self.led = RGBLED(
+                    red_pin,
+                    green_pin,
+                    blue_pin,
+                    pwm=False,
+                    active_high=active_high,
+                    pin_factory=pin_factory,
+                )
+            self.buzzer = Buzzer(buzzer_pin, pin_factory=pin_factory)
+        except GPIOZeroError as exc:
+            if getattr(self, "led", None) is not None:
+                self.led.close()
+            raise DeviceError(f"signals: cannot use GPIO pins: {exc}") from None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _set(self, colour: Colour) -> None:
+        self.led.value = colour
+
+    def _halt_led(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(2.0)
+            if self._thread.is_alive():
+                log.warning("signals: LED thread did not stop")
+            self._thread = None
+        self._stop = threading.Event()
+
+    def _run(self, steps: tuple[tuple[Colour, float], ...], repeat: bool, stop) -> None:
+        while True:
+            for colour, seconds in steps:
+                self._set(colour)
+                if stop.wait(seconds):
+                    return
+            if not repeat:
+                return
+
+    def _play(self, p: Pattern) -> None:
+        with self._lock:
+            self._halt_led()
+            if len(p.steps) == 1 and not p.repeat:
+                self._set(p.steps[0][0])
+            else:
+                self._thread = threading.Thread(
+                    target=self._run, args=(p.steps, p.repeat, self._stop), daemon=True
+                )
+                self._thread.name = "signals-led"
+                self._thread.start()
+            if p.beep is None:
+                self.buzzer.off()  # also stops a beep code still sounding from before
+            else:
+                on, off, n = p.beep
+                self.buzzer.beep(on_time=on, off_time=off, n=n, background=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._halt_led()
+            for dev in (self.led, self.buzzer):
+                try:
+                    dev.off()
+                    dev.close()
+                except Exception as exc:  # closing must not fail a shutdown
+                    log.warning("signals: close failed: %s", exc)
+
+
+def make_signals(cfg, pin_factory=None) -> Signals:
+    """Build the signals chosen by ``cfg.signals`` (a SignalsConfig).
+
+    ``pin_factory`` overrides gpiozero's; kind "mock" makes a fresh ``MockFactory`` if none.
+    """
+    if cfg.kind == "log":
+        return Signals()
+    if cfg.kind == "mock" and pin_factory is None:
+        from gpiozero.pins.mock import MockFactory
+
+        pin_factory = MockFactory()
+    return GpioSignals(
+        cfg.red_pin,
+        cfg.green_pin,
+        cfg.blue_pin,
+        cfg.buzzer_pin,
+        separate=cfg.led_kind == "separate",
+        active_high=cfg.active_high,
+        pin_factory=pin_factory,
+    )
