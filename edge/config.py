@@ -89,10 +89,19 @@ class QualityConfig(Section):
 
 
 class VisionConfig(Section):
-    detector_score: float = Field(default=0.6, gt=0, lt=1)
+    detector_score: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="BlazeFace score to keep a face (the face mesh then confirms it)",
+    )
     nms_iou: float = Field(default=0.3, gt=0, lt=1)
     flip_view: bool = Field(
         default=True, description="Average with the embedding of the mirrored crop"
+    )
+    mesh_align: bool = Field(
+        default=True,
+        description="Align on five points from the 468-point face mesh (else BlazeFace's four)",
     )
     match_threshold: float = Field(
         default=0.60,

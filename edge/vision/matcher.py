@@ -1,0 +1,121 @@
+"""Gallery of face templates held as one contiguous matrix: 1:1 verify and 1:N top-k search.
+
+Scores are cosine similarities of unit vectors, i.e. one matrix-vector product for the whole
+gallery. A big gallery can be stored as int8 (a quarter of the memory, scores within ~0.01).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edge.vision.embedder import l2_normalise
+
+log = logging.getLogger(__name__)
+
+_INT8_SCALE = 127.0
+
+
+class Gallery:
+    """Labelled templates; a label may have several rows (several photos or sessions)."""
+
+    def __init__(self, dim: int = 128, dtype: str = "float32") -> None:
+        if dtype not in ("float32", "int8"):
+            raise ValueError(f"gallery dtype must be float32 or int8, not {dtype}")
+        self.dim = dim
+        self.dtype = dtype
+        self._labels: list[str] = []
+        self._matrix = np.zeros((0, dim), np.int8 if dtype == "int8" else np.float32)
+        self._rows: dict[str, list[int]] = {}
+        self._codes = np.zeros(0, np.int64)  # label index of each row, for per-label maxima
+        self._label_names: list[str] = []
+
+    @classmethod
+    def from_matrix(cls, labels: list[str], matrix: np.ndarray, dtype: str = "float32") -> Gallery:
+        """A gallery from row labels and an N x dim matrix (e.g. a bundle's templates)."""
+        matrix = np.asarray(matrix, np.float32)
+        if matrix.ndim != 2 or len(labels) != len(matrix):
+            raise ValueError(f"{len(labels)} labels for a matrix of shape {matrix.shape}")
+        g = cls(dim=matrix.shape[1] if len(matrix) else 128, dtype=dtype)
+        g._extend(list(labels), matrix)
+        return g
+
+    def _encode(self, vectors: np.ndarray) -> np.ndarray:
+        unit = l2_normalise(vectors)
+        if self.dtype == "int8":
+            return np.clip(np.round(unit * _INT8_SCALE), -127, 127).astype(np.int8)
+        return unit.astype(np.float32)
+
+    def _extend(self, labels: list[str], vectors: np.ndarray) -> None:
+        start = len(self._labels)
+        self._matrix = np.ascontiguousarray(np.vstack([self._matrix, self._encode(vectors)]))
+        for i, label in enumerate(labels):
+            if label not in self._rows:
+                self._rows[label] = []
+                self._label_names.append(label)
+            self._rows[label].append(start + i)
+        self._labels.extend(labels)
+        index = {name: i for i, name in enumerate(self._label_names)}
+        self._codes = np.array([index[lb] for lb in self._labels], np.int64)
+
+    def add(self, label: str, vectors: np.ndarray) -> None:
+        """Add one or more templates (rows of ``vectors``) under ``label``."""
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        self._extend([label] * len(vectors), vectors)
+
+    @property
+    def labels(self) -> list[str]:
+        """Distinct labels in the order they were first added."""
+        return list(self._label_names)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The stored templates as float32 unit rows (dequantised when int8)."""
+        if self.dtype == "int8":
+            return self._matrix.astype(np.float32) / _INT8_SCALE
+        return self._matrix
+
+    @property
+    def row_labels(self) -> list[str]:
+        """The label of each matrix row."""
+        return list(self._labels)
+
+    def __len__(self) -> int:
+        return len(self._label_names)
+
+    def __contains__(self, label: str) -> bool:
+        return label in self._rows
+
+    def scores(self, vec: np.ndarray) -> np.ndarray:
+        """Cosine of ``vec`` against every stored row."""
+        q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
+        if self.dtype == "int8":
+            qi = np.round(q * _INT8_SCALE).astype(np.int32)
+            return (self._matrix.astype(np.int32) @ qi).astype(np.float32) / _INT8_SCALE**2
+        return self._matrix @ q
+
+    def verify(self, vec: np.ndarray, label: str) -> float:
+        """Best cosine between ``vec`` and ``label``'s templates; -1.0 for an unknown label."""
+        rows = self._rows.get(label)
+        if not rows:
+            return -1.0
+        q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
+        sub = self._matrix[rows]
+        if self.dtype == "int8":
+            s = sub.astype(np.float32) @ q / _INT8_SCALE
+        else:
+            s = sub @ q
+        return float(s.max())
+
+    def search(self, vec: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+        """The k best labels (each label's best template), highest score first."""
+        if not self._labels:
+            return []
+        s = self.scores(vec)
+        best = np.full(len(self._label_names), -np.inf, np.float32)
+        np.maximum.at(best, self._codes, s)
+        k = min(k, len(best))
+        top = np.argpartition(-best, k - 1)[:k]
+        top = top[np.argsort(-best[top], kind="stable")]
+        return [(self._label_names[i], float(best[i])) for i in top]
