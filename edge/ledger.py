@@ -1,0 +1,438 @@
+"""The ledger: SQLite, the terminal's durable truth.
+
+One file (``state_dir/ledger.sqlite``, WAL, ``synchronous=FULL``) with:
+
+- ``events``: every decision, hash-chained and signed by the device key (append-only);
+- ``payouts``: one row per accepted payout, ``UNIQUE(household_id, round_id)``: a second
+  payout for the same household and round cannot be written, whatever the code above does;
+- ``remote_payouts``: payouts other terminals reported (claims sync), consulted before paying;
+- ``outbox``: events not yet acknowledged by the broker;
+- ``receipts``: whether an accepted payout's receipt has been printed;
+- ``meta``: device id, regency, the device's public key and the head sequence number.
+
+An accepted payout, its event, its outbox row and its pending receipt are written in one
+transaction that is on disk (fsync) before :meth:`Ledger.record` returns, so the LED turns
+green and the receipt prints only for a payout that survives a power cut.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge.errors import LedgerError
+from edge.keys import DeviceIdentity
+from edge.ledger_events import (
+    GENESIS,
+    OUTCOMES,
+    SCHEMA,
+    AuditReport,
+    canonical,
+    event_hash,
+    receipt_payload,
+    sign_receipt,
+    verify_events,
+    verify_receipt_payload,
+)
+from edge.ledger_schema import (
+    MIN_REASONABLE_TS,
+    RECEIPT_STATUSES,
+    SCHEMA_SQL,
+    AlreadyPaid,
+    OutboxItem,
+    connect,
+    iso_utc,
+    num,
+)
+from edge.privacy import mask_id
+
+__all__ = [
+    "AlreadyPaid",
+    "AuditReport",
+    "Ledger",
+    "OutboxItem",
+    "receipt_payload",
+    "verify_events",
+    "verify_receipt_payload",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Ledger:
+    """Durable, tamper-evident record of every decision on this terminal. Thread-safe."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        identity: DeviceIdentity,
+        device_id: str,
+        regency: str,
+        clock=time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id
+        self.regency = regency
+        self.boot_session = str(uuid.uuid4())
+        self._identity = identity
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            self._conn = connect(self.path)
+            self._conn.executescript(SCHEMA_SQL)
+            self._init_meta()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from None
+        log.info("ledger open: %s events, boot session %s", self._head()[0], self.boot_session)
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _init_meta(self) -> None:
+        pem = self._identity.device_public_pem().decode()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+                if not meta:
+                    rows = {
+                        "schema": SCHEMA,
+                        "device_id": self.device_id,
+                        "regency": self.regency,
+                        "device_public_pem": pem,
+                        "created": iso_utc(self._clock()),
+                        "head_seq": "0",
+                    }
+                    self._conn.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
+                elif meta.get("device_id") != self.device_id:
+                    raise LedgerError(
+                        f"{self.path}: ledger belongs to device {meta.get('device_id')}, "
+                        f"not {self.device_id}"
+                    )
+                elif meta.get("device_public_pem") != pem:
+                    raise LedgerError(
+                        f"{self.path}: ledger was signed with another device key; "
+                        "restore the keys or start a new ledger"
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                _rollback(self._conn)
+                raise
+
+    def _head(self) -> tuple[int, str]:
+        row = self._conn.execute(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _check_clock(self, now: float) -> None:
+        if now < MIN_REASONABLE_TS:
+            raise LedgerError(
+                f"clock reads {iso_utc(max(now, 0))}, before 2024-01-01: refusing to sign "
+                "events; set the time (NTP or RTC) first"
+            )
+
+    def record(
+        self,
+        outcome: str,
+        *,
+        household_id: str | None = None,
+        round_id: str | None = None,
+        amount: int | None = None,
+        score: float | None = None,
+        threshold: float | None = None,
+        liveness: float | None = None,
+        model_id: str | None = None,
+        bundle_id: str | None = None,
+        extra: dict | None = None,
+    ) -> dict:
+        """Write one signed decision event durably and return it.
+
+        For ``accepted`` the payout row, the event, its outbox row and a pending receipt are one
+        fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
+        household was already paid for this round, here or at another terminal.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        accepted = outcome == "accepted"
+        if accepted and not (household_id and round_id):
+            raise ValueError("an accepted payout needs household_id and round_id")
+        now = self._clock()
+        self._check_clock(now)
+        ts = iso_utc(now)
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if accepted:
+                    paid = self._find_paid(household_id, round_id)
+                    if paid:
+                        raise AlreadyPaid(paid)
+                seq, prev_hash = self._head()
+                seq += 1
+                event = {
+                    "schema": SCHEMA,
+                    "event_id": str(uuid.uuid4()),
+                    "device_id": self.device_id,
+                    "regency": self.regency,
+                    "boot_session": self.boot_session,
+                    "seq": seq,
+                    "ts": ts,
+                    "kind": "decision",
+                    "outcome": outcome,
+                    "household_id": household_id,
+                    "round_id": round_id,
+                    "amount": int(amount) if accepted and amount is not None else None,
+                    "score": num(score),
+                    "threshold": num(threshold),
+                    "liveness": num(liveness),
+                    "model_id": model_id,
+                    "bundle_id": bundle_id,
+                    "prev_hash": prev_hash,
+                }
+                if extra:
+                    event["extra"] = dict(extra)
+                if accepted:
+                    event["receipt_sig"] = sign_receipt(event, self._identity.sign)
+                digest = event_hash(event)
+                event["hash"] = digest
+                event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
+                conn.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        seq,
+                        event["event_id"],
+                        ts,
+                        outcome,
+                        household_id,
+                        round_id,
+                        digest,
+                        canonical(event).decode(),
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event["event_id"])
+                )
+                if accepted:
+                    conn.execute(
+                        "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
+                        (household_id, round_id, event["event_id"], event["amount"], ts),
+                    )
+                    conn.execute(
+                        "INSERT INTO receipts VALUES (?, 'pending', ?)", (event["event_id"], ts)
+                    )
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                _rollback(conn)
+                # Only reachable if the read above raced a writer in another process.
+                paid = self._find_paid(household_id, round_id) if accepted else None
+                if paid:
+                    raise AlreadyPaid(paid) from None
+                raise LedgerError(f"ledger refused the event: {exc}") from None
+            except BaseException:
+                _rollback(conn)
+                raise
+        log.info(
+            "recorded seq %s %s household %s round %s",
+            seq,
+            outcome,
+            mask_id(household_id),
+            round_id,
+        )
+        return event
+
+    def record_remote_payout(self, event: dict) -> bool:
+        """Remember a payout another terminal reported; False if already known (or our own)."""
+        try:
+            event_id = str(event["event_id"])
+            household_id = str(event["household_id"])
+            round_id = str(event["round_id"])
+        except (KeyError, TypeError):
+            raise LedgerError("remote payout lacks event_id, household_id or round_id") from None
+        if event.get("outcome") != "accepted":
+            raise LedgerError("remote event is not an accepted payout")
+        if event.get("device_id") == self.device_id:
+            return False
+        with self._lock:
+            if self._conn.execute(
+                "SELECT 1 FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone():
+                return False
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO remote_payouts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event_id,
+                    household_id,
+                    round_id,
+                    event.get("device_id"),
+                    event.get("ts"),
+                    iso_utc(self._clock()),
+                    canonical(event).decode(),
+                ),
+            )
+            added = cur.rowcount == 1
+            local = self._conn.execute(
+                "SELECT event_id FROM payouts WHERE household_id = ? AND round_id = ?",
+                (household_id, round_id),
+            ).fetchone()
+        if added and local:
+            # Both terminals paid while partitioned: central flags the conflict; we keep both.
+            log.warning(
+                "household %s round %s paid here and at %s",
+                mask_id(household_id),
+                round_id,
+                event.get("device_id"),
+            )
+        return added
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _find_paid(self, household_id: str, round_id: str) -> dict | None:
+        row = self._conn.execute(
+            "SELECT event_id, amount, ts FROM payouts WHERE household_id = ? AND round_id = ?",
+            (household_id, round_id),
+        ).fetchone()
+        if row:
+            return {
+                "where": "local",
+                "household_id": household_id,
+                "round_id": round_id,
+                "event_id": row[0],
+                "amount": row[1],
+                "ts": row[2],
+                "device_id": self.device_id,
+            }
+        row = self._conn.execute(
+            "SELECT event_id, device_id, ts FROM remote_payouts "
+            "WHERE household_id = ? AND round_id = ? ORDER BY ts LIMIT 1",
+            (household_id, round_id),
+        ).fetchone()
+        if row:
+            return {
+                "where": "remote",
+                "household_id": household_id,
+                "round_id": round_id,
+                "event_id": row[0],
+                "device_id": row[1],
+                "ts": row[2],
+                "amount": None,
+            }
+        return None
+
+    def is_paid(self, household_id: str, round_id: str) -> dict | None:
+        """The payout for this household and round (``where`` = local|remote), or None."""
+        with self._lock:
+            return self._find_paid(household_id, round_id)
+
+    def outbox(self, limit: int = 100) -> list[OutboxItem]:
+        """Unsent events, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT o.seq, o.event_id, e.body FROM outbox o JOIN events e ON e.seq = o.seq "
+                "WHERE o.sent_at IS NULL ORDER BY o.seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [OutboxItem(seq, eid, body.encode()) for seq, eid, body in rows]
+
+    def mark_sent(self, event_id: str) -> None:
+        """The broker acknowledged this event (idempotent)."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE outbox SET sent_at = ? WHERE event_id = ? AND sent_at IS NULL",
+                (iso_utc(self._clock()), event_id),
+            )
+
+    def outbox_depth(self) -> int:
+        """How many events wait for the broker."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
+            ).fetchone()[0]
+
+    def events(self) -> Iterator[dict]:
+        """Every event in sequence order (read in pages so writers are not blocked)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT 500", (last,)
+                ).fetchall()
+            if not rows:
+                return
+            for seq, body in rows:
+                last = seq
+                yield _load(body)
+
+    def set_receipt(self, event_id: str, status: str) -> None:
+        """Record whether the receipt of an event is still to print or printed."""
+        if status not in RECEIPT_STATUSES:
+            raise ValueError(f"receipt status must be one of {RECEIPT_STATUSES}")
+        now = iso_utc(self._clock())
+        with self._lock:
+            if not self._conn.execute(
+                "SELECT 1 FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone():
+                raise LedgerError(f"no event {event_id}")
+            self._conn.execute(
+                "INSERT INTO receipts VALUES (?, ?, ?) "
+                "ON CONFLICT (event_id) DO UPDATE SET status = excluded.status, "
+                "updated = excluded.updated",
+                (event_id, status, now),
+            )
+
+    def pending_receipts(self) -> list[dict]:
+        """Events whose receipt has not been printed yet (e.g. paper ran out), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.body FROM receipts r JOIN events e ON e.event_id = r.event_id "
+                "WHERE r.status = 'pending' ORDER BY e.seq"
+            ).fetchall()
+        return [_load(body) for (body,) in rows]
+
+    def stats(self) -> dict:
+        """Counts for health reports: events, payouts, outbox depth, pending receipts."""
+        with self._lock:
+            q = self._conn.execute
+            return {
+                "events": self._head()[0],
+                "payouts": q("SELECT COUNT(*) FROM payouts").fetchone()[0],
+                "remote_payouts": q("SELECT COUNT(*) FROM remote_payouts").fetchone()[0],
+                "outbox": q("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0],
+                "pending_receipts": q(
+                    "SELECT COUNT(*) FROM receipts WHERE status = 'pending'"
+                ).fetchone()[0],
+            }
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load(body: str) -> dict:
+    return json.loads(body)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

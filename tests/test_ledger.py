@@ -1,0 +1,293 @@
+"""Ledger: durable payouts, no double payout, signed hash chain, outbox, receipts, audit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from edge.errors import LedgerError
+from edge.keys import DeviceIdentity
+from edge.ledger import AlreadyPaid, Ledger, receipt_payload, verify_events, verify_receipt_payload
+from edge.ledger_audit import audit_ledger, read_events
+from edge.ledger_events import GENESIS, event_hash
+
+T0 = 1_796_000_000.0  # 2026-11-30
+
+
+class FakeClock:
+    """A clock the test moves; keeps every reading so tests can see it was consulted."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+        self.readings: list[float] = []
+
+    def __call__(self) -> float:
+        self.readings.append(self.t)
+        self.t += 1.5
+        return self.readings[-1]
+
+
+@pytest.fixture()
+def ident():
+    return DeviceIdentity.generate()
+
+
+@pytest.fixture()
+def ledger(tmp_path, ident):
+    led = Ledger(tmp_path / "ledger.sqlite", ident, "edge-test-0001", "3171", clock=FakeClock())
+    yield led
+    led.close()
+
+
+def pay(led, hh="KPM-3171-0001-0001", rnd="2026-12", amount=300_000):
+    return led.record(
+        "accepted",
+        household_id=hh,
+        round_id=rnd,
+        amount=amount,
+        score=0.81234567,
+        threshold=0.6,
+        liveness=0.93,
+        model_id="mobilefacenet-int8-abc",
+        bundle_id="b-1",
+    )
+
+
+def test_accepted_event_fields_and_signature(ledger, ident):
+    ev = pay(ledger)
+    assert ev["schema"] == "bansos.event/1"
+    assert ev["seq"] == 1 and ev["prev_hash"] == GENESIS
+    assert ev["device_id"] == "edge-test-0001" and ev["regency"] == "3171"
+    assert ev["boot_session"] == ledger.boot_session
+    assert ev["ts"].startswith("2026-11-30T") and ev["ts"].endswith("Z")
+    assert ev["score"] == 0.8123 and ev["amount"] == 300_000
+    assert ev["hash"] == event_hash(ev)
+    report = verify_events([ev], ident.device_public_pem())
+    assert report.ok, report.errors
+
+
+def test_double_payout_refused_and_nothing_written(ledger):
+    first = pay(ledger)
+    with pytest.raises(AlreadyPaid) as info:
+        pay(ledger)
+    assert info.value.paid["event_id"] == first["event_id"]
+    assert info.value.paid["where"] == "local"
+    assert "KPM-3171-****-0001" in str(info.value)
+    assert [e["seq"] for e in ledger.events()] == [1]
+    assert ledger.outbox_depth() == 1
+    # Another round, or another household, is a new payout.
+    pay(ledger, rnd="2027-01")
+    pay(ledger, hh="KPM-3171-0001-0002")
+    assert ledger.stats()["payouts"] == 3
+
+
+def test_payouts_unique_constraint_holds_even_bypassing_the_code(ledger, tmp_path):
+    pay(ledger)
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO payouts VALUES ('KPM-3171-0001-0001', '2026-12', 'x', 1, 't')")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM events")
+    conn.close()
+
+
+def test_refusals_recorded_without_payout(ledger):
+    ev = ledger.record(
+        "no_match",
+        household_id="KPM-3171-0001-0001",
+        round_id="2026-12",
+        amount=300_000,
+        score=0.2,
+        threshold=0.6,
+    )
+    assert ev["amount"] is None  # amount belongs to accepted payouts only
+    assert "receipt_sig" not in ev
+    assert ledger.is_paid("KPM-3171-0001-0001", "2026-12") is None
+    ledger.record("bad_qr")
+    assert ledger.outbox_depth() == 2
+    with pytest.raises(ValueError):
+        ledger.record("maybe")
+    with pytest.raises(ValueError):
+        ledger.record("accepted", household_id="KPM-3171-0001-0001")
+
+
+def test_chain_across_reopen_and_boot_sessions(tmp_path, ident):
+    path = tmp_path / "l.sqlite"
+    a = Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock())
+    pay(a)
+    a.record("no_face")
+    a.close()
+    b = Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock(T0 + 100))
+    assert b.boot_session != a.boot_session
+    ev = b.record("spoof", household_id="KPM-3171-0001-0003", round_id="2026-12")
+    events = list(b.events())
+    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert ev["prev_hash"] == events[1]["hash"]
+    report = verify_events(events, ident.device_public_pem())
+    assert report.ok and report.count == 3 and report.boot_sessions == 2
+    b.close()
+
+
+def test_ledger_refuses_other_device_or_key(tmp_path, ident):
+    path = tmp_path / "l.sqlite"
+    Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()).close()
+    with pytest.raises(LedgerError, match="belongs to device"):
+        Ledger(path, ident, "edge-test-0002", "3171", clock=FakeClock())
+    with pytest.raises(LedgerError, match="another device key"):
+        Ledger(path, DeviceIdentity.generate(), "edge-test-0001", "3171", clock=FakeClock())
+
+
+def test_clock_before_2024_refused(tmp_path, ident):
+    led = Ledger(tmp_path / "l.sqlite", ident, "edge-test-0001", "3171", clock=FakeClock())
+    led._clock = FakeClock(86_400.0)  # 1970: Pi booted without RTC or NTP
+    with pytest.raises(LedgerError, match="before 2024-01-01"):
+        pay(led)
+    assert list(led.events()) == []
+    led.close()
+
+
+def test_outbox_order_and_mark_sent(ledger):
+    for i in range(5):
+        ledger.record("no_match", household_id=f"KPM-3171-0001-000{i}", round_id="2026-12")
+    items = ledger.outbox(limit=3)
+    assert [i.seq for i in items] == [1, 2, 3]
+    payload = json.loads(items[0].payload)
+    assert payload["event_id"] == items[0].event_id and payload["hash"] == event_hash(payload)
+    ledger.mark_sent(items[0].event_id)
+    ledger.mark_sent(items[0].event_id)  # a duplicate PUBACK changes nothing
+    ledger.mark_sent(items[2].event_id)
+    assert [i.seq for i in ledger.outbox()] == [2, 4, 5]
+    assert ledger.outbox_depth() == 3
+
+
+def test_receipts_pending_until_printed(ledger):
+    ev = pay(ledger)
+    ev2 = pay(ledger, hh="KPM-3171-0001-0002")
+    ref = ledger.record("no_match")
+    assert [e["event_id"] for e in ledger.pending_receipts()] == [ev["event_id"], ev2["event_id"]]
+    ledger.set_receipt(ev["event_id"], "printed")
+    assert [e["event_id"] for e in ledger.pending_receipts()] == [ev2["event_id"]]
+    ledger.set_receipt(ref["event_id"], "pending")  # a refusal slip waiting for paper
+    assert len(ledger.pending_receipts()) == 2
+    with pytest.raises(ValueError):
+        ledger.set_receipt(ev["event_id"], "lost")
+    with pytest.raises(LedgerError):
+        ledger.set_receipt("no-such-event", "printed")
+
+
+def test_remote_payouts_block_local_payout(ledger):
+    remote = {
+        "event_id": "0b8c1f5e-0000-4000-8000-000000000001",
+        "device_id": "edge-other-0002",
+        "outcome": "accepted",
+        "household_id": "KPM-3171-0001-0009",
+        "round_id": "2026-12",
+        "ts": "2026-11-30T01:00:00.000Z",
+    }
+    assert ledger.record_remote_payout(remote) is True
+    assert ledger.record_remote_payout(remote) is False
+    paid = ledger.is_paid("KPM-3171-0001-0009", "2026-12")
+    assert paid["where"] == "remote" and paid["device_id"] == "edge-other-0002"
+    with pytest.raises(AlreadyPaid, match="edge-other-0002"):
+        pay(ledger, hh="KPM-3171-0001-0009")
+    own = pay(ledger)
+    assert ledger.record_remote_payout(own) is False  # our own payout echoed back
+    with pytest.raises(LedgerError):
+        ledger.record_remote_payout({**remote, "event_id": "x", "outcome": "no_match"})
+
+
+def test_concurrent_threads_cannot_double_pay(ledger):
+    results: list[str] = []
+
+    def worker():
+        try:
+            pay(ledger, hh="KPM-3171-0001-0077")
+            results.append("paid")
+        except AlreadyPaid:
+            results.append("refused")
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["paid"] + ["refused"] * 7
+
+
+def test_two_connections_cannot_double_pay(tmp_path, ident):
+    path = tmp_path / "l.sqlite"
+    a = Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock())
+    b = Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock())
+    pay(a)
+    with pytest.raises(AlreadyPaid):
+        pay(b)
+    b.record("no_face")
+    assert [e["seq"] for e in a.events()] == [1, 2]
+    a.close()
+    b.close()
+
+
+def test_receipt_payload_verifies_offline_and_is_small(ledger, ident):
+    ev = pay(ledger)
+    text = receipt_payload(ev)
+    assert len(text) < 260
+    fields = verify_receipt_payload(text, ident.device_public_pem())
+    assert fields["event_id"] == ev["event_id"]
+    assert fields["household_id"] == "KPM-3171-0001-0001"
+    assert fields["amount"] == 300_000 and fields["seq"] == 1
+    forged = text.replace("|300000|", "|900000|")
+    with pytest.raises(LedgerError, match="does not verify"):
+        verify_receipt_payload(forged, ident.device_public_pem())
+    with pytest.raises(LedgerError, match="does not verify"):
+        verify_receipt_payload(text, DeviceIdentity.generate().device_public_pem())
+    with pytest.raises(LedgerError, match="not a bansos receipt"):
+        verify_receipt_payload("hello", ident.device_public_pem())
+    with pytest.raises(LedgerError):
+        receipt_payload(ledger.record("no_face"))
+
+
+def test_receipt_payload_fits_a_qr_for_58mm_paper(ledger):
+    import qrcode
+
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(receipt_payload(pay(ledger)))
+    qr.make(fit=True)
+    # 384 dots across 58 mm paper: version <= 12 (65 modules + quiet zone) gives >= 4 dots each.
+    assert qr.version <= 12
+
+
+def test_audit_clean_ledger(ledger, ident, tmp_path):
+    pay(ledger)
+    ledger.record("no_match")
+    pay(ledger, hh="KPM-3171-0001-0002")
+    report = audit_ledger(tmp_path / "ledger.sqlite", ident.device_public_pem())
+    assert report.ok, report.summary()
+    assert report.count == 3 and report.outcomes == {"accepted": 2, "no_match": 1}
+    stored = audit_ledger(tmp_path / "ledger.sqlite")
+    assert stored.ok and stored.warnings
+    other = audit_ledger(tmp_path / "ledger.sqlite", DeviceIdentity.generate().device_public_pem())
+    assert not other.ok
+
+
+def test_no_templates_or_names_in_ledger(ledger, tmp_path):
+    pay(ledger, hh="KPM-3171-0001-0001")
+    ledger.close()
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta", "events", "payouts", "remote_payouts", "outbox", "receipts"}
+    cols = {
+        c[1]
+        for t in tables
+        for c in conn.execute(f"PRAGMA table_info({t})")  # noqa: S608 - fixed table names
+    }
+    assert not cols & {"embedding", "template", "name", "nik", "image"}
+    conn.close()
+
+
+def test_read_events_matches_ledger(ledger, tmp_path):
+    pay(ledger)
+    ledger.record("no_face")
+    assert list(read_events(tmp_path / "ledger.sqlite")) == list(ledger.events())
