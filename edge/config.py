@@ -147,6 +147,12 @@ class CameraConfig(Section):
     fps: float = Field(default=15.0, gt=0)
     loop: bool = Field(default=False, description="folder/video: start again at the end")
     queue_size: int = Field(default=2, ge=1, le=16, description="Frames buffered before dropping")
+    repeat: int = Field(
+        default=1, ge=1, le=1000, description="folder: each image given this many times in a row"
+    )
+    stall_s: float = Field(
+        default=3.0, gt=0, description="No frame for this long: the camera is reopened"
+    )
 
 
 class SignalsConfig(Section):
