@@ -1,0 +1,184 @@
+"""Wiring: build every part from the config, run the frame loop, stop cleanly.
+
+No decisions are taken here: `edge.flow` decides and records, the devices signal and print,
+the reporter drains the ledger outbox. This module only connects them and keeps time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge import sdnotify
+from edge.bundle import BundleStore
+from edge.config import Config
+from edge.devices.camera import CameraStream, open_camera
+from edge.devices.printer import make_printer
+from edge.devices.signals import make_signals
+from edge.flow import Decision, Outcome, PayoutFlow
+from edge.keys import DeviceIdentity
+from edge.ledger import Ledger
+from edge.modelstore import ModelStore
+from edge.receipts import ReceiptDesk
+from edge.vision.pipeline import FaceEngine
+
+log = logging.getLogger(__name__)
+
+PATTERNS = {
+    Outcome.ACCEPTED: "accepted",
+    Outcome.ALREADY_PAID: "already_paid",
+    Outcome.SPOOF: "spoof",
+}
+PENDING_RETRY_S = 10.0
+
+
+def central_public_pem(cfg: Config) -> bytes | None:
+    """The central key that signs bundles and commands: from config, else the state dir."""
+    candidates = [cfg.bundle.central_public_key] if cfg.bundle.central_public_key else []
+    candidates.append(str(cfg.state_path / "keys" / "central_public.pem"))
+    for name in candidates:
+        path = Path(name)
+        if path.is_file():
+            return path.read_bytes()
+    return None
+
+
+class App:
+    """The terminal daemon."""
+
+    def __init__(self, cfg: Config, *, exit_at_end: bool = True, pin_factory: Any = None) -> None:
+        self.cfg = cfg
+        self.exit_at_end = exit_at_end
+        self.stop_event = threading.Event()
+        self.decisions: list[Decision] = []
+        state = cfg.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        # Models first: a missing or corrupt model must stop start-up before anything else opens.
+        self.store = ModelStore.load(cfg.models.dir)
+        self.engine = FaceEngine(self.store, cfg)
+        self.liveness = self._make_liveness()
+        self.identity = DeviceIdentity.load_or_create(state / "keys")
+        self.ledger = Ledger(state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency)
+        central = central_public_pem(cfg)
+        if central is None:
+            log.warning("no central public key configured: enrolment bundles cannot be verified")
+        self.bundles = BundleStore(
+            state, central or b"", self.identity, self.engine.model_id, self.engine.model_sha256
+        )
+        self.flow = PayoutFlow(cfg, self.engine, self.bundles.current, self.ledger, self.liveness)
+        self.signals = make_signals(cfg.signals, pin_factory=pin_factory)
+        self.printer = make_printer(cfg.printer, state)
+        self.desk = ReceiptDesk(cfg, self.printer, self.ledger, self._masked_name)
+        self.stream = CameraStream(
+            open_camera(cfg.camera), cfg.camera.queue_size, on_fault=self._camera_fault
+        )
+        self.reporter = self._make_reporter()
+        self.started_at = time.monotonic()
+
+    # -- construction helpers ----------------------------------------------------------------
+
+    def _make_liveness(self) -> Any:
+        if not self.cfg.liveness.enabled:
+            log.warning("liveness is off: a photo of a recipient would be accepted")
+            return None
+        from edge.vision.liveness import LivenessChecker
+
+        return LivenessChecker(self.store, self.cfg.liveness)
+
+    def _make_reporter(self) -> Any:
+        if not self.cfg.mqtt.enabled:
+            log.info("mqtt off: events wait in the ledger outbox")
+            return None
+        from edge.mqtt.app_wiring import make_reporter
+
+        return make_reporter(self)
+
+    def _masked_name(self, household_id: str) -> str | None:
+        bundle = self.bundles.current()
+        household = bundle.households.get(household_id) if bundle else None
+        return household.masked_name if household else None
+
+    def _camera_fault(self, faulted: bool) -> None:
+        self.signals.show("fault" if faulted else "ready")
+        log.warning("camera %s", "fault" if faulted else "recovered")
+
+    # -- loop --------------------------------------------------------------------------------
+
+    def handle(self, decision: Decision) -> None:
+        """After the ledger commit: signal, print, report."""
+        self.decisions.append(decision)
+        self.signals.show(PATTERNS.get(decision.outcome, "refused"))
+        self.desk.handle(decision.event)
+        if self.reporter is not None:
+            self.reporter.wake()
+
+    def status_line(self) -> str:
+        bundle = self.bundles.current()
+        return (
+            f"{self.flow.state} decisions={len(self.decisions)} "
+            f"outbox={self.ledger.outbox_depth()} bundle={bundle.bundle_id if bundle else '-'}"
+        )
+
+    def run(self) -> int:
+        """Run until stopped (SIGTERM/SIGINT) or, for a file source, until it ends."""
+        self._install_signal_handlers()
+        self.stream.start()
+        if self.reporter is not None:
+            self.reporter.start()
+        self.desk.retry_pending()
+        self.signals.show("ready")
+        sdnotify.ready()
+        sdnotify.status(self.status_line())
+        log.info("ready in %.2f s", time.monotonic() - self.started_at)
+        last_retry = last_status = last_ping = time.monotonic()
+        interval = sdnotify.watchdog_interval()
+        ping_every = interval / 2 if interval else 1.0
+        try:
+            while not self.stop_event.is_set():
+                frame = self.stream.get(timeout=0.5)
+                if frame is not None:
+                    decision = self.flow.on_frame(frame.rgb)
+                    if decision is not None:
+                        self.handle(decision)
+                    elif self.flow.busy:
+                        self.signals.show("busy")
+                elif self.stream.finished and not self.flow.busy and self.exit_at_end:
+                    log.info("camera source ended")
+                    break
+                now = time.monotonic()
+                # Pinging only from here means a stuck frame loop stops the pings and systemd
+                # restarts us; a faulted camera does not, since the stream retries on its own.
+                if now - last_ping >= ping_every:
+                    sdnotify.watchdog()
+                    last_ping = now
+                if now - last_status >= 5.0:
+                    sdnotify.status(self.status_line())
+                    last_status = now
+                if self.desk.faulted and now - last_retry >= PENDING_RETRY_S:
+                    self.desk.retry_pending()
+                    last_retry = now
+        finally:
+            self.close()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def close(self) -> None:
+        sdnotify.stopping()
+        self.stream.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
+        self.signals.show("off")
+        self.signals.close()
+        self.printer.close()
+        depth = self.ledger.outbox_depth()
+        self.ledger.close()
+        log.info("stopped: %d decision(s), outbox depth %d", len(self.decisions), depth)
