@@ -61,7 +61,8 @@ def _pem_private(key) -> bytes:
     )
 
 
-def _pem_public(key) -> bytes:
+def public_pem(key) -> bytes:
+    """SubjectPublicKeyInfo PEM of a public key."""
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -123,7 +124,7 @@ class DeviceIdentity:
 
     def device_public_pem(self) -> bytes:
         """Ed25519 public key (SubjectPublicKeyInfo PEM) that verifies events and receipts."""
-        return _pem_public(self._sign.public_key())
+        return public_pem(self._sign.public_key())
 
     def sign(self, data: bytes) -> bytes:
         """Ed25519 signature of ``data``."""
@@ -237,7 +238,7 @@ def generate_central_key(path: Path | str) -> bytes:
         raise KeyFileError(f"{path}: exists; refusing to overwrite a central key")
     key = ed25519.Ed25519PrivateKey.generate()
     _write_private(path, _pem_private(key))
-    pub = _pem_public(key.public_key())
+    pub = public_pem(key.public_key())
     path.with_name(path.name + ".pub").write_bytes(pub)
     return pub
 

@@ -1,0 +1,434 @@
+"""Enrolment bundle: what a terminal knows about the households it may pay.
+
+A bundle is made centrally (or by ``edge bundle build`` for a pilot) for one terminal, one
+distribution point and one round. On disk it is a small JSON envelope::
+
+    {"format": "bansos.bundle/1", "body": "<base64 body>", "sig": "<base64 Ed25519>"}
+
+``sig`` is central's Ed25519 signature over the exact body bytes, so nothing inside can change
+without breaking it. The body (canonical JSON) holds the metadata, the households and their
+members in clear (ids, masked names, amounts: no biometrics), and the face templates encrypted
+for this one device: a random AES-256-GCM content key encrypts the float32 template matrix,
+and is itself wrapped with a key derived (HKDF-SHA256) from X25519 between a one-off central
+key and the device's bundle key. Templates are decrypted only in memory. Format details are
+in docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edge.errors import BundleError
+from edge.keys import (
+    DeviceIdentity,
+    KeyFileError,
+    fingerprint,
+    load_central_public_key,
+    verify_ed25519,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bansos.bundle/1"
+WRAP_ALG = "X25519-HKDF-SHA256-A256GCM"
+DIM = 128
+ROLES = ("recipient", "representative")
+_WRAP_INFO = b"bansos.bundle/1 content-key wrap"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A person allowed to collect for a household."""
+
+    member_id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Household:
+    """One household (KPM) entitled to a payout in this bundle's round."""
+
+    household_id: str
+    masked_name: str
+    regency: str
+    amount: int
+    members: list[Member] = field(default_factory=list)
+
+
+@dataclass
+class Bundle:
+    """A verified bundle; templates are held decrypted in memory only."""
+
+    bundle_id: str
+    round_id: str
+    point_name: str
+    regency: str
+    issued_at: datetime
+    valid_from: datetime
+    valid_until: datetime
+    model_id: str
+    model_sha256: str
+    device_id: str
+    households: dict[str, Household]
+    _labels: list[str] = field(repr=False, default_factory=list)
+    _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
+
+    def templates(self) -> tuple[list[str], np.ndarray]:
+        """Labels ``"<household_id>/<member_id>"`` (repeated for several photos), float32 Nx128."""
+        return list(self._labels), self._matrix.copy()
+
+    def is_valid_at(self, t: float) -> bool:
+        return self.valid_from.timestamp() <= t <= self.valid_until.timestamp()
+
+    def summary(self) -> dict:
+        """Metadata for display and logs (no names, no templates)."""
+        return {
+            "bundle_id": self.bundle_id,
+            "round_id": self.round_id,
+            "point_name": self.point_name,
+            "regency": self.regency,
+            "issued_at": _iso(self.issued_at),
+            "valid_from": _iso(self.valid_from),
+            "valid_until": _iso(self.valid_until),
+            "model_id": self.model_id,
+            "device_id": self.device_id,
+            "households": len(self.households),
+            "members": sum(len(h.members) for h in self.households.values()),
+            "templates": len(self._labels),
+        }
+
+
+def _iso(d: datetime) -> str:
+    return d.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_iso(s: str) -> datetime:
+    d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s, validate=True)
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _wrap_key(epk_raw: bytes, device_raw: bytes, shared: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=epk_raw + device_raw, info=_WRAP_INFO
+    ).derive(shared)
+
+
+def build_bundle(
+    *,
+    central_key: ed25519.Ed25519PrivateKey,
+    device_bundle_public: bytes,
+    device_id: str,
+    round_id: str,
+    point_name: str,
+    regency: str,
+    model_id: str,
+    model_sha256: str,
+    households: list[Household],
+    labels: list[str],
+    matrix: np.ndarray,
+    valid_from: datetime,
+    valid_until: datetime,
+    bundle_id: str | None = None,
+    issued_at: datetime | None = None,
+) -> bytes:
+    """Make a signed bundle whose templates only ``device_bundle_public`` can decrypt."""
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    if matrix.ndim != 2 or matrix.shape[1] != DIM or matrix.shape[0] != len(labels):
+        raise BundleError(f"templates must be {len(labels)}x{DIM}, got {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise BundleError("templates contain NaN or infinity")
+    known = {f"{h.household_id}/{m.member_id}" for h in households for m in h.members}
+    stray = [lab for lab in labels if lab not in known]
+    if stray:
+        raise BundleError(f"{len(stray)} template label(s) name no household member")
+    if valid_until <= valid_from:
+        raise BundleError("valid_until must be after valid_from")
+    bundle_id = bundle_id or str(uuid.uuid4())
+    aad = bundle_id.encode()
+    content_key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(content_key).encrypt(nonce, matrix.tobytes(), aad)
+    eph = x25519.X25519PrivateKey.generate()
+    epk_raw = eph.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(device_bundle_public))
+    kek = _wrap_key(epk_raw, device_bundle_public, shared)
+    wrap_nonce = os.urandom(12)
+    body = {
+        "format": FORMAT,
+        "bundle_id": bundle_id,
+        "round_id": round_id,
+        "point_name": point_name,
+        "regency": regency,
+        "issued_at": _iso(issued_at or datetime.now(UTC)),
+        "valid_from": _iso(valid_from),
+        "valid_until": _iso(valid_until),
+        "model": {"id": model_id, "sha256": model_sha256},
+        "device": {"id": device_id, "bundle_key": fingerprint(device_bundle_public)},
+        "households": [
+            {
+                "household_id": h.household_id,
+                "masked_name": h.masked_name,
+                "regency": h.regency,
+                "amount": int(h.amount),
+                "members": [{"member_id": m.member_id, "role": m.role} for m in h.members],
+            }
+            for h in households
+        ],
+        "templates": {
+            "labels": list(labels),
+            "dim": DIM,
+            "dtype": "float32-le",
+            "wrap": {
+                "alg": WRAP_ALG,
+                "epk": _b64(epk_raw),
+                "nonce": _b64(wrap_nonce),
+                "key": _b64(AESGCM(kek).encrypt(wrap_nonce, content_key, aad)),
+            },
+            "nonce": _b64(nonce),
+            "ciphertext": _b64(ciphertext),
+        },
+    }
+    body_bytes = _canonical(body)
+    envelope = {
+        "format": FORMAT,
+        "body": _b64(body_bytes),
+        "sig": _b64(central_key.sign(body_bytes)),
+    }
+    return json.dumps(envelope, indent=1).encode() + b"\n"
+
+
+def open_envelope(blob: bytes) -> tuple[bytes, bytes | None]:
+    """Split a bundle file into body bytes and signature (None when unsigned); no checks."""
+    try:
+        env = json.loads(blob)
+        if env.get("format") != FORMAT:
+            raise BundleError(f"not a {FORMAT} bundle (format {str(env.get('format'))[:32]!r})")
+        body = _unb64(env["body"])
+        sig = _unb64(env["sig"]) if env.get("sig") else None
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        raise BundleError("not a bundle file (unreadable envelope)") from None
+    return body, sig
+
+
+def read_metadata(blob: bytes) -> dict:
+    """The body of a bundle without its encrypted templates, unverified (for ``inspect``)."""
+    body, sig = open_envelope(blob)
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        raise BundleError("bundle body is not JSON") from None
+    tpl = meta.pop("templates", {}) or {}
+    meta["template_count"] = len(tpl.get("labels", []))
+    meta["signed"] = sig is not None
+    return meta
+
+
+def _verify_and_open(
+    blob: bytes,
+    central_public_pem: bytes,
+    identity: DeviceIdentity,
+    model_id: str,
+    model_sha256: str,
+    now: float,
+    device_id: str | None,
+) -> Bundle:
+    body_bytes, sig = open_envelope(blob)
+    if sig is None:
+        raise BundleError("bundle is unsigned")
+    try:
+        central = load_central_public_key(central_public_pem)
+    except KeyFileError as exc:
+        raise BundleError(f"central public key: {exc}") from None
+    if not verify_ed25519(central, sig, body_bytes):
+        raise BundleError("bundle signature does not verify: tampered or not signed by central")
+    try:
+        b = json.loads(body_bytes)
+        dev = b["device"]
+        model = b["model"]
+        valid_from, valid_until = _parse_iso(b["valid_from"]), _parse_iso(b["valid_until"])
+    except (ValueError, KeyError, TypeError):
+        raise BundleError("signed bundle body is malformed") from None
+    if b.get("format") != FORMAT:
+        raise BundleError(f"unsupported bundle format {b.get('format')!r}")
+    if dev.get("bundle_key") != identity.bundle_fingerprint() or (
+        device_id is not None and dev.get("id") != device_id
+    ):
+        raise BundleError(f"bundle is for another device ({dev.get('id')})")
+    if model.get("id") != model_id or model.get("sha256") != model_sha256:
+        raise BundleError(
+            f"bundle templates are for model {model.get('id')}, this terminal runs {model_id}"
+        )
+    if now < valid_from.timestamp():
+        raise BundleError(f"bundle not valid before {_iso(valid_from)}")
+    if now > valid_until.timestamp():
+        raise BundleError(f"bundle expired on {_iso(valid_until)}")
+    labels, matrix = _decrypt_templates(b, identity)
+    households = {}
+    for h in b.get("households", []):
+        members = [Member(m["member_id"], m["role"]) for m in h.get("members", [])]
+        households[h["household_id"]] = Household(
+            h["household_id"], h["masked_name"], h["regency"], int(h["amount"]), members
+        )
+    return Bundle(
+        bundle_id=b["bundle_id"],
+        round_id=b["round_id"],
+        point_name=b["point_name"],
+        regency=b["regency"],
+        issued_at=_parse_iso(b["issued_at"]),
+        valid_from=valid_from,
+        valid_until=valid_until,
+        model_id=model["id"],
+        model_sha256=model["sha256"],
+        device_id=dev.get("id", ""),
+        households=households,
+        _labels=labels,
+        _matrix=matrix,
+    )
+
+
+def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str], np.ndarray]:
+    try:
+        tpl = body["templates"]
+        wrap = tpl["wrap"]
+        if wrap["alg"] != WRAP_ALG or tpl["dim"] != DIM:
+            raise BundleError(f"unsupported template encryption {wrap['alg']!r}")
+        aad = body["bundle_id"].encode()
+        epk = _unb64(wrap["epk"])
+        shared = identity.bundle_exchange(epk)
+        kek = _wrap_key(epk, identity.bundle_public_bytes(), shared)
+        content_key = AESGCM(kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["key"]), aad)
+        plain = AESGCM(content_key).decrypt(_unb64(tpl["nonce"]), _unb64(tpl["ciphertext"]), aad)
+        labels = [str(x) for x in tpl["labels"]]
+    except InvalidTag:
+        raise BundleError("templates do not decrypt with this device's key") from None
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise BundleError("template block is malformed") from None
+    matrix = np.frombuffer(plain, dtype="<f4").astype(np.float32)
+    if matrix.size != len(labels) * DIM:
+        raise BundleError("template count does not match its labels")
+    return labels, matrix.reshape(len(labels), DIM)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the folder: a power cut leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class BundleStore:
+    """The installed bundle under ``state_dir/bundles``: verify before use, keep the last good."""
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        central_public_pem: bytes,
+        identity: DeviceIdentity,
+        model_id: str,
+        model_sha256: str,
+        *,
+        device_id: str | None = None,
+        clock=time.time,
+    ) -> None:
+        self.dir = Path(state_dir) / "bundles"
+        self.path = self.dir / "current.bundle"
+        self._central = central_public_pem
+        self._identity = identity
+        self._model_id = model_id
+        self._model_sha256 = model_sha256
+        self._device_id = device_id
+        self._clock = clock
+        self._current: Bundle | None = None
+        self._expiry_logged = False
+        if self.path.exists():
+            try:
+                self._current = self._verify(self.path.read_bytes())
+                log.info("bundle %s loaded: %s", self._current.bundle_id, self._current.summary())
+            except (BundleError, OSError) as exc:
+                log.warning("installed bundle not usable: %s", exc)
+
+    def _verify(self, blob: bytes) -> Bundle:
+        return _verify_and_open(
+            blob,
+            self._central,
+            self._identity,
+            self._model_id,
+            self._model_sha256,
+            self._clock(),
+            self._device_id,
+        )
+
+    def install(self, blob: bytes) -> Bundle:
+        """Verify ``blob`` and make it the current bundle, or raise BundleError keeping the old."""
+        try:
+            bundle = self._verify(blob)
+            old = self._current
+            if old and old.round_id == bundle.round_id and bundle.issued_at < old.issued_at:
+                # A replayed older bundle could bring back a household central has removed.
+                raise BundleError(
+                    f"bundle issued {_iso(bundle.issued_at)} is older than the installed one "
+                    f"({_iso(old.issued_at)})"
+                )
+        except BundleError as exc:
+            log.warning("bundle refused, keeping the last good one: %s", exc)
+            raise
+        _write_atomic(self.path, blob)
+        self._current = bundle
+        self._expiry_logged = False
+        log.info("bundle %s installed: %s", bundle.bundle_id, bundle.summary())
+        return bundle
+
+    def current(self) -> Bundle | None:
+        """The installed bundle if it is valid now, else None (an expired bundle pays nobody)."""
+        b = self._current
+        if b is None:
+            return None
+        if not b.is_valid_at(self._clock()):
+            if not self._expiry_logged:
+                log.warning("bundle %s is outside its validity window", b.bundle_id)
+                self._expiry_logged = True
+            return None
+        return b
