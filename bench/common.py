@@ -1,0 +1,54 @@
+"""What every section receives, and how a section says that its part is missing."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Missing(Exception):
+    """A part this section measures has not landed (or cannot run here); the reason says which."""
+
+
+@dataclass
+class Options:
+    """Settings of one bench run."""
+
+    quick: bool = False
+    faces_dir: Path | None = None
+    models_dir: Path | None = None
+    out_dir: Path = ROOT / "bench" / "out"
+    config: str | None = None
+    bench_venv: Path = ROOT / ".venv-bench"
+    install: bool = True  # create .venv-bench when it is missing
+    sections: list[str] | None = None  # None: all
+    photos_per_source: int | None = None  # None: quick default or all
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass
+class Context:
+    """Options plus results that later sections reuse (vectors are kept out of the JSON)."""
+
+    opts: Options
+    photos: object = None  # bench.data.PhotoSet once loaded
+    vectors: dict[str, dict[str, object]] = field(default_factory=dict)  # system -> path -> vec
+    # system -> path -> (milliseconds from encoded bytes to embedding, "embedded" | "no_face" | ...)
+    per_photo: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+
+def require_module(name: str, owner: str):
+    """Import ``name`` or raise Missing naming the engineer whose part it is."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise Missing(f"{name} not there yet ({owner})") from None
+        raise

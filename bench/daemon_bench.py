@@ -1,0 +1,220 @@
+"""The daemon as systemd sees it: seconds from exec to READY=1, and resident memory at steady state.
+
+``python -m edge --config CFG run --keep-running`` is started with ``NOTIFY_SOCKET`` pointing at a
+datagram socket bound here, on a folder camera looping over a few 640x480 frames made from the
+test photos (written under bench/out and removed afterwards). RSS is read from
+/proc/<pid>/status while frames flow. A separate ``-X importtime`` run shows which imports the
+start-up time goes to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from bench.common import ROOT, Context, Missing, require_module
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+
+
+def _frames(ctx: Context, folder: Path, n: int = 6) -> None:
+    """A few camera-sized frames: the test photos letterboxed into 640x480."""
+    folder.mkdir(parents=True)
+    photos = ctx.photos
+    picks = [p for p in photos.photos if photos.source[p] in ("facerec", "celeb5")][
+        :n
+    ] or photos.photos[:n]
+    for i, rel in enumerate(picks):
+        img = cv2.imread(str(photos.path(rel)), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        h, w = img.shape[:2]
+        s = min(640 / w, 480 / h)
+        img = cv2.resize(
+            img, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA
+        )
+        canvas = cv2.copyMakeBorder(
+            img, 0, 480 - img.shape[0], 0, 640 - img.shape[1], cv2.BORDER_CONSTANT
+        )
+        cv2.imwrite(str(folder / f"frame{i:02d}.jpg"), canvas)
+
+
+def _config(path: Path, state: Path, frames: Path, models_dir: Path | None) -> None:
+    models = f'dir = "{models_dir}"\n' if models_dir else ""
+    path.write_text(
+        f'[device]\nstate_dir = "{state}"\n\n'
+        f"[models]\n{models}\n"
+        f'[camera]\nkind = "folder"\nsource = "{frames}"\nloop = true\nfps = 15.0\n\n'
+        '[signals]\nkind = "mock"\n\n'
+        '[printer]\nkind = "none"\n\n'
+        "[mqtt]\nenabled = false\n\n"
+        '[logging]\nlevel = "WARNING"\n'
+    )
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        if m:
+            out[key] = int(m.group(1))
+    return out
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def import_profile(top: int = 8) -> dict:
+    """Cumulative import milliseconds of the heaviest modules behind ``edge.app``."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import edge.app"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    if not rows:
+        return {"error": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
+    # Top-level packages only (least indentation), heaviest first.
+    base = min(r[1] for r in rows)
+    tops = sorted((r for r in rows if r[1] == base), reverse=True)[:top]
+    return {"total_ms": round(sum(r[0] for r in rows if r[1] == base) / 1000, 1)} | {
+        name: round(us / 1000, 1) for us, _, name in tops
+    }
+
+
+def run(ctx: Context) -> dict:
+    """READY seconds, RSS after a steady period, shutdown seconds; Missing if `edge run` is not in."""
+    require_module("edge.cli.run", "lead: `edge run`")
+    try:
+        require_module("edge.app", "lead")
+    except ModuleNotFoundError as exc:
+        raise Missing(f"`edge run` cannot start yet: module {exc.name} missing") from None
+    settle = 4.0 if ctx.opts.quick else 12.0
+    ctx.opts.out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="daemon-", dir=ctx.opts.out_dir))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    proc = None
+    try:
+        _frames(ctx, work / "frames")
+        cfg = work / "config.toml"
+        _config(cfg, work / "state", work / "frames", ctx.opts.models_dir)
+        sock_path = work / "notify.sock"
+        sock.bind(str(sock_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONUNBUFFERED="1")
+        log_path = work / "daemon.log"
+        t0 = time.monotonic()
+        with log_path.open("wb") as log_fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", "--config", str(cfg), "run", "--keep-running"],
+                cwd=ROOT,
+                env=env,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+            )
+        messages = []
+        ready_s = None
+        while ready_s is None and time.monotonic() - t0 < READY_TIMEOUT_S:
+            if proc.poll() is not None:
+                break
+            sock.settimeout(0.2)
+            try:
+                data = sock.recv(4096).decode("utf-8", "replace")
+            except TimeoutError:
+                continue
+            messages.append(data)
+            if "READY=1" in data.splitlines():
+                ready_s = time.monotonic() - t0
+        if ready_s is None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(
+                f"no READY=1 within {READY_TIMEOUT_S:.0f} s (exit code {proc.poll()}): "
+                + " | ".join(tail)
+            )
+        cpu_at_ready = _cpu_s(proc.pid)
+        samples = []
+        end = time.monotonic() + settle
+        while time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.5)
+            samples.append(_status_kb(proc.pid))
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(
+                f"daemon exited ({proc.returncode}) after READY: " + " | ".join(tail)
+            )
+        steady = samples[-1]
+        cpu_steady = _cpu_s(proc.pid)
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+            stop_s = round(time.monotonic() - t_stop, 3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            stop_s = None
+        sock.settimeout(0.2)
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode("utf-8", "replace"))
+        except (TimeoutError, BlockingIOError):
+            pass
+        return {
+            "status": "ok",
+            "ready_s": round(ready_s, 3),
+            "cpu_s_to_ready": cpu_at_ready,
+            "steady_after_s": settle,
+            "rss_mb": round(steady.get("VmRSS", 0) / 1024, 1),
+            "rss_anon_mb": round(steady.get("RssAnon", 0) / 1024, 1),
+            "rss_file_mb": round(steady.get("RssFile", 0) / 1024, 1),
+            "peak_rss_mb": round(steady.get("VmHWM", 0) / 1024, 1),
+            "cpu_share_steady": round((cpu_steady - cpu_at_ready) / settle, 3)
+            if cpu_steady is not None and cpu_at_ready is not None
+            else None,
+            "stop_s": stop_s,
+            "exit_code": proc.returncode,
+            "notify": _states(messages),
+            "imports_ms": import_profile(),
+        }
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _states(messages: list[str]) -> list[str]:
+    """The notify assignments received, in order (STATUS text shortened)."""
+    out = []
+    for m in messages:
+        for line in m.splitlines():
+            out.append(line[:80])
+    return out[:20]

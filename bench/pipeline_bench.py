@@ -1,0 +1,253 @@
+"""Per-stage milliseconds of the real FaceEngine on the test photos, per embedder and thread count.
+
+For each embedder (int8, dynamic-range, float when the build made one) and each thread setting
+(one thread pinned to one core, and all cores), every photo goes: decode (JPEG/PNG/PGM bytes to
+RGB) -> ``engine.analyse`` (detect, align, quality, embed; split by ``bench.probe``) -> match
+(1:1 verify and 1:N top-5 over a 1,000-template Gallery). The embeddings of the one-thread runs
+are kept (in memory, not in the JSON) to score accuracy on the pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.common import Context, Missing, require_module
+from bench.probe import instrument
+from bench.stats import StageClock, summarise_ms
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "align", "quality", "embed", "other", "match", "mesh", "warp")
+FLOAT_NAMES = ("embedder_float", "embedder_fp32", "embedder_float32")
+
+
+def base_config(ctx: Context):
+    """The config the run measures (file given with --config, else the embedded defaults)."""
+    from edge.config import load_config
+
+    cfg = load_config(ctx.opts.config)
+    if ctx.opts.models_dir:
+        cfg.models.dir = str(ctx.opts.models_dir)
+    return cfg
+
+
+def _float_model(store, models_dir: Path) -> tuple[bytes | None, str]:
+    """The float embedder if the build produced one, and where it came from."""
+    for name in FLOAT_NAMES:
+        if name in store.names():
+            return store.bytes(name), f"manifest entry {name}"
+    for folder in (models_dir, models_dir.parent / "cache"):
+        for p in sorted(folder.glob("**/*.tflite")) if folder.is_dir() else []:
+            low = p.name.lower()
+            if "mobilefacenet" in low and ("float" in low or "fp32" in low or "f32" in low):
+                return p.read_bytes(), str(p)
+    return None, ""
+
+
+def _replace_embedder(engine, model: bytes, threads: int, flip: bool) -> bool:
+    from edge.vision.embedder import Embedder
+
+    for attr, part in vars(engine).items():
+        if isinstance(part, Embedder):
+            setattr(engine, attr, Embedder(model, threads=threads, flip_view=flip))
+            return True
+    return False
+
+
+def _match_gallery():
+    """A 1,000-template gallery for the match stage (None if the Gallery has not landed)."""
+    try:
+        from edge.vision.matcher import Gallery
+    except ModuleNotFoundError:
+        return None, []
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((1000, 128), dtype=np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    labels = [f"HH{i:07d}/m1" for i in range(1000)]
+    return Gallery.from_matrix(labels, m), labels
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _pin(one_core: bool):
+    """Pin this process to one CPU (for the one-core figures); return the old affinity."""
+    old = os.sched_getaffinity(0)
+    if one_core:
+        os.sched_setaffinity(0, {min(old)})
+    return old
+
+
+def run_variant(engine, photos, data: dict[str, bytes], gallery, labels) -> dict:
+    """Time every photo through one engine; return figures and per-photo vectors."""
+    probe, wrapped = instrument(engine)
+    clock = StageClock()
+    vectors: dict[str, np.ndarray | None] = {}
+    counts = {"photos": 0, "no_face": 0, "quality_fail": 0, "embedded": 0}
+    full_path_ms: list[float] = []
+    per_photo: dict[str, tuple[float, str]] = {}
+    engine_all_ms: list[float] = []
+    engine_embedded_ms: list[float] = []
+    try:
+        # One untimed frame so lazy set-up (first invoke, XNNPACK packing) is not charged.
+        first = _decode(next(iter(data.values())))
+        if first is not None:
+            engine.analyse(first)
+        for rel in photos:
+            counts["photos"] += 1
+            t0 = time.perf_counter()
+            rgb = clock.time("decode", _decode, data[rel])
+            decode_ms = (time.perf_counter() - t0) * 1000.0
+            if rgb is None:
+                counts["no_face"] += 1
+                vectors[rel] = None
+                per_photo[rel] = (decode_ms, "no_face")
+                continue
+            probe.reset()
+            t1 = time.perf_counter()
+            res = engine.analyse(rgb)
+            analyse_ms = (time.perf_counter() - t1) * 1000.0
+            stage_ms = probe.ms()
+            for stage in ("detect", "quality", "embed", "mesh"):
+                if stage in stage_ms:
+                    clock.add(stage, stage_ms[stage])
+            if "align" in stage_ms or "mesh" in stage_ms:
+                # align = face mesh refinement (when on) + similarity transform and warp
+                clock.add("warp", stage_ms.get("align", 0.0))
+                clock.add("align", stage_ms.get("align", 0.0) + stage_ms.get("mesh", 0.0))
+            clock.add("other", max(analyse_ms - sum(stage_ms.values()), 0.0))
+            engine_all_ms.append(analyse_ms)
+            if res is None:
+                counts["no_face"] += 1
+                vectors[rel] = None
+                per_photo[rel] = (decode_ms + analyse_ms, "no_face")
+                continue
+            vec = res.embedding
+            if vec is None:
+                counts["quality_fail"] += 1
+                # The terminal would wait for a better frame; a still photo has no other frame,
+                # so accuracy is scored on the embedding of the crop it has (not timed).
+                vec = _embed_untimed(engine, res.aligned)
+                per_photo[rel] = (decode_ms + analyse_ms, "quality_fail")
+            else:
+                counts["embedded"] += 1
+                engine_embedded_ms.append(analyse_ms)
+                t2 = time.perf_counter()
+                if gallery is not None:
+                    gallery.verify(vec, labels[0])
+                    gallery.search(vec, k=5)
+                else:
+                    np.dot(vec, vec)
+                match_ms = (time.perf_counter() - t2) * 1000.0
+                clock.add("match", match_ms)
+                full_path_ms.append(decode_ms + analyse_ms + match_ms)
+                per_photo[rel] = (decode_ms + analyse_ms, "embedded")
+            vectors[rel] = vec
+    finally:
+        probe.restore()
+    summary = clock.summary()
+    return (
+        {
+            "counts": counts,
+            "stages_ms": {s: summary[s] for s in STAGES if s in summary},
+            # What the budget is about: detect + align + quality + embed of a face that is embedded.
+            "analyse_ms_embedded": summarise_ms(engine_embedded_ms),
+            "analyse_ms_all_frames": summarise_ms(engine_all_ms),
+            "end_to_end_ms": summarise_ms(full_path_ms),
+            "instrumented": wrapped,
+        },
+        vectors,
+        per_photo,
+    )
+
+
+def _embed_untimed(engine, aligned: np.ndarray) -> np.ndarray | None:
+    from edge.vision.embedder import Embedder
+
+    for part in vars(engine).values():
+        if isinstance(part, Embedder):
+            return type(part).embed(part, aligned)  # the class method, not the timed wrapper
+    return None
+
+
+def run(ctx: Context) -> dict:
+    """Figures per embedder x threads; sets ctx.vectors['ours:<embedder>'] from 1-thread runs."""
+    pipeline = require_module("edge.vision.pipeline", "VISION")
+    modelstore = require_module("edge.modelstore", "MODELS")
+    if not hasattr(pipeline, "FaceEngine"):
+        raise Missing("edge.vision.pipeline.FaceEngine not there yet (VISION)")
+    cfg0 = base_config(ctx)
+    models_dir = Path(cfg0.models.dir)
+    if not (models_dir / "manifest.json").is_file():
+        raise Missing(f"no models at {models_dir}: run `make models` (MODELS)")
+    store = modelstore.ModelStore.load(models_dir)
+    photos = ctx.photos
+    data = {rel: photos.path(rel).read_bytes() for rel in photos.photos}
+    gallery, labels = _match_gallery()
+    float_bytes, float_from = _float_model(store, models_dir)
+    # (name, embedder, float model bytes, config changes, thread settings)
+    threads_all = [1] if ctx.opts.cores <= 1 else [1, ctx.opts.cores]
+    variants = [
+        ("int8", "int8", None, {}, threads_all),
+        ("dynamic", "dynamic", None, {}, threads_all),
+    ]
+    if float_bytes is not None:
+        variants.append(("float", "dynamic", float_bytes, {}, threads_all))
+    if not ctx.opts.quick:
+        # What the optional steps cost and buy: one thread only, int8.
+        if cfg0.vision.flip_view:
+            variants.append(("int8-noflip", "int8", None, {"flip_view": False}, [1]))
+        if getattr(cfg0.vision, "mesh_align", False):
+            variants.append(("int8-nomesh", "int8", None, {"mesh_align": False}, [1]))
+    out: dict = {
+        "status": "ok",
+        "photos": len(photos.photos),
+        "flip_view": cfg0.vision.flip_view,
+        "threads": threads_all,
+        "mesh_align": getattr(cfg0.vision, "mesh_align", None),
+        "match_gallery": "Gallery of 1,000 (verify + search k=5)"
+        if gallery is not None
+        else "numpy dot (Gallery not there yet)",
+        "float": f"from {float_from}"
+        if float_bytes is not None
+        else "`make models` produces no float embedder: the float row is not measured "
+        "(dynamic-range is the closest: int8 weights, float activations)",
+        "variants": {},
+    }
+    for name, kind, override, vision, threads_list in variants:
+        for threads in threads_list:
+            cfg = cfg0.model_copy(deep=True)
+            cfg.models.embedder = kind
+            cfg.models.threads = threads
+            for key, value in vision.items():
+                setattr(cfg.vision, key, value)
+            old = _pin(threads == 1)
+            try:
+                engine = pipeline.FaceEngine(store, cfg)
+                if override is not None and not _replace_embedder(
+                    engine, override, threads, cfg.vision.flip_view
+                ):
+                    raise Missing("float embedder: FaceEngine holds no Embedder part to swap")
+                figures, vectors, per_photo = run_variant(
+                    engine, photos.photos, data, gallery, labels
+                )
+            finally:
+                os.sched_setaffinity(0, old)
+            key = f"{name}/{threads}t"
+            out["variants"][key] = figures
+            log.info(
+                "%s: analyse median %.1f ms", key, figures["analyse_ms_all_frames"]["median"] or -1
+            )
+            if threads == 1:
+                ctx.vectors[f"ours:{name}"] = vectors
+                ctx.per_photo[f"ours:{name}"] = per_photo
+            del engine
+    return out
