@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Provision one terminal: package, models, device keys, config, systemd unit.
+
+Run it on the Pi (``--root /``, the default) or against a mounted SD card
+(``--root /media/$USER/rootfs``). Idempotent: a second run with the same arguments changes
+nothing and says "unchanged". See docs/operations.md, section "Provision a terminal".
+
+Only the standard library is imported at the top: on a fresh Pi this script first builds the
+virtualenv, then re-runs itself with the virtualenv's Python to use ``edge.config``/``edge.keys``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if (REPO / "edge" / "__init__.py").is_file() and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
+from target import Report, Target, check_models, pip_freeze, run, write_out  # noqa: E402
+
+# Paths on the device (relative to --root).
+OPT = Path("opt/edge")
+VENV = OPT / "venv"
+DIST = OPT / "dist"
+SRC = OPT / "src"
+MODELS = OPT / "models"
+TOOLS = OPT / "provisioning"
+ETC = Path("etc/edge")
+CONFIG = ETC / "config.toml"
+CENTRAL_PUB = ETC / "central_public.pem"
+CA_FILE = ETC / "ca.pem"
+CERT_FILE = ETC / "device.crt"
+STATE = Path("var/lib/edge")
+KEYS = STATE / "keys"
+UNIT_DIR = Path("etc/systemd/system")
+UNIT = UNIT_DIR / "edge.service"
+WANTS = UNIT_DIR / "multi-user.target.wants" / "edge.service"
+SYSUSERS = Path("etc/sysusers.d/edge.conf")
+REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
+GROUPS = ("gpio", "video", "dialout")
+
+
+def find_asset(name: str) -> Path:
+    """A file shipped beside this script (on the Pi) or in the checkout's systemd/ folder."""
+    for candidate in (HERE / name, REPO / "systemd" / name, REPO / "provisioning" / name):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"provision: cannot find {name} next to {HERE}")
+
+
+class Provisioner(Target):
+    """The steps, in order; each adds its lines to the report."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.root)
+        self.args = args
+        self.installed = False  # pip already ran in this process (before edge was importable)
+
+    def stage_package(self) -> Path | None:
+        """Put the wheel (or source tree) under /opt/edge; return what pip should install."""
+        if self.args.wheel:
+            wheel = Path(self.args.wheel)
+            self.copy(wheel, DIST / wheel.name)
+            return self.path(DIST / wheel.name)
+        if self.args.source:
+            self.copy_tree(Path(self.args.source), SRC, skip=("models",))
+            return self.path(SRC)
+        staged = sorted(self.path(DIST).glob("*.whl")) if self.path(DIST).is_dir() else []
+        if staged:  # first boot: install what was staged onto the SD card
+            self.report.add("unchanged", f"/{DIST}/{staged[-1].name}", "staged earlier")
+            return staged[-1]
+        return None
+
+    def install_package(self, target: Path | None) -> None:
+        if self.installed:
+            return
+        self.installed = True
+        if self.args.no_install:
+            self.report.add("skipped", "pip install", "--no-install")
+            return
+        if not self.real:
+            # pip would build for this machine, not the Pi: the wheel waits in /opt/edge/dist
+            # and first boot (provisioning/user-data) installs it.
+            self.report.add("skipped", "pip install", "--root: installed at first boot")
+            return
+        if target is None:
+            raise SystemExit("provision: nothing to install: give --wheel or --source")
+        venv_python = self.path(VENV / "bin" / "python")
+        if not venv_python.exists():
+            # System site packages: picamera2 and lgpio come from Raspberry Pi OS's apt.
+            run([sys.executable, "-m", "venv", "--system-site-packages", str(self.path(VENV))])
+            self.report.add("created", f"/{VENV}")
+        pip = [str(venv_python), "-m", "pip", "install", "--quiet"]
+        if self.path(DIST).is_dir():
+            pip += ["--find-links", str(self.path(DIST))]  # an offline wheelhouse, when present
+        extras = "[pi]" if target.is_dir() else ""
+        before = pip_freeze(venv_python)
+        run([*pip, f"{target}{extras}" if extras else str(target)])
+        after = pip_freeze(venv_python)
+        self.report.add("ran" if before != after else "unchanged", "pip install", target.name)
+
+    def install_models(self) -> None:
+        if self.args.models:
+            self.copy_tree(Path(self.args.models), MODELS)
+        if (self.path(MODELS) / "manifest.json").is_file():
+            check_models(self.path(MODELS))
+            self.report.add("unchanged", f"/{MODELS}/manifest.json", "sha256 verified")
+        else:
+            self.report.add("skipped", f"/{MODELS}", "no --models given and none installed")
+
+    def make_identity(self):
+        from edge.keys import TLS_CSR_FILE, DeviceIdentity, write_card
+
+        keys = self.path(KEYS)
+        before = {p.name: p.read_bytes() for p in keys.glob("*")} if keys.is_dir() else {}
+        identity = DeviceIdentity.load_or_create(keys)
+        self._tls_csr(keys)
+        card = (json.dumps(identity.card(self.args.device_id), indent=2) + "\n").encode()
+        if before.get("device.pub.json") != card:
+            write_card(identity, self.args.device_id, keys / "device.pub.json")
+        os.chmod(keys, 0o700)
+        os.chmod(self.path(STATE), 0o700)  # as StateDirectoryMode= in the unit
+        for p in sorted(keys.iterdir()):
+            status = (
+                "unchanged"
+                if before.get(p.name) == p.read_bytes()
+                else ("created" if p.name not in before else "updated")
+            )
+            private = p.name.endswith(".pem")
+            if private and p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+            self.report.add(status, f"/{KEYS / p.name}", "private, 0600" if private else "public")
+        self.export_public(keys / TLS_CSR_FILE, keys / "device.pub.json")
+        return identity
+
+    def _tls_csr(self, keys: Path) -> None:
+        """Make the TLS key and CSR once; a CSR for the same key and device id is kept as is."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.x509.oid import NameOID
+
+        from edge.keys import TLS_CSR_FILE, TLS_KEY_FILE, make_tls_key_and_csr
+
+        key_path, csr_path = keys / TLS_KEY_FILE, keys / TLS_CSR_FILE
+        if key_path.is_file() and csr_path.is_file():
+            try:
+                csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+                key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+                same_key = csr.public_key() == key.public_key()
+                cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+                if same_key and cn and cn[0].value == self.args.device_id:
+                    return
+            except ValueError:
+                pass  # unreadable CSR: make a new one for the same key
+        make_tls_key_and_csr(keys, self.args.device_id)
+
+    def export_public(self, csr: Path, card: Path) -> None:
+        """Copy the CSR and device card (public only) to where the technician collects them."""
+        out = Path(self.args.out or Path.cwd() / "provisioned" / self.args.device_id)
+        out.mkdir(parents=True, exist_ok=True)
+        for src in (csr, card):
+            target = out / f"{self.args.device_id}.{src.name}"
+            self.report.add(write_out(target, src.read_bytes()), str(target), "hand to central")
+
+    def prepare_config(self) -> bytes:
+        """The config file to write, validated before anything on the target is touched."""
+        import tomllib
+
+        from edge.config import dump_toml, load_config, parse_config
+
+        path = self.path(CONFIG)
+        data: dict = {}
+        if path.is_file():
+            # Keep what a technician tuned by hand; only the provisioned keys are overwritten.
+            load_config(path)  # refuses a broken file instead of silently replacing it
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        for section, values in self.config_values().items():
+            data.setdefault(section, {}).update(values)
+        parse_config(data, "/" + str(CONFIG))
+        text = (
+            "# Written by provisioning/provision.py; edit freely, then run\n"
+            "#   edge check-config /etc/edge/config.toml\n"
+            "# Provisioned keys are overwritten by the next provision run; others are kept.\n"
+            + dump_toml(data)
+        )
+        return text.encode()
+
+    def config_values(self) -> dict[str, dict]:
+        a = self.args
+        host, port = a.broker
+        mqtt = {
+            "enabled": True,
+            "host": host,
+            "port": port,
+            "tls": not a.no_tls,
+            "key_file": f"/{KEYS}/tls_key.pem",
+            "cert_file": f"/{CERT_FILE}",
+        }
+        if a.ca:
+            mqtt["ca_file"] = f"/{CA_FILE}"
+        values: dict[str, dict] = {
+            "device": {"id": a.device_id, "regency": a.regency, "state_dir": f"/{STATE}"},
+            "models": {"dir": f"/{MODELS}"},
+            "camera": {"kind": a.camera},
+            "signals": {"kind": "gpiozero", **a.pins},
+            "printer": (
+                {"kind": "serial", "port": a.printer_port} if a.printer_port else {"kind": "none"}
+            ),
+            "mqtt": mqtt,
+        }
+        if a.point_name:
+            values["device"]["point_name"] = a.point_name
+        if a.central_pub:
+            values["bundle"] = {"central_public_key": f"/{CENTRAL_PUB}"}
+        return values
+
+    def check_inputs(self) -> None:
+        """Refuse bad files from the technician before writing anything."""
+        from edge.keys import load_central_public_key
+
+        if self.args.central_pub:
+            load_central_public_key(Path(self.args.central_pub).read_bytes())
+        if self.args.models:
+            check_models(Path(self.args.models))
+
+    def install_trust(self) -> None:
+        if self.args.central_pub:
+            self.copy(Path(self.args.central_pub), CENTRAL_PUB)
+        if self.args.ca:
+            self.copy(Path(self.args.ca), CA_FILE)
+
+    def install_unit(self) -> None:
+        self.copy(find_asset("edge.service"), UNIT)
+        self.copy(find_asset("edge.sysusers.conf"), SYSUSERS)
+        # What `systemctl enable` does, done by hand so it works on an SD card too.
+        link = self.path(WANTS)
+        want = f"/{UNIT}"
+        if link.is_symlink() and os.readlink(link) == want:
+            self.report.add("unchanged", f"/{WANTS}", "enabled")
+        else:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(want)
+            self.report.add("created", f"/{WANTS}", "enabled")
+
+    def stage_tools(self) -> None:
+        """Ship this script and its assets so first boot can finish the job on the Pi."""
+        for name in ("edge.service", "edge.sysusers.conf", "user-data"):
+            self.copy(find_asset(name), TOOLS / name)
+        self.copy(Path(__file__).resolve(), TOOLS / "provision.py", 0o755)
+        self.copy(HERE / "target.py", TOOLS / "target.py")
+
+    def system_user(self) -> None:
+        if not self.real:
+            self.report.add(
+                "skipped", "user edge", "--root: created at first boot from /etc/sysusers.d"
+            )
+            return
+        if self.args.no_system:
+            self.report.add("skipped", "user edge", "--no-system")
+            return
+        import pwd
+
+        try:
+            pwd.getpwnam("edge")
+            self.report.add("unchanged", "user edge")
+        except KeyError:
+            run(["systemd-sysusers", f"/{SYSUSERS}"])
+            self.report.add("created", "user edge", ", ".join(GROUPS))
+        run(["chown", "-R", "edge:edge", f"/{STATE}"])
+        run(["chgrp", "edge", f"/{CONFIG}"])
+
+    def start_service(self) -> None:
+        if not self.real or self.args.no_system:
+            self.report.add("skipped", "systemctl restart edge", "not a running system")
+            return
+        run(["systemctl", "daemon-reload"])
+        run(["systemctl", "reset-failed", "edge.service"], check=False)
+        if self.report.changed or self.args.restart:
+            run(["systemctl", "restart", "edge.service"])
+            self.report.add("ran", "systemctl restart edge")
+        else:
+            self.report.add("unchanged", "edge.service", "running config unchanged")
+
+    def render_user_data(self) -> None:
+        if not self.args.boot:
+            return
+        text = find_asset("user-data").read_text()
+        for key, value in self.template_values().items():
+            text = text.replace("{{" + key + "}}", value)
+        target = Path(self.args.boot) / "user-data"
+        self.report.add(write_out(target, text.encode()), str(target), "cloud-init first boot")
+
+    def template_values(self) -> dict[str, str]:
+        """The first-boot command repeats this run's choices; files are already on the card."""
+        a = self.args
+        extra = []
+        if a.point_name:
+            extra += ["--point-name", a.point_name]
+        if a.printer_port:
+            extra += ["--printer-port", a.printer_port]
+        if a.pins:
+            extra += [
+                "--pins",
+                ",".join(f"{k.removesuffix('_pin')}={v}" for k, v in a.pins.items()),
+            ]
+        if a.camera != "picamera2":
+            extra += ["--camera", a.camera]
+        if a.central_pub:
+            extra += ["--central-pub", f"/{CENTRAL_PUB}"]
+        if a.ca:
+            extra += ["--ca", f"/{CA_FILE}"]
+        if a.no_tls:
+            extra += ["--no-tls"]
+        return {
+            "DEVICE_ID": shlex.quote(a.device_id),
+            "REGENCY": shlex.quote(a.regency),
+            "BROKER": shlex.quote(f"{a.broker[0]}:{a.broker[1]}"),
+            "EXTRA_ARGS": " ".join(shlex.quote(x) for x in extra),
+            "HOSTNAME": a.device_id,
+        }
+
+    def run(self) -> Report:
+        config = self.prepare_config()
+        self.check_inputs()
+        target = self.stage_package()
+        self.install_package(target)
+        self.install_models()
+        self.make_identity()
+        self.install_trust()
+        self.write(CONFIG, config, 0o640)
+        self.install_unit()
+        self.stage_tools()
+        self.render_user_data()
+        self.system_user()
+        self.start_service()
+        return self.report
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``host[:port]``; MQTT over TLS (8883) unless a port is given."""
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host or (port and not port.isdigit()):
+        raise argparse.ArgumentTypeError(f"bad broker {text!r}: use host or host:port")
+    return host, int(port) if port else 8883
+
+
+def parse_pins(text: str) -> dict[str, int]:
+    """``red=17,green=27,blue=22,buzzer=18`` -> signals config keys."""
+    pins = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in ("red", "green", "blue", "buzzer") or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"bad pin {part!r}: use red|green|blue|buzzer=BCM")
+        pins[f"{name}_pin"] = int(value)
+    return pins
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default="/", help="root of the target system (default /)")
+    p.add_argument("--device-id", required=True, help="e.g. edge-3171-0001")
+    p.add_argument("--regency", required=True, help="four-digit BPS regency code")
+    p.add_argument(
+        "--broker",
+        required=True,
+        type=parse_broker,
+        help="MQTT broker host[:port] (port 8883 default)",
+    )
+    p.add_argument("--point-name", help="distribution point name printed on receipts")
+    p.add_argument("--printer-port", help="serial port of the receipt printer, e.g. /dev/serial0")
+    p.add_argument("--pins", type=parse_pins, default={}, help="red=17,green=27,blue=22,buzzer=18")
+    p.add_argument("--camera", default="picamera2", choices=("picamera2", "opencv", "auto"))
+    p.add_argument("--central-pub", help="central Ed25519 public key PEM (verifies bundles)")
+    p.add_argument("--ca", help="CA certificate PEM of the broker")
+    p.add_argument("--no-tls", action="store_true", help="plain MQTT (lab only)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--wheel", help="bansos_edge wheel to install")
+    src.add_argument("--source", help="source checkout to install")
+    p.add_argument("--models", help="models folder made by `make models` (manifest.json)")
+    p.add_argument("--no-install", action="store_true", help="do not run pip (tests, dry layout)")
+    p.add_argument("--no-system", action="store_true", help="no useradd/systemctl on a real root")
+    p.add_argument("--restart", action="store_true", help="restart the service even if unchanged")
+    p.add_argument("--boot", help="mounted boot partition: write the cloud-init user-data there")
+    p.add_argument("--out", help="where to put the CSR and device card (default ./provisioned/ID)")
+    return p
+
+
+def ensure_edge_importable(args: argparse.Namespace, argv: list[str]) -> None:
+    """After pip install on a fresh Pi, continue in the virtualenv that now has ``edge``."""
+    try:
+        import edge.config  # noqa: F401
+    except ModuleNotFoundError:
+        venv_python = Path(args.root) / VENV / "bin" / "python"
+        if os.environ.get(REEXEC_FLAG) or not venv_python.exists():
+            raise SystemExit(
+                "provision: the edge package is not importable; install it first"
+            ) from None
+        os.environ[REEXEC_FLAG] = "1"
+        os.execv(str(venv_python), [str(venv_python), __file__, *argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    prov = Provisioner(args)
+    print(f"provision: {args.device_id} into {prov.root}" + ("" if prov.real else " (offline)"))
+    if not args.no_install and prov.real:
+        prov.install_package(prov.stage_package())
+        ensure_edge_importable(args, [*argv, "--no-install"])
+    from edge.errors import EdgeError
+
+    try:
+        report = prov.run()
+    except EdgeError as exc:
+        print(f"provision: error: {exc}", file=sys.stderr)
+        return 1
+    print(report.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

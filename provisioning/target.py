@@ -1,0 +1,122 @@
+"""File-level helpers of provision.py: write only what differs, and say what happened.
+
+A plain module next to provision.py (not part of the ``edge`` package) so that the pair can be
+copied onto a Pi and run with the system Python before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Report:
+    """What the run did, one line per file or action: created, updated, unchanged, skipped."""
+
+    lines: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, status: str, what: str, note: str = "") -> None:
+        self.lines.append((status, what, note))
+
+    @property
+    def changed(self) -> bool:
+        return any(s in ("created", "updated", "ran") for s, _, _ in self.lines)
+
+    def render(self) -> str:
+        out = [f"  {s:<9} {w}" + (f"  ({n})" if n else "") for s, w, n in self.lines]
+        verdict = "changed" if self.changed else "unchanged: nothing to do"
+        return "\n".join([*out, f"provision: {verdict}"])
+
+
+def write_out(target: Path, data: bytes) -> str:
+    """Write ``target`` outside the root (technician files); return the status word."""
+    old = target.read_bytes() if target.is_file() else None
+    if old == data:
+        return "unchanged"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return "created" if old is None else "updated"
+
+
+class Target:
+    """The system being provisioned: a root folder (``/`` on the Pi) and a report of changes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.real = self.root == Path("/")
+        self.report = Report()
+
+    def path(self, rel: Path) -> Path:
+        return self.root / rel
+
+    def write(self, rel: Path, data: bytes, mode: int = 0o644, label: str | None = None) -> None:
+        target = self.path(rel)
+        label = label or "/" + str(rel)
+        old = target.read_bytes() if target.is_file() else None
+        if old == data:
+            status = "unchanged"
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".provision-tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            status = "created" if old is None else "updated"
+        if target.stat().st_mode & 0o777 != mode:
+            os.chmod(target, mode)
+            status = "updated" if status == "unchanged" else status
+        self.report.add(status, label)
+
+    def copy(self, src: Path, rel: Path, mode: int = 0o644) -> None:
+        self.write(rel, src.read_bytes(), mode)
+
+    def copy_tree(self, src: Path, rel: Path, skip: tuple[str, ...] = ()) -> None:
+        """Copy ``src`` into ``rel`` file by file (so unchanged files stay untouched)."""
+        ignored = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "var", *skip}
+        count = changed = new = 0
+        for path in sorted(src.rglob("*")):
+            parts = path.relative_to(src).parts
+            if any(p in ignored or p.startswith(".venv") for p in parts) or not path.is_file():
+                continue
+            target = self.path(rel / path.relative_to(src))
+            data = path.read_bytes()
+            count += 1
+            if not target.is_file():
+                new += 1
+            elif target.read_bytes() == data:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            changed += 1
+        status = "unchanged" if not changed else "created" if new == count else "updated"
+        self.report.add(status, f"/{rel}/", f"{count} files")
+
+
+def check_models(folder: Path) -> None:
+    """Every file of the manifest is there with its sha256 (the daemon checks again at start)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, entry in manifest["models"].items():
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise SystemExit(f"provision: model {name}: {path} missing; run `make models`")
+        if "sha256" in entry and hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            raise SystemExit(f"provision: model {name}: sha256 mismatch; run `make models`")
+
+
+def pip_freeze(python: Path) -> str:
+    res = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True)
+    return res.stdout
+
+
+def run(cmd: list[str], check: bool = True) -> None:
+    print("  $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=check)

@@ -1,0 +1,246 @@
+"""provisioning/provision.py into a temporary root: layout, key modes, config, unit, idempotence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from edge.config import load_config
+from edge.keys import DeviceIdentity, generate_central_key
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "provisioning" / "provision.py"
+WHEEL = "bansos_edge-0.1.0-py3-none-any.whl"
+
+
+@pytest.fixture
+def kit(tmp_path):
+    """What a technician brings: a wheel, the models, the central public key."""
+    kit = tmp_path / "kit"
+    (kit / "models").mkdir(parents=True)
+    (kit / WHEEL).write_bytes(b"PK\x03\x04 not a real wheel: pip is not run in these tests")
+    entries = {}
+    for name, blob in (("detector", b"det-bytes"), ("embedder_int8", b"emb-bytes")):
+        (kit / "models" / f"{name}.tflite").write_bytes(blob)
+        entries[name] = {"file": f"{name}.tflite", "sha256": hashlib.sha256(blob).hexdigest()}
+    (kit / "models" / "manifest.json").write_text(json.dumps({"version": 1, "models": entries}))
+    generate_central_key(kit / "central.key")
+    return kit
+
+
+def provision(tmp_path: Path, kit: Path, *extra: str, device_id: str = "edge-3171-0007"):
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--root", str(tmp_path / "root"),
+        "--boot", str(tmp_path / "boot"),
+        "--out", str(tmp_path / "out"),
+        "--device-id", device_id,
+        "--regency", "3171",
+        "--broker", "mqtt.bansos.example:8883",
+        "--printer-port", "/dev/ttyUSB0",
+        "--pins", "red=5,green=6,blue=13,buzzer=19",
+        "--central-pub", str(kit / "central.key.pub"),
+        "--wheel", str(kit / WHEEL),
+        "--models", str(kit / "models"),
+        "--no-install",
+        *extra,
+    ]  # fmt: skip
+    (tmp_path / "boot").mkdir(exist_ok=True)
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def snapshot(*folders: Path) -> dict[str, tuple]:
+    """Every file and link with its bytes, mode and modification time."""
+    snap = {}
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            st = p.lstat()
+            body = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else None)
+            snap[str(p)] = (body, st.st_mode, st.st_mtime_ns)
+    return snap
+
+
+def test_layout_of_a_provisioned_card(tmp_path, kit):
+    res = provision(tmp_path, kit)
+    assert res.returncode == 0, res.stderr
+    root = tmp_path / "root"
+    assert res.stdout.rstrip().endswith("provision: changed")
+
+    # Package and models staged; pip skipped as asked.
+    assert (root / "opt/edge/dist" / WHEEL).read_bytes() == (kit / WHEEL).read_bytes()
+    for f in ("manifest.json", "detector.tflite", "embedder_int8.tflite"):
+        assert (root / "opt/edge/models" / f).read_bytes() == (kit / "models" / f).read_bytes()
+    assert "skipped   pip install" in res.stdout
+
+    # Device identity: private keys 0600 in a 0700 folder, loadable by edge.keys.
+    keys = root / "var/lib/edge/keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    assert (root / "var/lib/edge").stat().st_mode & 0o777 == 0o700
+    for name in ("device_ed25519.pem", "bundle_x25519.pem", "tls_key.pem"):
+        assert (keys / name).stat().st_mode & 0o777 == 0o600, name
+    identity = DeviceIdentity.load_or_create(keys)
+    card = json.loads((keys / "device.pub.json").read_text())
+    assert card["device_id"] == "edge-3171-0007"
+    assert card["sign_public_pem"] == identity.device_public_pem().decode()
+
+    # The CSR is for the TLS key on the card, with the device id as common name.
+    csr = x509.load_pem_x509_csr((keys / "tls.csr").read_bytes())
+    tls_key = serialization.load_pem_private_key((keys / "tls_key.pem").read_bytes(), None)
+    assert csr.is_signature_valid and csr.public_key() == tls_key.public_key()
+    cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == "edge-3171-0007"
+    # The technician's copies are public material only.
+    out = tmp_path / "out"
+    assert (out / "edge-3171-0007.tls.csr").read_bytes() == (keys / "tls.csr").read_bytes()
+    assert (out / "edge-3171-0007.device.pub.json").is_file()
+
+    # No private key anywhere except the device's keys folder.
+    for p in [*root.rglob("*"), *out.rglob("*"), *(tmp_path / "boot").rglob("*")]:
+        if p.is_file() and not p.is_symlink() and b"PRIVATE KEY" in p.read_bytes():
+            assert p.parent == keys, p
+
+    # The config is valid and says what the technician gave.
+    config = root / "etc/edge/config.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    cfg = load_config(config)
+    assert (cfg.device.id, cfg.device.regency) == ("edge-3171-0007", "3171")
+    assert cfg.device.state_dir == "/var/lib/edge" and cfg.models.dir == "/opt/edge/models"
+    assert (cfg.mqtt.enabled, cfg.mqtt.host, cfg.mqtt.port) == (True, "mqtt.bansos.example", 8883)
+    assert cfg.mqtt.key_file == "/var/lib/edge/keys/tls_key.pem"
+    assert (cfg.printer.kind, cfg.printer.port) == ("serial", "/dev/ttyUSB0")
+    sig = cfg.signals
+    assert (sig.kind, sig.red_pin, sig.green_pin, sig.blue_pin, sig.buzzer_pin) == (
+        "gpiozero", 5, 6, 13, 19
+    )  # fmt: skip
+    assert cfg.bundle.central_public_key == "/etc/edge/central_public.pem"
+    central = root / "etc/edge/central_public.pem"
+    assert central.read_bytes() == (kit / "central.key.pub").read_bytes()
+
+    # Unit installed and enabled the way `systemctl enable` does it.
+    unit = root / "etc/systemd/system/edge.service"
+    assert unit.read_bytes() == (ROOT / "systemd/edge.service").read_bytes()
+    wants = root / "etc/systemd/system/multi-user.target.wants/edge.service"
+    assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edge.service"
+    sysusers = (root / "etc/sysusers.d/edge.conf").read_text()
+    assert "u edge" in sysusers and "m edge gpio" in sysusers
+    # No system user on an SD card: that happens at first boot.
+    assert "skipped   user edge" in res.stdout
+    assert not (root / "etc/passwd").exists()
+
+    # First boot has what it needs on the card, and cloud-init calls it.
+    tools = root / "opt/edge/provisioning"
+    assert {p.name for p in tools.iterdir()} >= {"provision.py", "target.py", "edge.service"}
+    user_data = (tmp_path / "boot" / "user-data").read_text()
+    assert user_data.startswith("#cloud-config")
+    assert "{{" not in user_data
+    assert "/opt/edge/provisioning/provision.py --root /" in user_data
+    assert "--device-id edge-3171-0007" in user_data and "--pins red=5,green=6" in user_data
+
+
+def test_second_run_changes_nothing(tmp_path, kit):
+    first = provision(tmp_path, kit)
+    assert first.returncode == 0, first.stderr
+    folders = (tmp_path / "root", tmp_path / "out", tmp_path / "boot")
+    before = snapshot(*folders)
+    second = provision(tmp_path, kit)
+    assert second.returncode == 0, second.stderr
+    assert snapshot(*folders) == before
+    assert second.stdout.rstrip().endswith("provision: unchanged: nothing to do")
+    statuses = {line.split()[0] for line in second.stdout.splitlines()[1:-1]}
+    assert statuses <= {"unchanged", "skipped"}, second.stdout
+
+
+def test_rerun_keeps_keys_and_hand_edits(tmp_path, kit):
+    assert provision(tmp_path, kit).returncode == 0
+    root = tmp_path / "root"
+    keys = root / "var/lib/edge/keys"
+    key_bytes = {p.name: p.read_bytes() for p in keys.glob("*.pem")}
+    config = root / "etc/edge/config.toml"
+    # A technician tunes a value by hand...
+    config.write_text(config.read_text() + "\n[vision]\nmatch_threshold = 0.55\n")
+    # ...and re-provisions with a new broker and device id.
+    res = provision(tmp_path, kit, "--broker", "10.0.0.5:1883", device_id="edge-3171-0008")
+    assert res.returncode == 0, res.stderr
+    assert {p.name: p.read_bytes() for p in keys.glob("*.pem")} == key_bytes
+    cfg = load_config(config)
+    assert cfg.vision.match_threshold == 0.55
+    assert (cfg.device.id, cfg.mqtt.host, cfg.mqtt.port) == ("edge-3171-0008", "10.0.0.5", 1883)
+    # Same TLS key, new CSR naming the new device id.
+    csr = x509.load_pem_x509_csr((keys / "tls.csr").read_bytes())
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "edge-3171-0008"
+    assert "updated   /etc/edge/config.toml" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--regency", "31"), "device.regency"),
+        (("--pins", "red=x"), "bad pin"),
+        (("--broker", "host:port"), "bad broker"),
+    ],
+)
+def test_bad_arguments_write_nothing(tmp_path, kit, extra, message):
+    res = provision(tmp_path, kit, *extra)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_bad_inputs_write_nothing(tmp_path, kit):
+    (kit / "models" / "detector.tflite").write_bytes(b"tampered")
+    res = provision(tmp_path, kit)
+    assert res.returncode != 0 and "sha256 mismatch" in res.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_wrong_central_key_is_refused(tmp_path, kit):
+    (kit / "central.key.pub").write_bytes(DeviceIdentity.generate().device_public_pem()[:40])
+    res = provision(tmp_path, kit)
+    assert res.returncode == 1 and "public key" in res.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_broken_existing_config_is_not_replaced(tmp_path, kit):
+    config = tmp_path / "root" / "etc/edge/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[device\nid = 1\n")
+    res = provision(tmp_path, kit)
+    assert res.returncode == 1 and "not valid TOML" in res.stderr
+    assert config.read_text() == "[device\nid = 1\n"
+
+
+def test_user_data_template_is_cloud_config():
+    text = (ROOT / "provisioning" / "user-data").read_text()
+    assert text.startswith("#cloud-config\n")
+    for field in ("{{DEVICE_ID}}", "{{REGENCY}}", "{{BROKER}}", "{{EXTRA_ARGS}}"):
+        assert field in text
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        return
+    doc = yaml.safe_load(text.replace("{{", "x").replace("}}", "x"))
+    assert "provision.py" in doc["runcmd"][0]
+
+
+def test_installed_config_passes_check_config(tmp_path, kit):
+    assert provision(tmp_path, kit).returncode == 0
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check-config", str(tmp_path / "root/etc/edge/config.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert tomllib.loads(res.stdout)["device"]["id"] == "edge-3171-0007"
