@@ -67,7 +67,12 @@ class App:
         if central is None:
             log.warning("no central public key configured: enrolment bundles cannot be verified")
         self.bundles = BundleStore(
-            state, central or b"", self.identity, self.engine.model_id, self.engine.model_sha256
+            state,
+            central or b"",
+            self.identity,
+            self.engine.model_id,
+            self.engine.model_sha256,
+            device_id=cfg.device.id,
         )
         self.flow = PayoutFlow(cfg, self.engine, self.bundles.current, self.ledger, self.liveness)
         self.signals = make_signals(cfg.signals, pin_factory=pin_factory)

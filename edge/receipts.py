@@ -79,7 +79,7 @@ class ReceiptDesk:
                 log.warning("refusal slip not printed: %s", exc)
                 return False
             return True
-        self.ledger.set_receipt(event["event_id"], "pending")
+        # The ledger marked this receipt pending in the payout's own transaction.
         receipt = self.receipt_for(event)
         self.last_receipt = receipt
         if not self._print(receipt):
