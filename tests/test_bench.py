@@ -1,0 +1,140 @@
+"""The bench harness: its statistics, and one quick run on a tiny input producing every figure.
+
+Benchmarks measure and tests do not time: nothing here asserts a speed, only that each section
+ran (or said clearly which part is missing) and that the JSON carries every figure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stats import FAILED_SCORE, pair_scores, summarise_ms, verification_rates  # noqa: E402
+from bench.suite import BUDGETS, SECTION_NAMES  # noqa: E402
+
+
+def test_eer_and_tar_on_separable_and_overlapping_scores():
+    separable = verification_rates([0.9, 0.8, 0.7], [0.1, 0.2, 0.3])
+    assert separable["eer"] == 0.0
+    assert separable["tar_at_far"]["0.01"] == 1.0
+    # One impostor (0.75) above one genuine (0.7): one error in three on each side at best.
+    overlap = verification_rates([0.9, 0.8, 0.7], [0.1, 0.2, 0.75])
+    assert overlap["eer"] == pytest.approx(1 / 3, abs=1e-4)
+    # With 3 impostors, FAR <= 1% means no impostor accepted: threshold above 0.75.
+    assert overlap["tar_at_far"]["0.01"] == pytest.approx(2 / 3, abs=1e-4)
+    assert overlap["threshold_at_far"]["0.01"] == pytest.approx(0.8)
+    assert overlap["coarse_far"]["0.001"] is True
+
+
+def test_failed_photo_is_a_failed_comparison_not_a_skip():
+    a, b = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    vectors = {"x": a, "y": a, "z": None, "w": b}
+    g, i = pair_scores([("x", "y", 1), ("x", "z", 1), ("x", "w", 0)], vectors)
+    assert g == [1.0, FAILED_SCORE] and i == [0.0]
+    rates = verification_rates(g, i)
+    # The genuine pair with no face can never be accepted: TAR tops out at 1/2.
+    assert rates["tar_at_far"]["0.01"] == pytest.approx(0.5)
+    # face_recognition distances: smaller is closer, so the score is the negated distance.
+    g2, _ = pair_scores([("x", "y", 1)], vectors, metric="neg_l2")
+    assert g2 == [-0.0]
+
+
+def test_summary_of_no_samples_and_of_samples():
+    assert summarise_ms([])["median"] is None
+    s = summarise_ms([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["n"] == 5 and s["median"] == 3.0 and 4.0 < s["p90"] < 100.0
+
+
+def _has_figure(d: dict, *path: str) -> bool:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return isinstance(d, int | float) and not isinstance(d, bool)
+
+
+def test_quick_run_writes_every_figure(tmp_path, faces_dir, models_dir):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--per-source",
+            "4",
+            "--no-install",
+            "--faces",
+            str(faces_dir),
+            "--models",
+            str(models_dir),
+            "--json",
+            str(out),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (tmp_path / "latest-quick.json").is_file()
+    assert "== budgets" in proc.stdout
+    assert result["mode"] == "quick" and result["photos"]["count"] == 20
+    sections = result["sections"]
+    assert set(sections) == set(SECTION_NAMES)
+    for name, sec in sections.items():
+        assert sec["status"] in ("ok", "missing", "error"), name
+        if sec["status"] != "ok":
+            assert sec["reason"], f"{name} says {sec['status']} without a reason"
+    # Our own sections must run whenever their parts are present (these are, in this suite).
+    for name in ("pipeline", "models", "compare", "matcher", "ledger"):
+        assert sections[name]["status"] == "ok", (name, sections[name].get("reason"))
+
+    pipe = sections["pipeline"]
+    for key in ("int8/1t", "dynamic/1t"):
+        v = pipe["variants"][key]
+        for stage in ("decode", "detect", "align", "quality", "embed", "match"):
+            assert _has_figure(v, "stages_ms", stage, "median"), (key, stage)
+            assert _has_figure(v, "stages_ms", stage, "p90"), (key, stage)
+        assert _has_figure(v, "end_to_end_ms", "median")
+        assert _has_figure(v, "analyse_ms_embedded", "median")
+    assert "float" in pipe  # measured, or a sentence saying the build makes none
+    for name, row in sections["models"]["models"].items():
+        assert _has_figure(row, "1t", "median"), name
+
+    acc = sections["compare"]["accuracy"]["ours:int8"]["all"]
+    assert acc["genuine"] > 0 and acc["impostor"] > 0
+    assert _has_figure(acc, "eer")
+    assert _has_figure(acc, "tar_at_far", "0.01") and _has_figure(acc, "tar_at_far", "0.001")
+
+    for n in ("1000", "10000"):
+        for dtype in ("float32", "int8"):
+            assert _has_figure(sections["matcher"], "sizes", n, dtype, "search_ms", "median")
+    for kind in ("refusal", "payout"):
+        assert _has_figure(sections["ledger"], kind, "events_per_s")
+
+    if sections["facerec"]["status"] == "ok":
+        assert _has_figure(sections["facerec"], "seconds_per_photo_mean")
+        ratios = sections["compare"]["ratios"]["ours:int8"]
+        assert _has_figure(ratios, "speed", "all_photos", "ratio")
+    if importlib.util.find_spec("edge.app") and sections["daemon"]["status"] == "ok":
+        assert _has_figure(sections["daemon"], "ready_s")
+        assert _has_figure(sections["daemon"], "rss_mb")
+
+    assert [b["budget"] for b in result["budgets"]] == [b[0] for b in BUDGETS]
+    for b in result["budgets"]:
+        assert b["verdict"] in ("PASS", "MISS", "NOT MEASURED")
+        assert (b["value"] is None) == (b["verdict"] == "NOT MEASURED")
+    assert result["budgets"][0]["verdict"] != "NOT MEASURED"
