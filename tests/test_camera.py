@@ -273,3 +273,15 @@ def test_open_camera_by_kind(tmp_path):
         open_camera(CameraConfig(kind="folder", source=""))
     with pytest.raises(DeviceError, match="picamera2"):
         open_camera(CameraConfig(kind="picamera2")).open()
+
+
+def test_cli_camera_test_on_a_folder(tmp_path, capsys):
+    from edge.__main__ import main
+
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[camera]\nkind = "folder"\nsource = "{tmp_path}"\nrepeat = 3\nfps = 100\n')
+    assert main(["-c", str(cfg), "camera-test", "--frames", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "frames: 6  size: 64x48" in out and "dropped: 0" in out

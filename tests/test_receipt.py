@@ -105,3 +105,15 @@ def test_png_is_paper_width_and_its_qr_reads_back(tmp_path):
     assert text == r.qr_payload
     # black ink on white paper, with the text area actually drawn
     assert grey[:200].min() == 0 and np.median(grey) == 255
+
+
+def test_cli_receipt_writes_png_and_text(tmp_path, capsys):
+    from edge.__main__ import main
+
+    out = tmp_path / "sample.png"
+    assert main(["receipt", "--png", str(out), "--text"]) == 0
+    printed = capsys.readouterr().out
+    assert "BUKTI PENYALURAN BANSOS" in printed and "Rp 300.000" in printed
+    assert Image.open(out).width == DOTS
+    assert main(["receipt", "--refusal", "already_paid"]) == 0
+    assert "SUDAH DIAMBIL" in capsys.readouterr().out

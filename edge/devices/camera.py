@@ -94,8 +94,9 @@ class _Pacer:
         now = time.monotonic()
         if self.due > now:
             time.sleep(self.due - now)
-        # when far behind (a slow reader) start again from now rather than burst to catch up
-        self.due = max(self.due, time.monotonic() - self.period) + self.period
+            now = self.due
+        # a reader that fell behind starts again from now rather than bursting to catch up
+        self.due = max(self.due, now) + self.period
 
 
 class OpenCVCamera(Camera):

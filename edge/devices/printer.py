@@ -129,6 +129,15 @@ class FileTransport(File):
             self.device = False
             raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from None
 
+    def close(self) -> None:
+        dev = self._device
+        self._device = False
+        if dev:
+            try:
+                dev.close()
+            except OSError:
+                pass
+
 
 class Printer:
     """A receipt printer over one python-escpos transport (``None`` for kind "none")."""
