@@ -98,9 +98,44 @@ class App:
         if not self.cfg.mqtt.enabled:
             log.info("mqtt off: events wait in the ledger outbox")
             return None
-        from edge.mqtt.app_wiring import make_reporter
+        from edge.mqtt.commands import CommandProcessor, apply_config_changes
+        from edge.mqtt.reporter import Reporter
 
-        return make_reporter(self)
+        central = central_public_pem(self.cfg)
+        commands = None
+        actions = {
+            "bundle": lambda args: self.bundles.install(args["blob"]).summary(),
+            "config": lambda args: apply_config_changes(self.cfg, args["set"]),
+            "reprint": lambda args: {"printed": self.desk.reprint_last()},
+            "health": lambda args: reporter.health_action(args),
+        }
+        if central is not None:
+            commands = CommandProcessor(
+                central, self.cfg.device.id, self.cfg.state_path / "commands.sqlite", actions
+            )
+        else:
+            log.warning("no central public key: every command will be refused")
+        reporter = Reporter(
+            self.cfg, self.ledger, self.identity, commands, health_source=self.health
+        )
+        return reporter
+
+    def health(self) -> dict[str, Any]:
+        """The app's part of the periodic health report."""
+        bundle = self.bundles.current()
+        faults = []
+        if self.stream.faulted:
+            faults.append("camera")
+        if self.desk.faulted:
+            faults.append("printer")
+        return {
+            "model_id": self.engine.model_id,
+            "bundle_id": bundle.bundle_id if bundle else None,
+            "round_id": bundle.round_id if bundle else None,
+            "faults": faults,
+            "camera_dropped": self.stream.dropped,
+            "decisions": len(self.decisions),
+        }
 
     def _masked_name(self, household_id: str) -> str | None:
         bundle = self.bundles.current()

@@ -1,0 +1,90 @@
+"""The whole daemon end to end: real models, a signed bundle, a scripted camera folder, mock GPIO
+pins and a printer writing real ESC/POS bytes to a file. This is what `make run` shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge import demo
+from edge.config import Config
+from edge.devices.receipt import REFUSAL_WORDS
+from edge.keys import DeviceIdentity
+from edge.ledger import Ledger, verify_events, verify_receipt_payload
+from edge.vision.pipeline import FaceEngine
+from tests.escpos_decode import decode
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> FaceEngine:
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    return FaceEngine.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory, engine, models_dir):
+    root = tmp_path_factory.mktemp("demo")
+    state, photos = demo.build_pilot(root, engine, with_shared=False)
+    demo.photo_script(root / "frames", photos)
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    cfg.device.state_dir = str(state)
+    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(root / "frames"), 10.0
+    cfg.camera.queue_size = 16
+    cfg.flow.cooldown_s = 2.0
+    cfg.liveness.enabled = False
+    cfg.printer.refusal_slip = True
+    app = demo.App(cfg)
+    app.run()
+    return app, state
+
+
+def test_decisions_of_the_photo_script(photo_run):
+    app, _ = photo_run
+    assert [str(d.outcome) for d in app.decisions] == [
+        "accepted",
+        "already_paid",
+        "duplicate_face",
+        "bad_qr",
+        "wrong_round",
+    ]
+    assert app.decisions[0].score >= app.cfg.vision.match_threshold
+
+
+def test_ledger_has_one_payout_and_verifies(photo_run):
+    app, state = photo_run
+    identity = DeviceIdentity.load_or_create(state / "keys")
+    with Ledger(state / "ledger.sqlite", identity, app.cfg.device.id, "3171") as ledger:
+        events = list(ledger.events())
+        assert ledger.outbox_depth() == len(events) == 5
+        assert ledger.pending_receipts() == []
+    assert [e["outcome"] for e in events].count("accepted") == 1
+    report = verify_events(events, identity.device_public_pem())
+    assert report.ok, report.errors
+
+
+def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run):
+    app, state = photo_run
+    printed = decode((state / "receipts.bin").read_bytes())
+    assert len(printed.qr) == 1  # one payout receipt; refusal slips carry no QR
+    identity = DeviceIdentity.load_or_create(state / "keys")
+    record = verify_receipt_payload(printed.qr[0], identity.device_public_pem())
+    accepted = app.decisions[0].event
+    assert record["event_id"] == accepted["event_id"]
+    text = "\n".join(printed.texts)
+    assert "Rp 300.000" in text
+    assert REFUSAL_WORDS["already_paid"][0] in text
+    # Neither the full household id nor the unmasked demo name may be printed.
+    assert demo.ASTRONAUT_HH not in text and "WARGA DEMO" not in text
+
+
+def test_signals_followed_each_decision(photo_run):
+    app, _ = photo_run
+    shown = app.signals.history
+    assert shown[0] == "ready" and shown[-1] == "off"
+    for pattern in ("accepted", "already_paid", "refused", "busy"):
+        assert pattern in shown
