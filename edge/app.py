@@ -34,6 +34,7 @@ PATTERNS = {
     Outcome.SPOOF: "spoof",
 }
 PENDING_RETRY_S = 10.0
+OUTCOME_HOLD_S = 3.0  # an outcome's LED stays this long (or the cool-down) before idle again
 
 
 def central_public_pem(cfg: Config) -> bytes | None:
@@ -62,7 +63,9 @@ class App:
         self.engine = FaceEngine(self.store, cfg)
         self.liveness = self._make_liveness()
         self.identity = DeviceIdentity.load_or_create(state / "keys")
-        self.ledger = Ledger(state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency)
+        self.ledger = Ledger(
+            state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
+        )
         central = central_public_pem(cfg)
         if central is None:
             log.warning("no central public key configured: enrolment bundles cannot be verified")
@@ -83,6 +86,7 @@ class App:
         )
         self.reporter = self._make_reporter()
         self.started_at = time.monotonic()
+        self._decided_at = -1e9
 
     # -- construction helpers ----------------------------------------------------------------
 
@@ -143,14 +147,36 @@ class App:
         return household.masked_name if household else None
 
     def _camera_fault(self, faulted: bool) -> None:
-        self.signals.show("fault" if faulted else "ready")
         log.warning("camera %s", "fault" if faulted else "recovered")
+        self._refresh_signal()
+
+    def _signal(self, pattern: str) -> None:
+        # Only transitions: re-showing a blink pattern every frame would restart it.
+        if self.signals.current != pattern:
+            self.signals.show(pattern)
+
+    def idle_pattern(self) -> str:
+        """What the LED shows between recipients: ready, or why the terminal is degraded."""
+        if self.stream.faulted or self.desk.faulted:
+            return "fault"
+        if self.reporter is not None and not self.reporter.connected:
+            return "no_network"
+        return "ready"
+
+    def _refresh_signal(self) -> None:
+        held = time.monotonic() - self._decided_at < max(self.cfg.flow.cooldown_s, OUTCOME_HOLD_S)
+        if self.flow.busy:
+            self._signal("busy")
+        elif not held:
+            self._signal(self.idle_pattern())
 
     # -- loop --------------------------------------------------------------------------------
 
     def handle(self, decision: Decision) -> None:
         """After the ledger commit: signal, print, report."""
         self.decisions.append(decision)
+        self._decided_at = time.monotonic()
+        # show(), not _signal(): two refusals in a row must both beep
         self.signals.show(PATTERNS.get(decision.outcome, "refused"))
         self.desk.handle(decision.event)
         if self.reporter is not None:
@@ -170,7 +196,7 @@ class App:
         if self.reporter is not None:
             self.reporter.start()
         self.desk.retry_pending()
-        self.signals.show("ready")
+        self._signal(self.idle_pattern())
         sdnotify.ready()
         sdnotify.status(self.status_line())
         log.info("ready in %.2f s", time.monotonic() - self.started_at)
@@ -184,12 +210,11 @@ class App:
                     decision = self.flow.on_frame(frame.rgb)
                     if decision is not None:
                         self.handle(decision)
-                    elif self.flow.busy:
-                        self.signals.show("busy")
                 elif self.stream.finished and not self.flow.busy and self.exit_at_end:
                     log.info("camera source ended")
                     break
                 now = time.monotonic()
+                self._refresh_signal()
                 # Pinging only from here means a stuck frame loop stops the pings and systemd
                 # restarts us; a faulted camera does not, since the stream retries on its own.
                 if now - last_ping >= ping_every:

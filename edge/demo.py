@@ -79,7 +79,9 @@ class FrameScript:
 
     def shot(self, rgb: np.ndarray, frames: int) -> None:
         first = self.folder / f"{self.n:05d}.jpg"
-        cv2.imwrite(str(first), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        cv2.imwrite(
+            str(first), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
         self.n += 1
         for _ in range(frames - 1):
             os.link(first, self.folder / f"{self.n:05d}.jpg")

@@ -171,7 +171,9 @@ class PayoutFlow:
         if bundle is None:
             return self._decide(Outcome.NOT_ENTITLED, "no enrolment bundle installed", hid, rnd)
         if rnd != bundle.round_id:
-            return self._decide(Outcome.WRONG_ROUND, f"bundle is for round {bundle.round_id}", hid, rnd)
+            return self._decide(
+                Outcome.WRONG_ROUND, f"bundle is for round {bundle.round_id}", hid, rnd
+            )
         household = bundle.households.get(hid)
         if household is None:
             return self._decide(Outcome.NOT_ENTITLED, "household not in this bundle", hid, rnd)
@@ -205,7 +207,9 @@ class PayoutFlow:
     def _enough(self, cap: _Capture) -> bool:
         if len(cap.embeddings) < self.cfg.flow.good_frames:
             return False
-        return self.liveness is None or self.liveness.result().frames >= self.cfg.liveness.min_frames
+        return (
+            self.liveness is None or self.liveness.result().frames >= self.cfg.liveness.min_frames
+        )
 
     def _capturing(self, rgb: np.ndarray, now: float, result: Any = None) -> Decision | None:
         cap = self._capture

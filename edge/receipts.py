@@ -104,5 +104,12 @@ class ReceiptDesk:
     def reprint_last(self) -> bool:
         """Reprint the last payout receipt (staff button or MQTT command)."""
         if self.last_receipt is None:
-            return False
+            # After a restart: the newest payout in the ledger.
+            last = None
+            for event in self.ledger.events():
+                if event["outcome"] == "accepted":
+                    last = event
+            if last is None:
+                return False
+            self.last_receipt = self.receipt_for(last)
         return self._print(self.last_receipt)

@@ -52,7 +52,9 @@ class FakeEngine:
         if code not in PEOPLE:
             return None
         noisy = unit(PEOPLE[code] + RNG.normal(scale=0.02, size=128))
-        return SimpleNamespace(face=object(), quality=SimpleNamespace(ok=True, reasons=[]), embedding=noisy)
+        return SimpleNamespace(
+            face=object(), quality=SimpleNamespace(ok=True, reasons=[]), embedding=noisy
+        )
 
     @staticmethod
     def fuse(vectors):
@@ -98,7 +100,10 @@ def make_bundle(round_id: str = ROUND):
     labels = ["3171000000000001/m1", "3171000000000002/m1"]
     matrix = np.stack([PEOPLE[10], PEOPLE[20]])
     return SimpleNamespace(
-        bundle_id="b-test", round_id=round_id, households=households, templates=lambda: (labels, matrix)
+        bundle_id="b-test",
+        round_id=round_id,
+        households=households,
+        templates=lambda: (labels, matrix),
     )
 
 
