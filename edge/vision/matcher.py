@@ -87,26 +87,25 @@ class Gallery:
     def __contains__(self, label: str) -> bool:
         return label in self._rows
 
+    def _score(self, vec: np.ndarray, rows) -> np.ndarray:
+        q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
+        m = self._matrix if rows is None else self._matrix[rows]
+        if self.dtype == "int8":
+            # Quantize the probe as well: integer dot products, one scale at the end.
+            qi = np.round(q * _INT8_SCALE).astype(np.int32)
+            return (m.astype(np.int32) @ qi).astype(np.float32) / _INT8_SCALE**2
+        return m @ q
+
     def scores(self, vec: np.ndarray) -> np.ndarray:
         """Cosine of ``vec`` against every stored row."""
-        q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
-        if self.dtype == "int8":
-            qi = np.round(q * _INT8_SCALE).astype(np.int32)
-            return (self._matrix.astype(np.int32) @ qi).astype(np.float32) / _INT8_SCALE**2
-        return self._matrix @ q
+        return self._score(vec, None)
 
     def verify(self, vec: np.ndarray, label: str) -> float:
         """Best cosine between ``vec`` and ``label``'s templates; -1.0 for an unknown label."""
         rows = self._rows.get(label)
         if not rows:
             return -1.0
-        q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
-        sub = self._matrix[rows]
-        if self.dtype == "int8":
-            s = sub.astype(np.float32) @ q / _INT8_SCALE
-        else:
-            s = sub @ q
-        return float(s.max())
+        return float(self._score(vec, rows).max())
 
     def search(self, vec: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The k best labels (each label's best template), highest score first."""
