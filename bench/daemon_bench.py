@@ -1,7 +1,7 @@
 """The daemon as systemd sees it: seconds from exec to READY=1, and resident memory at steady state.
 
-``python -m edge --config CFG run --keep-running`` is started with ``NOTIFY_SOCKET`` pointing at a
-datagram socket bound here, on a folder camera looping over a few 640x480 frames made from the
+``python -m edge --config CFG run --keep-running`` (flow mode "identify") is started with
+``NOTIFY_SOCKET`` pointing at a datagram socket bound here, on a folder camera looping over a few 640x480 frames made from the
 test photos (written under bench/out and removed afterwards). RSS is read from
 /proc/<pid>/status while frames flow. A separate ``-X importtime`` run shows which imports the
 start-up time goes to.
@@ -57,6 +57,9 @@ def _config(path: Path, state: Path, frames: Path, models_dir: Path | None) -> N
     path.write_text(
         f'[device]\nstate_dir = "{state}"\n\n'
         f"[models]\n{models}\n"
+        # identify mode runs the face engine (and liveness) on every frame: the busiest steady
+        # state; in qr mode idle frames only look for a QR code.
+        '[flow]\nmode = "identify"\n\n'
         f'[camera]\nkind = "folder"\nsource = "{frames}"\nloop = true\nfps = 15.0\n\n'
         '[signals]\nkind = "mock"\n\n'
         '[printer]\nkind = "none"\n\n'

@@ -143,7 +143,7 @@ def _daemon(sec: dict, lines: list[str]) -> None:
 
 def _generic(sec: dict, lines: list[str]) -> None:
     for k, v in sec.items():
-        if k not in ("status", "seconds"):
+        if k not in ("status", "seconds", "load_avg_after"):
             lines.append(f"  {k}: {v}")
 
 
@@ -176,7 +176,11 @@ def render(result: dict) -> str:
     ]
     for name, sec in result["sections"].items():
         lines.append("")
-        lines.append(f"== {name} [{sec['status']}, {sec.get('seconds', 0)} s]")
+        load = sec.get("load_avg_after")
+        lines.append(
+            f"== {name} [{sec['status']}, {sec.get('seconds', 0)} s"
+            + (f", load {load[0]:.1f}]" if load else "]")
+        )
         if sec["status"] != "ok":
             lines.append(f"  {sec.get('reason', '')}")
             continue

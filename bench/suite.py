@@ -187,6 +187,8 @@ def run_suite(opts: Options, progress=print) -> dict:
                 "reason": f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})",
             }
         res["seconds"] = round(time.monotonic() - t0, 1)
+        # Others share this machine: the load says how much to trust the figures.
+        res["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         result["sections"][name] = res
         progress(f"[bench] {name}: {res['status']} in {res['seconds']} s")
     result["budgets"] = check_budgets(result["sections"])
