@@ -282,8 +282,13 @@ class Picamera2Camera(Camera):
         finally:
             request.release()  # buffers go back to libcamera whatever happens
         rgb = np.ascontiguousarray(arr[..., 2::-1])  # BGR(X) in memory -> RGB
+        ts = time.monotonic()
         sensor_ns = meta.get("SensorTimestamp")
-        return self._frame(rgb, sensor_ns / 1e9 if sensor_ns else None)
+        # libcamera stamps frames on CLOCK_MONOTONIC (as time.monotonic); a value far from now
+        # means another clock, and then the capture time is the better stamp
+        if sensor_ns and abs(ts - sensor_ns / 1e9) < 5.0:
+            ts = sensor_ns / 1e9
+        return self._frame(rgb, ts)
 
     def close(self) -> None:
         cam, self._cam = self._cam, None
@@ -297,10 +302,14 @@ class Picamera2Camera(Camera):
 
 def picamera2_available() -> bool:
     """True when picamera2 can be imported (on a Pi with libcamera)."""
-    try:
-        return importlib.util.find_spec("picamera2") is not None
-    except (ImportError, ValueError):
+    if importlib.util.find_spec("picamera2") is None:
         return False
+    try:
+        import picamera2  # noqa: F401  (installed but without libcamera it fails here)
+    except Exception as exc:
+        log.warning("camera: picamera2 present but not importable: %s", exc)
+        return False
+    return True
 
 
 def open_camera(cfg) -> Camera:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,8 @@ class Printer:
         self.status_queries = status_queries
         self.last_receipt: Receipt | None = None
         self._open = False
+        # the payout loop prints while a health reporter may ask for status: one at a time
+        self._lock = threading.RLock()
 
     @property
     def enabled(self) -> bool:
@@ -183,6 +186,10 @@ class Printer:
 
     def status(self) -> PrinterStatus:
         """Ask the printer whether it is online and has paper; bounded by the serial timeout."""
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> PrinterStatus:
         if self.transport is None:
             return PrinterStatus(False, "unknown")
         if not self._open and not self.open():
@@ -246,6 +253,10 @@ class Printer:
 
     def print_blocks(self, blocks: list[Block], what: str = "slip") -> None:
         """Check, print, cut, check again; any failure is a ``DeviceError``."""
+        with self._lock:
+            self._print_blocks(blocks, what)
+
+    def _print_blocks(self, blocks: list[Block], what: str) -> None:
         self._ensure_open()
         self._check_ready("before")
         try:
@@ -281,7 +292,8 @@ class Printer:
 
     def close(self) -> None:
         """Close the transport."""
-        self._drop()
+        with self._lock:
+            self._drop()
 
 
 def make_printer(cfg, state_dir: str | Path) -> Printer:
