@@ -23,13 +23,17 @@ def _mp(s: dict | None) -> str:
 
 def pipeline(sec: dict) -> list[str]:
     """Per-stage table: one row per embedder and thread setting."""
-    stages = ("decode", "detect", "align", "quality", "embed", "match")
-    head = ["variant", *stages, "face (budget)", "end to end"]
+    stages = ("decode", "detect", "align", "quality", "embed", "match", "liveness")
+    head = ["variant", *stages, "face (budget)", "end to end", "capture frame"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, v in sec["variants"].items():
         st = v["stages_ms"]
         cells = [_mp(st.get(s)) for s in stages]
-        cells += [_mp(v["analyse_ms_embedded"]), _mp(v["end_to_end_ms"])]
+        cells += [
+            _mp(v["analyse_ms_embedded"]),
+            _mp(v["end_to_end_ms"]),
+            _mp(v.get("capture_frame_ms")),
+        ]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     return rows
 

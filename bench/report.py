@@ -18,13 +18,19 @@ def _pipeline(sec: dict, lines: list[str]) -> None:
         f"  photos {sec['photos']}, flip view {sec['flip_view']}; match: {sec['match_gallery']}"
     )
     lines.append(f"  float: {sec['float']}")
-    stages = ("decode", "detect", "align", "quality", "embed", "other", "match")
+    stages = ("decode", "detect", "align", "quality", "embed", "other", "match", "liveness")
     lines.append(f"  mesh alignment {sec.get('mesh_align')}; align = mesh + warp (below)")
-    lines.append("  median / p90 ms  " + "".join(f"{s:>15}" for s in (*stages, "face", "end2end")))
+    lines.append(
+        "  median / p90 ms  " + "".join(f"{s:>15}" for s in (*stages, "face", "end2end", "capture"))
+    )
     for key, v in sec["variants"].items():
         st = v["stages_ms"]
         cells = [_ms(st.get(s)) for s in stages]
-        cells += [_ms(v["analyse_ms_embedded"]), _ms(v["end_to_end_ms"])]
+        cells += [
+            _ms(v["analyse_ms_embedded"]),
+            _ms(v["end_to_end_ms"]),
+            _ms(v.get("capture_frame_ms")),
+        ]
         lines.append(f"  {key:<16}" + "".join(f"{c:>15}" for c in cells))
     first = next(iter(sec["variants"].values()), None)
     if first:
@@ -34,6 +40,7 @@ def _pipeline(sec: dict, lines: list[str]) -> None:
             f"{c['quality_fail']} failed quality (not embedded), {c['no_face']} no face"
         )
         lines.append("  face = detect+align+quality+embed of a face that is embedded (the budget)")
+        lines.append("  capture = a frame while capturing: end2end + liveness update (int8 only)")
     lines.append(
         "  align split, median ms: "
         + ", ".join(
