@@ -164,8 +164,8 @@ class Ledger:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         accepted = outcome == "accepted"
-        if accepted and not (household_id and round_id):
-            raise ValueError("an accepted payout needs household_id and round_id")
+        if accepted and not (household_id and round_id and amount is not None):
+            raise ValueError("an accepted payout needs household_id, round_id and amount")
         now = self._clock()
         self._check_clock(now)
         ts = iso_utc(now)

@@ -291,3 +291,20 @@ def test_read_events_matches_ledger(ledger, tmp_path):
     pay(ledger)
     ledger.record("no_face")
     assert list(read_events(tmp_path / "ledger.sqlite")) == list(ledger.events())
+
+
+def test_events_match_the_published_json_schema(ledger):
+    import jsonschema
+
+    from edge.config import PROJECT_ROOT
+
+    schema_path = PROJECT_ROOT / "edge" / "schemas" / "event.v1.json"
+    if not schema_path.is_file():
+        pytest.skip("event schema not present")
+    schema = json.loads(schema_path.read_text())
+    pay(ledger)
+    ledger.record("no_face")
+    ledger.record("bad_qr", extra={"reason": "foreign code"})
+    ledger.record("no_match", household_id="KPM-3171-0001-0002", round_id="2026-12", score=0.1)
+    for item in ledger.outbox():
+        jsonschema.validate(json.loads(item.payload), schema)

@@ -1,7 +1,299 @@
-"""Sub-commands (filled in by the capability that owns them)."""
+"""Sub-commands for bundles, device keys, the ledger audit and invitation QR codes."""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from edge.config import load_config
+from edge.errors import BundleError, EdgeError, LedgerError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``edge`` parser."""
+    p = sub.add_parser("bundle", help="build, inspect or install an enrolment bundle")
+    bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+
+    b = bsub.add_parser("build", help="build a signed bundle from a CSV and a photo folder")
+    b.add_argument("--csv", required=True, type=Path, help="households CSV (see docs/ledger.md)")
+    b.add_argument("--photos", required=True, type=Path, help="folder the CSV's photos are in")
+    b.add_argument("--round", required=True, dest="round_id", help="round id, e.g. 2026-12")
+    b.add_argument("--amount", required=True, type=int, help="entitlement in rupiah")
+    b.add_argument("--device-pub", required=True, type=Path, help="device card (edge keys show)")
+    b.add_argument("--central-key", required=True, type=Path, help="central Ed25519 private key")
+    b.add_argument("--out", required=True, type=Path, help="bundle file to write")
+    b.add_argument("--report", type=Path, help="also write the enrolment report as CSV")
+    b.add_argument("--point", help="distribution point name (default: config device.point_name)")
+    b.add_argument("--regency", help="BPS regency code (default: config device.regency)")
+    b.add_argument("--device-id", help="terminal id (default: from the device card)")
+    b.add_argument("--valid-from", help="ISO date/time (default: now)")
+    b.add_argument("--valid-days", type=float, default=31.0, help="validity in days (31)")
+    b.set_defaults(func=cmd_bundle_build)
+
+    i = bsub.add_parser("inspect", help="show a bundle's metadata (no templates, no names)")
+    i.add_argument("file", type=Path)
+    i.add_argument("--central-pub", type=Path, help="also check the signature with this key")
+    i.set_defaults(func=cmd_bundle_inspect)
+
+    n = bsub.add_parser("install", help="verify a bundle and install it in the state dir")
+    n.add_argument("file", type=Path)
+    n.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    n.set_defaults(func=cmd_bundle_install)
+
+    k = sub.add_parser("keys", help="device identity: make or show the terminal's keys")
+    k.add_argument("action", choices=("init", "show"))
+    k.add_argument("--out", type=Path, help="write the device card (public keys, JSON) here")
+    k.set_defaults(func=cmd_keys)
+
+    c = sub.add_parser("central-keygen", help="make a central Ed25519 key pair (pilot only)")
+    c.add_argument("out", type=Path, help="private key file; the public key goes to OUT.pub")
+    c.set_defaults(func=cmd_central_keygen)
+
+    a = sub.add_parser("audit", help="verify a ledger's hash chain and signatures, or a receipt")
+    a.add_argument("ledger", nargs="?", type=Path, help="ledger.sqlite or an events .jsonl file")
+    a.add_argument("--device-pub", type=Path, help="device card or Ed25519 public PEM")
+    a.add_argument("--receipt", help="the text of a receipt's QR code")
+    a.set_defaults(func=cmd_audit)
+
+    q = sub.add_parser("claim-qr", help="render the QR code of an invitation letter")
+    q.add_argument("--household", required=True)
+    q.add_argument("--round", required=True, dest="round_id")
+    q.add_argument("--png", required=True, type=Path)
+    q.set_defaults(func=cmd_claim_qr)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent when stderr is not a TTY."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.enabled = self.stream.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _parse_when(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    try:
+        d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EdgeError(f"not an ISO date/time: {text!r}") from None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def central_public_pem(cfg, override: Path | None = None) -> bytes:
+    """Central's public key: ``--central-pub``, config, or ``state_dir/keys/central_public.pem``."""
+    candidates = [override] if override else []
+    if cfg.bundle.central_public_key:
+        value = cfg.bundle.central_public_key
+        if value.lstrip().startswith("-----BEGIN"):
+            return value.encode()
+        candidates.append(Path(value))
+    candidates.append(cfg.state_path / "keys" / "central_public.pem")
+    for path in candidates:
+        if path.is_file():
+            return path.read_bytes()
+    raise BundleError("no central public key: set bundle.central_public_key or pass --central-pub")
+
+
+def embedder_ids(cfg) -> tuple[str, str]:
+    """Model id and sha256 of the configured embedder (what bundle templates must match)."""
+    name = "embedder_int8" if cfg.models.embedder == "int8" else "embedder_dynamic"
+    try:
+        from edge.modelstore import ModelStore
+    except ModuleNotFoundError:
+        from edge.vision.pipeline import FaceEngine
+
+        engine = FaceEngine.from_config(cfg)
+        return engine.model_id, engine.model_sha256
+    store = ModelStore.load(cfg.models.dir)
+    return store.model_id(name), store.sha256(name)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_bundle_build(args) -> int:
+    from edge.bundle import build_bundle
+    from edge.enrolment import engine_analyse, enrol, read_csv
+    from edge.keys import load_central_private_key, load_device_public
+    from edge.vision.pipeline import FaceEngine
+
+    cfg = load_config(args.config)
+    device = load_device_public(args.device_pub)
+    if device.bundle_public is None:
+        raise BundleError(f"{args.device_pub}: no bundle key; use the card from `edge keys show`")
+    device_id = args.device_id or device.device_id
+    if not device_id:
+        raise BundleError("the device card has no device id; pass --device-id")
+    central = load_central_private_key(args.central_key)
+    rows, invalid = read_csv(args.csv)
+    engine = FaceEngine.from_config(cfg)
+    result = enrol(
+        rows,
+        args.photos,
+        engine_analyse(engine),
+        amount=args.amount,
+        duplicate_threshold=cfg.vision.duplicate_threshold,
+        default_regency=args.regency or cfg.device.regency,
+        progress=ProgressBar("enrolling"),
+    )
+    result.report[:0] = invalid
+    print(result.report_text())
+    if args.report:
+        result.write_report_csv(args.report)
+    if not result.households:
+        raise BundleError("no household could be enrolled; bundle not written")
+    valid_from = _parse_when(args.valid_from)
+    blob = build_bundle(
+        central_key=central,
+        device_bundle_public=device.bundle_public,
+        device_id=device_id,
+        round_id=args.round_id,
+        point_name=args.point or cfg.device.point_name,
+        regency=args.regency or cfg.device.regency,
+        model_id=engine.model_id,
+        model_sha256=engine.model_sha256,
+        households=result.households,
+        labels=result.labels,
+        matrix=result.matrix,
+        valid_from=valid_from,
+        valid_until=valid_from + timedelta(days=args.valid_days),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(blob)
+    print(f"bundle written: {args.out} ({len(blob)} bytes) for device {device_id}")
+    return 0
+
+
+def cmd_bundle_inspect(args) -> int:
+    from edge.bundle import open_envelope, read_metadata
+    from edge.keys import load_central_public_key, verify_ed25519
+
+    blob = args.file.read_bytes()
+    meta = read_metadata(blob)
+    households = meta.pop("households", [])
+    meta["households"] = len(households)
+    meta["members"] = sum(len(h.get("members", [])) for h in households)
+    if args.central_pub:
+        body, sig = open_envelope(blob)
+        key = load_central_public_key(args.central_pub.read_bytes())
+        meta["signature"] = "valid" if sig and verify_ed25519(key, sig, body) else "INVALID"
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0 if meta.get("signature", "valid") == "valid" else 1
+
+
+def cmd_bundle_install(args) -> int:
+    from edge.bundle import BundleStore
+    from edge.keys import DeviceIdentity
+
+    cfg = load_config(args.config)
+    central = central_public_pem(cfg, args.central_pub)
+    identity = DeviceIdentity.load_or_create(cfg.state_path / "keys")
+    model_id, sha = embedder_ids(cfg)
+    store = BundleStore(cfg.state_path, central, identity, model_id, sha, device_id=cfg.device.id)
+    bundle = store.install(args.file.read_bytes())
+    print(json.dumps(bundle.summary(), indent=2))
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from edge.keys import (
+        BUNDLE_KEY_FILE,
+        CARD_FILE,
+        SIGN_KEY_FILE,
+        DeviceIdentity,
+        make_tls_key_and_csr,
+        write_card,
+    )
+
+    cfg = load_config(args.config)
+    keys_dir = cfg.state_path / "keys"
+    if args.action == "show" and not (
+        (keys_dir / SIGN_KEY_FILE).exists() and (keys_dir / BUNDLE_KEY_FILE).exists()
+    ):
+        raise EdgeError(f"no device keys in {keys_dir}: run `edge keys init`")
+    identity = DeviceIdentity.load_or_create(keys_dir)
+    if args.action == "init":
+        make_tls_key_and_csr(keys_dir, cfg.device.id)
+        write_card(identity, cfg.device.id, keys_dir / CARD_FILE)
+        print(f"device keys ready in {keys_dir}; TLS CSR for the CA: {keys_dir / 'tls.csr'}")
+    card = identity.card(cfg.device.id)
+    if args.out:
+        write_card(identity, cfg.device.id, args.out)
+        print(f"device card written: {args.out}")
+    print(f"device id:          {card['device_id']}")
+    print(f"signing key (sha):  {card['sign_fingerprint']}")
+    print(f"bundle key (sha):   {card['bundle_fingerprint']}")
+    print(f"bundle key (X25519, base64): {card['bundle_public']}")
+    print(card["sign_public_pem"], end="")
+    return 0
+
+
+def cmd_central_keygen(args) -> int:
+    from edge.keys import generate_central_key
+
+    generate_central_key(args.out)
+    print(f"central key: {args.out} (keep it secret); public key: {args.out}.pub")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from edge.keys import load_device_public
+    from edge.ledger import verify_events, verify_receipt_payload
+    from edge.ledger_audit import audit_ledger, read_event_stream
+
+    pem = load_device_public(args.device_pub).sign_public_pem if args.device_pub else None
+    if args.receipt is not None:
+        if pem is None:
+            raise EdgeError("--receipt needs --device-pub")
+        try:
+            fields = verify_receipt_payload(args.receipt, pem)
+        except LedgerError as exc:
+            print(f"receipt INVALID: {exc}")
+            return 1
+        print("receipt valid: signed by this device")
+        for k, v in fields.items():
+            print(f"  {k}: {v}")
+        return 0
+    if args.ledger is None:
+        raise EdgeError("give a LEDGER file or --receipt TEXT")
+    t0 = time.monotonic()
+    if args.ledger.suffix in (".jsonl", ".json"):
+        if pem is None:
+            raise EdgeError("an event stream needs --device-pub")
+        report = verify_events(read_event_stream(args.ledger), pem, from_genesis=False)
+    else:
+        report = audit_ledger(args.ledger, pem)
+    print(report.summary())
+    log.debug("audit took %.2f s", time.monotonic() - t0)
+    return 0 if report.ok else 1
+
+
+def cmd_claim_qr(args) -> int:
+    from edge.claim import encode_claim, render_claim_png
+
+    render_claim_png(args.household, args.round_id, args.png)
+    print(f"{args.png}: {encode_claim(args.household, args.round_id)}")
+    return 0
