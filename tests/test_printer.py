@@ -28,6 +28,7 @@ class FakeSerialPrinter:
         self._slave = slave  # kept open so the pty survives between opens by the printer
         self.received = bytearray()
         self.answering = True
+        self.reading = True  # False: a jammed printer that stops taking bytes
         self.online = True
         self.paper = "ok"
         self.paper_after: str | None = None  # paper state to switch to once a cut arrives
@@ -39,7 +40,7 @@ class FakeSerialPrinter:
     def _run(self) -> None:
         while not self._stop.is_set():
             ready, _, _ = select.select([self.master], [], [], 0.05)
-            if not ready:
+            if not ready or not self.reading:
                 continue
             try:
                 chunk = os.read(self.master, 4096)
@@ -159,6 +160,20 @@ def test_status_queries_off_prints_without_asking(fake_printer, tmp_path):
     out = decode(bytes(fake_printer.received))
     assert out.status_queries == []
     assert "SUDAH DIAMBIL" in out.texts
+    printer.close()
+
+
+def test_jammed_printer_times_out_instead_of_hanging(fake_printer, tmp_path):
+    printer = _serial(fake_printer, tmp_path, status_queries=False)
+    fake_printer.reading = False
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match="failed"):
+        printer.print_diagnostic([f"baris {i}" for i in range(20000)])
+    assert time.monotonic() - t0 < 6.0
+    fake_printer.reading = True
+    printer.print_diagnostic(["pulih"])  # reopened and printing again
+    fake_printer.wait_for(b"pulih")
+    assert b"pulih" in fake_printer.received
     printer.close()
 
 
