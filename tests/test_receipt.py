@@ -117,3 +117,25 @@ def test_cli_receipt_writes_png_and_text(tmp_path, capsys):
     assert Image.open(out).width == DOTS
     assert main(["receipt", "--refusal", "already_paid"]) == 0
     assert "SUDAH DIAMBIL" in capsys.readouterr().out
+
+
+def test_from_ledger_event():
+    event = {
+        "event_id": "0d6c3c1e-6b8f-4a53-9a53-3c4b1a0f9e21",
+        "device_id": "edge-demo-0001",
+        "ts": "2026-11-23T09:00:00Z",
+        "outcome": "accepted",
+        "round_id": "2026-T4",
+        "amount": 600000,
+    }
+    r = Receipt.from_event(
+        event,
+        point_name="Titik A",
+        masked_name="BUDI S***",
+        masked_household="KPM-3171-****-0001",
+        qr_payload="x",
+    )
+    text = render_text(r)
+    assert "Rp 600.000" in text and "16:00:00 WIB" in text and "2026-T4" in text
+    slip = Refusal.from_event({**event, "outcome": "no_match"}, point_name="Titik A")
+    assert "WAJAH TIDAK COCOK" in render_text(slip)

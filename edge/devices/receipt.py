@@ -54,6 +54,30 @@ class Receipt:
     event_id: str
     qr_payload: str
 
+    @classmethod
+    def from_event(
+        cls,
+        event: dict,
+        *,
+        point_name: str,
+        masked_name: str,
+        masked_household: str,
+        qr_payload: str,
+    ) -> Receipt:
+        """Build from a ledger event (device_id, ts, round_id, amount, event_id), e.g. to
+        print a pending receipt or a reprint after a restart."""
+        return cls(
+            point_name=point_name,
+            device_id=event["device_id"],
+            ts=event["ts"],
+            round_id=event.get("round_id") or "-",
+            masked_name=masked_name,
+            masked_household=masked_household,
+            amount=int(event.get("amount") or 0),
+            event_id=event["event_id"],
+            qr_payload=qr_payload,
+        )
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -64,6 +88,11 @@ class Refusal:
     ts: datetime | str | float
     outcome: str
     event_id: str
+
+    @classmethod
+    def from_event(cls, event: dict, *, point_name: str) -> Refusal:
+        """Build from a ledger decision event."""
+        return cls(point_name, event["device_id"], event["ts"], event["outcome"], event["event_id"])
 
 
 @dataclass(frozen=True)
