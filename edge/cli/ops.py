@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-print", action="store_true", help="skip the diagnostic receipt (saves paper)"
     )
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for camera frames")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a face")
+    p.add_argument(
+        "--dwell", type=float, default=0.4, help="seconds each LED/buzzer pattern is shown"
+    )
     p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("health", help="print disk, clock, CPU temperature and uptime readings")
@@ -58,7 +61,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from edge.selftest import run_selftest
 
     cfg = load_config(args.config)
-    report = run_selftest(cfg, print_receipt=not args.no_print, camera_timeout=args.timeout)
+    report = run_selftest(
+        cfg, print_receipt=not args.no_print, camera_timeout=args.timeout, dwell=args.dwell
+    )
     print(report.render())
     return 0 if report.ok else 1
 
