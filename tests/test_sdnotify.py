@@ -47,14 +47,14 @@ class FakeSystemd:
         self.messages.append(msg)
         return msg
 
-    def wait_for(self, predicate, timeout: float) -> str | None:
-        """Receive until a message satisfies ``predicate`` or the time is up."""
+    def wait_for(self, predicate, timeout: float, alive=lambda: True) -> str | None:
+        """Receive until a message satisfies ``predicate``, the time is up or ``alive()`` fails."""
         deadline = time.monotonic() + timeout
         for msg in self.messages:
             if predicate(msg):
                 return msg
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.receive(left)
+        while (left := deadline - time.monotonic()) > 0 and alive():
+            msg = self.receive(min(left, 0.5))
             if msg is not None and predicate(msg):
                 return msg
         return None
@@ -172,7 +172,11 @@ enabled = false
         stderr=subprocess.STDOUT,
     )
     try:
-        assert fake.wait_for(lambda m: "READY=1" in m.splitlines(), 60), fake.messages
+        alive = lambda: proc.poll() is None  # noqa: E731
+        if not fake.wait_for(lambda m: "READY=1" in m.splitlines(), 90, alive):
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"no READY=1 ({fake.messages}); daemon said:\n{out.decode()[-3000:]}")
         assert fake.wait_for(lambda m: m.startswith("STATUS="), 10), fake.messages
         # WatchdogSec=2 s: pings must come at least once a second or so, more than once.
         assert fake.wait_for(lambda m: "WATCHDOG=1" in m.splitlines(), 5), fake.messages
