@@ -82,7 +82,10 @@ class App:
         self.printer = make_printer(cfg.printer, state)
         self.desk = ReceiptDesk(cfg, self.printer, self.ledger, self._masked_name)
         self.stream = CameraStream(
-            open_camera(cfg.camera), cfg.camera.queue_size, on_fault=self._camera_fault
+            open_camera(cfg.camera),
+            cfg.camera.queue_size,
+            on_fault=self._camera_fault,
+            stall_s=cfg.camera.stall_s,
         )
         self.reporter = self._make_reporter()
         self.started_at = time.monotonic()

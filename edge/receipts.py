@@ -8,7 +8,6 @@ restart does not forget it either.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from edge.config import Config
@@ -18,10 +17,6 @@ from edge.ledger import receipt_payload
 from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)
-
-
-def _when(event: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).astimezone(UTC)
 
 
 class ReceiptDesk:
@@ -38,19 +33,17 @@ class ReceiptDesk:
 
     def receipt_for(self, event: dict[str, Any]) -> Receipt:
         hid = event["household_id"]
-        return Receipt(
+        return Receipt.from_event(
+            event,
             point_name=self.cfg.device.point_name,
-            device_id=event["device_id"],
-            ts=_when(event),
-            round_id=event["round_id"],
             masked_name=self.names(hid) or "-",
             masked_household=mask_id(hid),
-            amount=int(event["amount"]),
-            event_id=event["event_id"],
             qr_payload=receipt_payload(event),
         )
 
     def _print(self, receipt: Receipt) -> bool:
+        if not self.printer.enabled:
+            return False  # printer.kind = none: receipts stay pending for a later reprint
         try:
             self.printer.print_receipt(receipt)
         except DeviceError as exc:
@@ -66,13 +59,7 @@ class ReceiptDesk:
         if event["outcome"] != "accepted":
             if not self.cfg.printer.refusal_slip:
                 return True
-            slip = Refusal(
-                point_name=self.cfg.device.point_name,
-                device_id=event["device_id"],
-                ts=_when(event),
-                outcome=event["outcome"],
-                event_id=event["event_id"],
-            )
+            slip = Refusal.from_event(event, point_name=self.cfg.device.point_name)
             try:
                 self.printer.print_refusal(slip)
             except DeviceError as exc:
