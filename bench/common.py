@@ -52,3 +52,20 @@ def require_module(name: str, owner: str):
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise Missing(f"{name} not there yet ({owner})") from None
         raise
+
+
+# The face pipeline needs these; the liveness models are used when the build has them.
+FACE_MODELS = ("detector", "landmarks", "embedder_int8", "embedder_dynamic")
+
+
+def load_store(models_dir):
+    """The project's ModelStore for ``models_dir``; Missing while the build is absent or partial."""
+    modelstore = require_module("edge.modelstore", "MODELS")
+    from edge.errors import ModelError
+
+    if not (Path(models_dir) / "manifest.json").is_file():
+        raise Missing(f"no models at {models_dir}: run `make models` (MODELS)")
+    try:
+        return modelstore.ModelStore.load(models_dir, required=FACE_MODELS)
+    except ModelError as exc:
+        raise Missing(f"models not usable: {exc}") from None

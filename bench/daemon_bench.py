@@ -1,9 +1,9 @@
 """The daemon as systemd sees it: seconds from exec to READY=1, and resident memory at steady state.
 
 ``python -m edge --config CFG run --keep-running`` (flow mode "identify") is started with
-``NOTIFY_SOCKET`` pointing at a datagram socket bound here, on a folder camera looping over a few 640x480 frames made from the
-test photos (written under bench/out and removed afterwards). RSS is read from
-/proc/<pid>/status while frames flow. A separate ``-X importtime`` run shows which imports the
+``NOTIFY_SOCKET`` pointing at a datagram socket bound here, on a folder camera looping over a
+few 640x480 frames made from the test photos (written under bench/out and removed afterwards).
+RSS is read from /proc/<pid>/status while frames flow. A separate ``-X importtime`` run shows which imports the
 start-up time goes to.
 """
 
@@ -157,10 +157,9 @@ def run(ctx: Context) -> dict:
                 ready_s = time.monotonic() - t0
         if ready_s is None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(
-                f"no READY=1 within {READY_TIMEOUT_S:.0f} s (exit code {proc.poll()}): "
-                + " | ".join(tail)
-            )
+            code = proc.poll()
+            when = f"exited ({code}) before READY" if code is not None else "no READY=1 in time"
+            raise RuntimeError(f"{when}: " + " | ".join(tail))
         cpu_at_ready = _cpu_s(proc.pid)
         samples = []
         end = time.monotonic() + settle

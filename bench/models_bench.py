@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Context, Missing, require_module
+from bench.common import Context, load_store, require_module
 from bench.pipeline_bench import _float_model, _pin, base_config
 from bench.stats import summarise_ms
 
@@ -44,12 +44,9 @@ def invoke_ms(model: bytes, threads: int, repeat: int) -> tuple[list[float], dic
 
 def run(ctx: Context) -> dict:
     """Invoke milliseconds per model at one thread (one core) and at all cores."""
-    modelstore = require_module("edge.modelstore", "MODELS")
     cfg = base_config(ctx)
     models_dir = Path(cfg.models.dir)
-    if not (models_dir / "manifest.json").is_file():
-        raise Missing(f"no models at {models_dir}: run `make models` (MODELS)")
-    store = modelstore.ModelStore.load(models_dir)
+    store = load_store(models_dir)
     repeat = 15 if ctx.opts.quick else 100
     names = [n for n in MODELS if n in store.names()]
     blobs = {n: store.bytes(n) for n in names}

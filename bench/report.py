@@ -15,7 +15,9 @@ def _ms(s: dict | None) -> str:
 
 def _pipeline(sec: dict, lines: list[str]) -> None:
     lines.append(
-        f"  photos {sec['photos']}, flip view {sec['flip_view']}; match: {sec['match_gallery']}"
+        f"  photos {sec['photos']} (timed: {sec.get('timed_photos')}, best of "
+        f"{sec.get('repeats')} runs each), flip view {sec['flip_view']}; "
+        f"match: {sec['match_gallery']}"
     )
     lines.append(f"  float: {sec['float']}")
     stages = ("decode", "detect", "align", "quality", "embed", "other", "match", "liveness")
