@@ -1,0 +1,324 @@
+"""Signed commands from central: verify, refuse replays, then run an action the app supplies.
+
+A command is a ``bansos.command/1`` JSON object signed with central's Ed25519 key (the same
+key that signs enrolment bundles). It is refused, reported, and changes nothing when it is
+malformed, unsigned, badly signed, addressed to another terminal, too old or from the future,
+already seen (ids are remembered durably in SQLite), unknown, or asks for a config key that is
+not on the allow-list. Large enrolment bundles arrive in chunks; each chunk is a separately
+signed command, and the blob is verified (sha256 here, signature by the bundle store) only
+once it is whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+from edge.mqtt.schemas import PayloadError, canonical, parse, parse_utc, utc_now
+
+log = logging.getLogger(__name__)
+
+COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend")
+MAX_RESEND = 10000
+# Only thresholds and timings may change remotely; identity, keys and broker settings never do.
+ALLOWED_CONFIG_KEYS = frozenset(
+    {
+        "vision.match_threshold",
+        "vision.duplicate_threshold",
+        "liveness.threshold",
+        "flow.cooldown_s",
+        "flow.capture_timeout_s",
+        "mqtt.health_interval_s",
+    }
+)
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_MAX_SKEW_S = 300.0
+CHUNK_BYTES = 128 * 1024
+
+Action = Callable[[dict], dict]
+
+
+class CommandRefused(Exception):
+    """A command that must not run; the message goes to the result topic."""
+
+
+def sign_command(
+    central_private_key: Ed25519PrivateKey | bytes,
+    device_id: str,
+    name: str,
+    args: dict,
+    *,
+    issued_at: float | None = None,
+    command_id: str | None = None,
+) -> bytes:
+    """Build and sign one command for ``device_id`` (central side and tests)."""
+    key = central_private_key
+    if isinstance(key, bytes):
+        key = load_pem_private_key(key, password=None)
+    body = {
+        "schema": "bansos.command/1",
+        "id": command_id or str(uuid.uuid4()),
+        "device_id": device_id,
+        "name": name,
+        "issued_at": utc_now(time.time() if issued_at is None else issued_at),
+        "args": args,
+    }
+    body["sig"] = base64.b64encode(key.sign(canonical(body))).decode("ascii")
+    return canonical(body)
+
+
+def bundle_commands(
+    central_private_key: Ed25519PrivateKey | bytes,
+    device_id: str,
+    bundle_id: str,
+    blob: bytes,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> list[bytes]:
+    """Split an enrolment bundle blob into signed ``bundle`` commands, one per chunk."""
+    digest = hashlib.sha256(blob).hexdigest()
+    parts = [blob[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [b""]
+    return [
+        sign_command(
+            central_private_key,
+            device_id,
+            "bundle",
+            {
+                "bundle_id": bundle_id,
+                "sha256": digest,
+                "chunk": i,
+                "chunks": len(parts),
+                "data": base64.b64encode(part).decode("ascii"),
+            },
+        )
+        for i, part in enumerate(parts)
+    ]
+
+
+def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
+    """Apply allow-listed ``section.key`` changes to a live Config, all or nothing.
+
+    Every value is validated on a copy first (the config schema validates assignments), so a
+    bad value leaves the live config untouched. Returns ``{"changed": {key: [old, new]}}``.
+    """
+    bad = sorted(set(changes) - ALLOWED_CONFIG_KEYS)
+    if bad:
+        raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
+    trial = cfg.model_copy(deep=True)
+    for key, value in changes.items():
+        section, field = key.split(".", 1)
+        try:
+            setattr(getattr(trial, section), field, value)
+        except ValueError as exc:
+            raise CommandRefused(f"bad value for {key}: {str(exc).splitlines()[0]}") from None
+    changed = {}
+    for key, value in changes.items():
+        section, field = key.split(".", 1)
+        old = getattr(getattr(cfg, section), field)
+        setattr(getattr(cfg, section), field, value)
+        changed[key] = [old, value]
+    return {"changed": changed}
+
+
+class CommandProcessor:
+    """Checks commands addressed to one terminal and runs the matching action.
+
+    ``actions`` maps a command name (``bundle``, ``config``, ``reprint``, ``health``,
+    ``resend``) to a
+    callable taking the command's args and returning a small dict for the result. The
+    ``bundle`` action receives ``{"bundle_id", "sha256", "blob": bytes}`` once every chunk is
+    in; ``config`` receives ``{"set": {...}}`` with allow-listed keys only.
+    ``state_path`` is the SQLite file that remembers seen command ids and pending chunks
+    (a directory gets ``commands.sqlite`` inside it).
+    """
+
+    def __init__(
+        self,
+        central_public_pem: bytes,
+        device_id: str,
+        state_path: Path,
+        actions: dict[str, Action],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
+    ) -> None:
+        key = load_pem_public_key(central_public_pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("central public key is not Ed25519")
+        self._key = key
+        self.device_id = device_id
+        self._actions = dict(actions)
+        self._clock = clock
+        self._max_age_s = max_age_s
+        self._max_skew_s = max_skew_s
+        path = Path(state_path)
+        if path.is_dir():
+            path = path / "commands.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # One connection guarded by a lock: handle() runs on the reporter's thread.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, name TEXT, issued REAL, at REAL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS chunks (sha256 TEXT, chunk INTEGER, chunks INTEGER,"
+            " bundle_id TEXT, data BLOB, at REAL, PRIMARY KEY (sha256, chunk))"
+        )
+
+    def register(self, name: str, action: Action, replace: bool = False) -> None:
+        """Add an action (the reporter adds its own ``resend`` and ``health``)."""
+        if replace or name not in self._actions:
+            self._actions[name] = action
+
+    def close(self) -> None:
+        """Close the state database."""
+        with self._lock:
+            self._db.close()
+
+    def handle(self, topic: str, payload: bytes) -> dict:
+        """Check and run one command; return the ``bansos.command_result/1`` dict to publish."""
+        topic_name = topic.rsplit("/cmd/", 1)[-1] if "/cmd/" in topic else None
+        seen: dict = {}
+        try:
+            with self._lock:
+                cmd = self._check(topic_name, payload, seen)
+                status, result = self._run(cmd)
+        except CommandRefused as exc:
+            log.warning("command refused: %s", exc)
+            return self._result(seen.get("cmd"), topic_name, "refused", str(exc))
+        except Exception as exc:  # an action failed: report it, keep the daemon alive
+            log.exception("command %s failed", topic_name)
+            error = f"{exc.__class__.__name__}: {exc}"
+            return self._result(seen.get("cmd"), topic_name, "failed", error)
+        log.info("command %s %s", cmd["name"], status)
+        return self._result(cmd, topic_name, status, None, result)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check(self, topic_name: str | None, payload: bytes, seen: dict) -> dict:
+        if b'"sig"' not in payload:
+            raise CommandRefused("unsigned command")
+        try:
+            cmd = parse("command", payload)
+        except PayloadError as exc:
+            raise CommandRefused(f"malformed command: {exc}") from None
+        # Echoed in the result so central can match it, even when the command is refused.
+        seen["cmd"] = cmd
+        body = {k: v for k, v in cmd.items() if k != "sig"}
+        try:
+            self._key.verify(base64.b64decode(cmd["sig"], validate=True), canonical(body))
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise CommandRefused("bad signature") from None
+        if cmd["device_id"] != self.device_id:
+            raise CommandRefused("command is for another device")
+        if topic_name is not None and cmd["name"] != topic_name:
+            raise CommandRefused("command name does not match its topic")
+        if cmd["name"] not in self._actions:
+            raise CommandRefused(f"unknown command: {cmd['name']}")
+        now = self._clock()
+        issued = parse_utc(cmd["issued_at"])
+        if issued > now + self._max_skew_s:
+            raise CommandRefused("command issued in the future")
+        if issued < now - self._max_age_s:
+            raise CommandRefused("command expired")
+        if self._db.execute("SELECT 1 FROM seen WHERE id = ?", (cmd["id"],)).fetchone():
+            raise CommandRefused("replayed command")
+        if cmd["name"] == "config":
+            bad = sorted(set(cmd["args"]["set"]) - ALLOWED_CONFIG_KEYS)
+            if bad:
+                raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
+        if cmd["name"] == "bundle":
+            self._check_chunk(cmd["args"])
+        if cmd["name"] == "resend":
+            span = cmd["args"]["to_seq"] - cmd["args"]["from_seq"]
+            if not 0 <= span < MAX_RESEND:
+                raise CommandRefused(f"resend range must hold 1..{MAX_RESEND} events")
+        return cmd
+
+    def _check_chunk(self, args: dict) -> None:
+        if args["chunk"] >= args["chunks"]:
+            raise CommandRefused("chunk index out of range")
+        try:
+            base64.b64decode(args["data"], validate=True)
+        except binascii.Error:
+            raise CommandRefused("chunk data is not base64") from None
+        row = self._db.execute(
+            "SELECT chunks, bundle_id FROM chunks WHERE sha256 = ? LIMIT 1", (args["sha256"],)
+        ).fetchone()
+        if row and (row[0] != args["chunks"] or row[1] != args["bundle_id"]):
+            raise CommandRefused("chunk does not match the bundle's other chunks")
+
+    # -- running --------------------------------------------------------------------------
+
+    def _remember(self, cmd: dict, now: float) -> None:
+        horizon = now - self._max_age_s - self._max_skew_s
+        self._db.execute("DELETE FROM seen WHERE issued < ?", (horizon,))
+        self._db.execute("DELETE FROM chunks WHERE at < ?", (horizon,))
+        self._db.execute(
+            "INSERT INTO seen (id, name, issued, at) VALUES (?, ?, ?, ?)",
+            (cmd["id"], cmd["name"], parse_utc(cmd["issued_at"]), now),
+        )
+
+    def _run(self, cmd: dict) -> tuple[str, dict]:
+        now = self._clock()
+        # Remembered before acting: a command cut short by a power loss is re-sent with a new id
+        # rather than risk running twice.
+        self._remember(cmd, now)
+        name, args = cmd["name"], cmd["args"]
+        if name != "bundle":
+            return "applied", dict(self._actions[name](args) or {})
+        data = base64.b64decode(args["data"])
+        self._db.execute(
+            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+            (args["sha256"], args["chunk"], args["chunks"], args["bundle_id"], data, now),
+        )
+        rows = self._db.execute(
+            "SELECT data FROM chunks WHERE sha256 = ? ORDER BY chunk", (args["sha256"],)
+        ).fetchall()
+        if len(rows) < args["chunks"]:
+            return "partial", {"received": len(rows), "chunks": args["chunks"]}
+        blob = b"".join(r[0] for r in rows)
+        self._db.execute("DELETE FROM chunks WHERE sha256 = ?", (args["sha256"],))
+        if hashlib.sha256(blob).hexdigest() != args["sha256"]:
+            raise CommandRefused("reassembled bundle does not match its sha256")
+        out = self._actions["bundle"](
+            {"bundle_id": args["bundle_id"], "sha256": args["sha256"], "blob": blob}
+        )
+        return "applied", dict(out or {})
+
+    def _result(
+        self,
+        cmd: dict | None,
+        topic_name: str | None,
+        status: str,
+        error: str | None,
+        result: dict | None = None,
+    ) -> dict:
+        name = cmd["name"] if cmd else topic_name
+        return {
+            "schema": "bansos.command_result/1",
+            "command_id": cmd["id"] if cmd else None,
+            "device_id": self.device_id,
+            "name": name[:64] if name else None,
+            "ok": status in ("applied", "partial"),
+            "status": status,
+            "error": error[:200] if error else None,
+            "result": result or {},
+            "ts": utc_now(self._clock()),
+        }

@@ -1,0 +1,83 @@
+"""The JSON Schemas of the MQTT contract, shipped as package data in ``edge/schemas``.
+
+Every payload that crosses the broker has a schema: ``event``, ``status``, ``health``,
+``command`` and ``command_result``. Incoming payloads are validated before anything acts on
+them; outgoing ones are validated in the tests (and health, which the app fills in, at runtime).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+SCHEMA_VERSION = 1
+KINDS = ("event", "status", "health", "command", "command_result")
+
+
+class PayloadError(ValueError):
+    """A payload is not JSON, or breaks its schema."""
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical JSON bytes that are hashed and signed (sorted keys, no spaces, UTF-8)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def utc_now(clock_value: float) -> str:
+    """ISO 8601 UTC with millisecond precision and a ``Z``."""
+    dt = datetime.fromtimestamp(clock_value, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_utc(text: str) -> float:
+    """Seconds since the epoch from an ISO 8601 ``...Z`` timestamp."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@cache
+def schema(kind: str) -> dict:
+    """The schema document for ``kind`` (one of KINDS)."""
+    if kind not in KINDS:
+        raise KeyError(kind)
+    text = resources.files("edge").joinpath("schemas", f"{kind}.v{SCHEMA_VERSION}.json")
+    return json.loads(text.read_text("utf-8"))
+
+
+@cache
+def _validator(kind: str) -> Draft202012Validator:
+    doc = schema(kind)
+    Draft202012Validator.check_schema(doc)
+    return Draft202012Validator(doc)
+
+
+def errors(kind: str, obj: Any) -> list[str]:
+    """Every schema violation of ``obj``, as ``path: message`` lines (empty when valid)."""
+    out = []
+    for err in sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.path)):
+        where = "/".join(str(p) for p in err.path) or "(root)"
+        out.append(f"{where}: {err.message[:160]}")
+    return out
+
+
+def validate(kind: str, obj: Any) -> None:
+    """Raise PayloadError naming the first violations when ``obj`` breaks the ``kind`` schema."""
+    problems = errors(kind, obj)
+    if problems:
+        raise PayloadError(f"{kind}: " + "; ".join(problems[:3]))
+
+
+def parse(kind: str, payload: bytes, max_bytes: int = 1 << 20) -> dict:
+    """Decode and validate an incoming payload; raise PayloadError when it is malformed."""
+    if len(payload) > max_bytes:
+        raise PayloadError(f"{kind}: payload of {len(payload)} bytes is too large")
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"{kind}: not JSON ({exc.__class__.__name__})") from None
+    validate(kind, obj)
+    return obj

@@ -1,0 +1,261 @@
+"""Central event store of the reference consumer: idempotent by ``event_id``.
+
+SQLite by default (``sqlite:///path`` or a bare path); PostgreSQL when the DSN starts with
+``postgresql://`` and psycopg is installed. The same SQL runs on both. Besides the events it
+keeps the anomalies central must look at: broken chains, forked sequences, an event id reused
+with other content, and the same household paid twice in one round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        regency TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts TEXT NOT NULL,
+        outcome TEXT,
+        household_id TEXT,
+        round_id TEXT,
+        amount BIGINT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        body TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_device_seq ON events (device_id, seq)",
+    "CREATE INDEX IF NOT EXISTS events_claim ON events (household_id, round_id)",
+    """CREATE TABLE IF NOT EXISTS anomalies (
+        kind TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        device_id TEXT,
+        detail TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, event_id))""",
+    """CREATE TABLE IF NOT EXISTS rejected (
+        topic TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        body TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL)""",
+)
+
+
+class EventStore:
+    """Stores verified events exactly once and records anomalies. Thread-safe."""
+
+    def __init__(self, dsn: str | Path) -> None:
+        dsn = str(dsn)
+        self._lock = threading.Lock()
+        if dsn.startswith(("postgresql://", "postgres://")):
+            try:
+                import psycopg
+            except ImportError:
+                raise RuntimeError("PostgreSQL DSN given but psycopg is not installed") from None
+            self._pg = True
+            self._conn = psycopg.connect(dsn, autocommit=True)
+        else:
+            path = Path(dsn.removeprefix("sqlite:///") if dsn.startswith("sqlite:") else dsn)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._pg = False
+            # Several consumers may share one file: WAL plus a generous busy timeout.
+            self._conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        for sql in _TABLES:
+            self._sql(sql)
+
+    def _sql(self, sql: str, params: tuple = ()):
+        if self._pg:
+            sql = sql.replace("?", "%s")
+        return self._conn.execute(sql, params)
+
+    def _begin(self) -> None:
+        self._sql("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def add(self, event: dict) -> bool:
+        """Store a verified event; False when its ``event_id`` was already stored."""
+        now = time.time()
+        with self._lock:
+            self._begin()
+            try:
+                new = self._insert(event, now)
+                if new:
+                    self._check_chain(event, now)
+                    if event.get("outcome") == "accepted":
+                        self._check_double_payout(event, now)
+                self._sql("COMMIT")
+            except BaseException:
+                self._sql("ROLLBACK")
+                raise
+        return new
+
+    def _insert(self, ev: dict, now: float) -> bool:
+        cur = self._sql(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (
+                ev["event_id"],
+                ev["device_id"],
+                ev["regency"],
+                ev["seq"],
+                ev["ts"],
+                ev.get("outcome"),
+                ev.get("household_id"),
+                ev.get("round_id"),
+                ev.get("amount"),
+                ev["prev_hash"],
+                ev["hash"],
+                json.dumps(ev, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                now,
+            ),
+        )
+        if cur.rowcount == 1:
+            return True
+        row = self._sql("SELECT hash FROM events WHERE event_id = ?", (ev["event_id"],)).fetchone()
+        if row and row[0] != ev["hash"]:
+            self._anomaly("id_conflict", ev, "event id reused with different content", now)
+        return False
+
+    def _check_chain(self, ev: dict, now: float) -> None:
+        # Events of one device may arrive out of order (shared subscription, re-sends), so a new
+        # event is checked against both neighbours that are already stored.
+        rows = self._sql(
+            "SELECT event_id, seq, prev_hash, hash FROM events "
+            "WHERE device_id = ? AND seq BETWEEN ? AND ? AND event_id <> ?",
+            (ev["device_id"], ev["seq"] - 1, ev["seq"] + 1, ev["event_id"]),
+        ).fetchall()
+        for other_id, seq, prev_hash, digest in rows:
+            if seq == ev["seq"]:
+                self._anomaly("seq_conflict", ev, f"seq {seq} also used by {other_id}", now)
+            elif seq == ev["seq"] - 1 and digest != ev["prev_hash"]:
+                self._anomaly("chain_break", ev, f"prev_hash does not match seq {seq}", now)
+            elif seq == ev["seq"] + 1 and prev_hash != ev["hash"]:
+                succ = {"event_id": other_id, "device_id": ev["device_id"]}
+                self._anomaly("chain_break", succ, f"prev_hash does not match seq {ev['seq']}", now)
+
+    def _check_double_payout(self, ev: dict, now: float) -> None:
+        rows = self._sql(
+            "SELECT event_id, device_id FROM events WHERE household_id = ? AND round_id = ? "
+            "AND outcome = 'accepted' AND event_id <> ?",
+            (ev["household_id"], ev["round_id"], ev["event_id"]),
+        ).fetchall()
+        for other_id, other_device in rows:
+            where = "the same terminal" if other_device == ev["device_id"] else other_device
+            self._anomaly("double_payout", ev, f"also paid by {other_id} at {where}", now)
+            log.warning(
+                "double payout in round %s: %s and %s", ev["round_id"], ev["event_id"], other_id
+            )
+
+    def _anomaly(self, kind: str, ev: dict, detail: str, now: float) -> None:
+        self._sql(
+            "INSERT INTO anomalies VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO NOTHING",
+            (kind, ev["event_id"], ev.get("device_id"), detail, now),
+        )
+
+    def reject(self, topic: str, reason: str, body: bytes) -> None:
+        """Keep a message that failed verification, for investigation."""
+        with self._lock:
+            self._sql(
+                "INSERT INTO rejected VALUES (?, ?, ?, ?)",
+                (topic, reason, body[:65536].decode("utf-8", "replace"), time.time()),
+            )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """How many distinct events are stored."""
+        with self._lock:
+            return self._sql("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def event_ids(self) -> list[str]:
+        """Every stored event id (tests and audits)."""
+        with self._lock:
+            return [r[0] for r in self._sql("SELECT event_id FROM events ORDER BY received_at")]
+
+    def events(self, device_id: str) -> list[dict]:
+        """One device's stored events in seq order (for ``edge.ledger.verify_events``)."""
+        with self._lock:
+            rows = self._sql(
+                "SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,)
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def gaps(self) -> dict[str, list[tuple[int, int]]]:
+        """Missing sequence ranges per device (sequences start at 1)."""
+        with self._lock:
+            rows = self._sql(
+                "SELECT device_id, seq, LAG(seq) OVER (PARTITION BY device_id ORDER BY seq) "
+                "FROM events"
+            ).fetchall()
+        out: dict[str, list[tuple[int, int]]] = {}
+        for device_id, seq, prev in rows:
+            start = 1 if prev is None else prev + 1
+            if seq > start:
+                out.setdefault(device_id, []).append((start, seq - 1))
+        return out
+
+    def devices(self) -> dict[str, str]:
+        """Device id -> regency of every device with stored events."""
+        with self._lock:
+            rows = self._sql("SELECT DISTINCT device_id, regency FROM events").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def last_seq(self, device_id: str) -> int:
+        """Highest stored sequence number of a device (0 when none)."""
+        with self._lock:
+            row = self._sql(
+                "SELECT MAX(seq) FROM events WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return int(row[0] or 0)
+
+    def anomalies(self, kind: str | None = None) -> list[dict]:
+        """Recorded anomalies, oldest first."""
+        sql = "SELECT kind, event_id, device_id, detail FROM anomalies"
+        params: tuple = ()
+        if kind:
+            sql += " WHERE kind = ?"
+            params = (kind,)
+        with self._lock:
+            rows = self._sql(sql + " ORDER BY at", params).fetchall()
+        return [
+            dict(zip(("kind", "event_id", "device_id", "detail"), r, strict=True)) for r in rows
+        ]
+
+    def rejected_count(self) -> int:
+        """How many messages failed verification."""
+        with self._lock:
+            return self._sql("SELECT COUNT(*) FROM rejected").fetchone()[0]
+
+    def summary(self) -> list[dict]:
+        """Accepted payouts per regency and round: count and total amount."""
+        with self._lock:
+            rows = self._sql(
+                "SELECT regency, round_id, COUNT(*), COALESCE(SUM(amount), 0) FROM events "
+                "WHERE outcome = 'accepted' GROUP BY regency, round_id ORDER BY regency, round_id"
+            ).fetchall()
+        return [
+            {"regency": r[0], "round_id": r[1], "count": int(r[2]), "amount": int(r[3])}
+            for r in rows
+        ]
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Events per outcome, every regency together."""
+        with self._lock:
+            rows = self._sql("SELECT outcome, COUNT(*) FROM events GROUP BY outcome").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
