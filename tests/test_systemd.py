@@ -77,9 +77,8 @@ def test_verify_of_the_original_only_misses_the_device_binary(tmp_path):
     if Path(EXEC_PATH).exists():  # running on a provisioned device
         assert complaints == []
     else:
-        assert complaints == [
-            f"edge.service: Command {EXEC_PATH} is not executable: No such file or directory"
-        ]
+        # The wording varies between systemd versions; the subject must not.
+        assert complaints and all(EXEC_PATH in line for line in complaints), complaints
 
 
 @needs_analyze
