@@ -243,3 +243,42 @@ def test_build_inspect_install_on_real_faces(engine_cfg, faces_dir, tmp_path, ca
     )
     assert emb is not None
     assert labels[int(np.argmax(matrix @ emb))] == "KPM-3171-0001-0003/M1"
+
+
+class FakeTTY:
+    """A stream that says it is a terminal and keeps what was written."""
+
+    def __init__(self, tty: bool = True) -> None:
+        self.tty = tty
+        self.written: list[str] = []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.written.append(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bar_only_on_a_terminal():
+    from edge.cli.payout import ProgressBar
+
+    tty = FakeTTY()
+    bar = ProgressBar("enrolling", stream=tty)
+    for i in range(1, 5):
+        bar(i, 4)
+    assert tty.written[0].startswith("\renrolling [") and "1/4" in tty.written[0]
+    assert "#" * 30 in tty.written[-2] and tty.written[-1] == "\n"
+    pipe = FakeTTY(tty=False)
+    ProgressBar("enrolling", stream=pipe)(1, 4)
+    assert pipe.written == []
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("bundle", "keys", "audit", "claim-qr", "central-keygen"):
+        assert cmd in out
