@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_VERSION = 1
 # Bump when the way an entry is made changes without any source file changing.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 CROPS_PER_SPLIT = 200
 
 EMBEDDER_FILES = {
@@ -242,8 +242,10 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
             "embedder_int8",
             int8_data,
             "mobilefacenet-int8",
-            "full integer (int8 weights and "
-            "activations, int8 input and output), static, calibrated by this build",
+            "static int8 calibrated by this build: int8 weights and activations in every "
+            "convolution and add, int8 input and output; the 33 PRELU and the final "
+            "L2_NORMALIZATION stay float between QUANTIZE/DEQUANTIZE (ai-edge-quantizer "
+            "0.10.0 has no int8 recipe for them)",
         ),
     ):
         _write(out, EMBEDDER_FILES[name], data)
@@ -316,6 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "models" / "out", help="output folder")
     p.add_argument("--cache", type=Path, default=ROOT / "models" / "cache", help="download cache")
     p.add_argument("--force", action="store_true", help="rebuild everything")
+    p.add_argument("--no-pad", action="store_true", help="skip the PAD models (models/pad.py)")
     return p.parse_args(argv)
 
 
@@ -334,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         built = build_wheel_models(entries, out, cache)
         built += build_dynamic(entries, out, mfn)
         built += build_int8(entries, out, mfn, cache / "embedder")
-        pad_built, problem = build_pad(entries, out, args.shared, cache)
-        built += pad_built
+        if not args.no_pad:
+            pad_built, problem = build_pad(entries, out, args.shared, cache)
+            built += pad_built
     except BuildError as exc:
         write_manifest(out, entries)
         progress(f"FAILED: {exc}")

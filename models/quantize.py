@@ -218,6 +218,13 @@ def make_float(src: bytes) -> tuple[bytes, dict]:
     return out, {"weights_dequantized": weights, "prelu_fused": fused}
 
 
+def _round_sig(a, digits: int = 3) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    exp = np.floor(np.log10(np.where(a == 0, 1.0, np.abs(a))))
+    step = 10.0 ** (exp - digits + 1)
+    return (np.round(a / step) * step).astype(np.float32)
+
+
 def _pin_range(calib: dict, tensor: str, lo: float, hi: float) -> None:
     qsv = calib[tensor]
     qsv["min"] = np.full_like(np.asarray(qsv["min"], np.float32), lo)
@@ -236,6 +243,12 @@ def quantize_int8(float_model: bytes, crops: np.ndarray) -> bytes:
     qt = quantizer.Quantizer(bytearray(float_model))
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     calib = qt.calibrate({SIGNATURE_KEY: samples}, num_threads=2)
+    # Ranges rounded to 3 significant digits: float noise between machines (SIMD width, BLAS)
+    # then no longer changes the file, so one source state gives one sha256 and one model id.
+    for qsv in calib.values():
+        for k in ("min", "max"):
+            if k in qsv:
+                qsv[k] = _round_sig(qsv[k])
     # Pin the input range to the full normalised pixel range, so that quantizing the input is
     # a plain shift of the uint8 pixels, whatever the calibration crops happened to contain.
     out_name = model.signatureDefs[0].outputs[0].name
