@@ -9,6 +9,7 @@ start-up time goes to.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -113,6 +114,56 @@ def import_profile(top: int = 8) -> dict:
     }
 
 
+# Runs in a fresh interpreter: each start-up step of the daemon, timed on its own.
+_STARTUP_CHILD = r"""
+import json, sys, time
+steps, t = {}, time.perf_counter()
+def mark(name):
+    global t
+    now = time.perf_counter()
+    steps[name] = round((now - t) * 1000, 1)
+    t = now
+try:
+    import numpy, cv2
+    mark("import numpy+cv2")
+    import edge.app
+    mark("import edge.app (rest)")
+    from edge.config import load_config
+    cfg = load_config(None)
+    cfg.models.dir = sys.argv[1]
+    from edge.modelstore import ModelStore
+    store = ModelStore.load(cfg.models.dir, required=("detector", "landmarks", "embedder_int8"))
+    mark("ModelStore.load (read, sha256, tensor check)")
+    from edge.vision.pipeline import FaceEngine
+    engine = FaceEngine(store, cfg)
+    mark("FaceEngine (interpreters)")
+    from edge.vision.liveness import LivenessChecker
+    LivenessChecker(store, cfg.liveness)
+    mark("LivenessChecker (interpreters)")
+    import numpy as np
+    engine.analyse(np.zeros((480, 640, 3), np.uint8))
+    mark("first frame")
+except Exception as exc:
+    steps["error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(steps))
+"""
+
+
+def startup_steps(models_dir: Path) -> dict:
+    """Milliseconds of each start-up step (imports, model checks, interpreters) in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _STARTUP_CHILD, str(models_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
 def run(ctx: Context) -> dict:
     """READY seconds, RSS after a steady period, shutdown seconds; Missing if `edge run` is not in."""
     require_module("edge.cli.run", "lead: `edge run`")
@@ -128,7 +179,10 @@ def run(ctx: Context) -> dict:
     try:
         _frames(ctx, work / "frames")
         cfg = work / "config.toml"
-        _config(cfg, work / "state", work / "frames", ctx.opts.models_dir)
+        from edge.config import load_config
+
+        models_dir = Path(ctx.opts.models_dir or load_config(ctx.opts.config).models.dir)
+        _config(cfg, work / "state", work / "frames", models_dir)
         sock_path = work / "notify.sock"
         sock.bind(str(sock_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONUNBUFFERED="1")
@@ -204,6 +258,7 @@ def run(ctx: Context) -> dict:
             "exit_code": proc.returncode,
             "notify": _states(messages),
             "imports_ms": import_profile(),
+            "startup_steps_ms": startup_steps(models_dir),
         }
     finally:
         if proc is not None and proc.poll() is None:

@@ -148,6 +148,9 @@ def _daemon(sec: dict, lines: list[str]) -> None:
     if "total_ms" in imp:
         heavy = ", ".join(f"{k} {v:.0f}" for k, v in imp.items() if k != "total_ms")
         lines.append(f"  import edge.app: {imp['total_ms']:.0f} ms ({heavy})")
+    steps = sec.get("startup_steps_ms", {})
+    if steps:
+        lines.append("  start-up steps, ms: " + "; ".join(f"{k} {v}" for k, v in steps.items()))
 
 
 def _generic(sec: dict, lines: list[str]) -> None:
