@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -13,10 +14,10 @@ from edge.config import parse_config
 from edge.keys import DeviceIdentity
 from edge.ledger import AlreadyPaid, Ledger
 from edge.mqtt.client import make_client
-from edge.mqtt.commands import CommandProcessor
+from edge.mqtt.commands import CommandProcessor, apply_config_changes, sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.reporter import Reporter
-from edge.mqtt.schemas import errors
+from edge.mqtt.schemas import canonical, errors
 from edge.mqtt.store import EventStore
 
 REGENCY = "3171"
@@ -305,3 +306,36 @@ def test_published_payloads_are_canonical_json(terminal):
     item = terminal.ledger.outbox()[0]
     assert json.loads(item.payload) == ev
     assert errors("event", ev) == []
+
+
+def test_commands_over_the_broker_are_applied_or_refused_and_answered(
+    broker, terminal, central_key
+):
+    terminal.actions["config"] = lambda a: apply_config_changes(terminal.cfg, a["set"])
+    reporter = terminal.start()
+    spy = Spy(broker, ["bansos/v1/3171/edge-a01/cmd/+/result", "bansos/v1/3171/edge-a01/health"])
+    assert wait_for(lambda: reporter.connected, 10)
+    topic = reporter.topics.command("config")
+    good = sign_command(central_key, "edge-a01", "config", {"set": {"liveness.threshold": 0.7}})
+    tampered = good.replace(b"0.7", b"0.1")
+    spy.publish(topic, tampered)
+    spy.publish(topic, good)
+    spy.publish(topic, good)  # replayed
+    spy.publish(
+        reporter.topics.command("health"), sign_command(central_key, "edge-a01", "health", {})
+    )
+    assert wait_for(lambda: len(spy.on("/result")) == 4, 10)
+    results = spy.on("/result")
+    assert [r["status"] for r in results] == ["refused", "applied", "refused", "applied"]
+    assert [r["error"] for r in results][:3] == ["bad signature", None, "replayed command"]
+    assert terminal.cfg.liveness.threshold == 0.7
+    public = terminal.identity.device_public_pem()
+    for r in results:
+        assert errors("command_result", r) == []
+        body = {k: v for k, v in r.items() if k != "sig"}
+        key = serialization.load_pem_public_key(public)
+        key.verify(base64.b64decode(r["sig"]), canonical(body))  # signed by device
+    # The health command made a report right away.
+    assert wait_for(lambda: spy.on("/health"), 5)
+    assert spy.on("/health")[-1]["reason"] == "requested"
+    spy.close()

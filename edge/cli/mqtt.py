@@ -1,7 +1,236 @@
-"""Sub-commands (filled in by the capability that owns them)."""
+"""MQTT sub-commands: ``edge consume`` (central reference consumer) and ``edge command``."""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "sqlite:///var/central/events.sqlite"
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="localhost", help="broker host (default: localhost)")
+    p.add_argument(
+        "--port", type=int, default=None, help="broker port (default 8883 with TLS, else 1883)"
+    )
+    p.add_argument("--tls", action="store_true", help="mutual TLS (needs --ca, --cert, --key)")
+    p.add_argument("--ca", default="", help="CA certificate that signed the broker's certificate")
+    p.add_argument("--cert", default="", help="this client's certificate (CN = MQTT username)")
+    p.add_argument("--key", default="", help="this client's private key")
+    p.add_argument("--username", default="", help="username (plain TCP labs only)")
+    p.add_argument(
+        "--password-env",
+        default="EDGE_MQTT_PASSWORD",
+        help="environment variable with the password",
+    )
+    p.add_argument("--prefix", default="bansos/v1", help="topic prefix")
+
+
+def _settings(args: argparse.Namespace):
+    from edge.mqtt.client import BrokerSettings
+
+    return BrokerSettings(
+        host=args.broker,
+        port=args.port or (8883 if args.tls else 1883),
+        tls=args.tls,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
+        username=args.username,
+        password=os.environ.get(args.password_env, ""),
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``edge`` parser."""
+    p = sub.add_parser(
+        "consume",
+        help="central: store every terminal's events (verified, once) and report totals",
+        description="Reference consumer: joins the MQTT 5 shared subscription "
+        "$share/<group>/<prefix>/+/+/event, verifies each event's hash and device signature, "
+        "stores it idempotently, and flags sequence gaps and double payouts.",
+    )
+    _broker_args(p)
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help=f"sqlite:///path or postgresql://... (default {DEFAULT_DB})",
+    )
+    p.add_argument(
+        "--group", default="central", help="shared subscription group (default: central)"
+    )
+    p.add_argument(
+        "--no-group",
+        action="store_true",
+        help="plain subscription (a single consumer, see docs/mqtt.md)",
+    )
+    p.add_argument(
+        "--registry", help="device public keys: folder of <device_id>.pem/.json, or a JSON file"
+    )
+    p.add_argument("--client-id", help="MQTT client id (default: consumer-<group>-<host>)")
+    p.add_argument(
+        "--summary", action="store_true", help="print totals per regency and round, then exit"
+    )
+    p.add_argument(
+        "--request-resend",
+        action="store_true",
+        help="publish signed resend commands for every sequence gap, then exit",
+    )
+    p.add_argument("--central-key", help="central Ed25519 private key (PEM), for --request-resend")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run)"
+    )
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("command", help="central: send one signed command to a terminal")
+    _broker_args(p)
+    p.add_argument("--central-key", required=True, help="central Ed25519 private key (PEM)")
+    p.add_argument("--device", required=True, help="terminal id")
+    p.add_argument("--regency", required=True, help="terminal's regency code")
+    p.add_argument("name", help="bundle | config | reprint | health | resend")
+    p.add_argument("--args", default="{}", help="command args as JSON, e.g. '{\"set\": {...}}'")
+    p.add_argument("--bundle-file", help="bundle: the bundle blob to send (chunked)")
+    p.add_argument("--bundle-id", help="bundle: its id")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the results")
+    p.set_defaults(func=cmd_command)
+
+
+def print_summary(store, out=sys.stdout) -> None:
+    """Totals per regency and round, then gaps and anomalies."""
+    rows = store.summary()
+    print(f"{'regency':<8} {'round':<16} {'payouts':>8} {'amount (Rp)':>16}", file=out)
+    for r in rows:
+        print(f"{r['regency']:<8} {r['round_id']:<16} {r['count']:>8} {r['amount']:>16,}", file=out)
+    total = sum(r["amount"] for r in rows)
+    print(f"{'total':<25} {sum(r['count'] for r in rows):>8} {total:>16,}", file=out)
+    print(f"events stored: {store.count()}, rejected: {store.rejected_count()}", file=out)
+    outcomes = store.outcome_counts()
+    print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())), file=out)
+    for device_id, spans in sorted(store.gaps().items()):
+        text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in spans)
+        print(f"GAP {device_id}: seq {text} missing", file=out)
+    for a in store.anomalies():
+        print(f"ANOMALY {a['kind']} {a['device_id']} {a['event_id']}: {a['detail']}", file=out)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+    from edge.mqtt.store import EventStore
+
+    store = EventStore(args.db)
+    try:
+        if args.summary:
+            print_summary(store)
+            return 0
+        if args.request_resend:
+            if not args.central_key:
+                print("edge consume: --request-resend needs --central-key", file=sys.stderr)
+                return 2
+            requests = resend_requests(store, Path(args.central_key).read_bytes(), args.prefix)
+            _publish_all(_settings(args), requests)
+            print(f"requested {len(requests)} resend(s)")
+            return 0
+        if not args.registry:
+            print("edge consume: --registry is needed to verify device signatures", file=sys.stderr)
+            return 2
+        registry = DeviceRegistry(args.registry)
+        consumer = Consumer(
+            _settings(args),
+            store,
+            registry,
+            group=None if args.no_group else args.group,
+            prefix=args.prefix,
+            client_id=args.client_id,
+        )
+        stop = threading.Event()
+        previous = {
+            s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        consumer.start()
+        started = time.monotonic()
+        while not stop.wait(1.0 if args.duration else 30.0):
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            gaps = sum(len(v) for v in store.gaps().values())
+            log.info(
+                "stored %d, duplicates %d, rejected %d, gaps %d",
+                consumer.stored,
+                consumer.duplicates,
+                consumer.rejected,
+                gaps,
+            )
+        consumer.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(
+            f"stored {consumer.stored}, duplicates {consumer.duplicates}, rejected {consumer.rejected}"
+        )
+        return 0
+    finally:
+        store.close()
+
+
+def _publish_all(settings, messages: list[tuple[str, bytes]]) -> None:
+    from edge.mqtt.client import make_client
+
+    client = make_client(f"edge-command-{os.getpid()}", settings)
+    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    from edge.mqtt.client import make_client
+    from edge.mqtt.commands import bundle_commands, sign_command
+    from edge.mqtt.topics import Topics, result_topic
+
+    key = Path(args.central_key).read_bytes()
+    topics = Topics(args.regency, args.device, args.prefix)
+    if args.name == "bundle":
+        if not (args.bundle_file and args.bundle_id):
+            print("edge command bundle: needs --bundle-file and --bundle-id", file=sys.stderr)
+            return 2
+        blob = Path(args.bundle_file).read_bytes()
+        payloads = bundle_commands(key, args.device, args.bundle_id, blob)
+    else:
+        payloads = [sign_command(key, args.device, args.name, json.loads(args.args))]
+    topic = topics.command(args.name)
+    settings = _settings(args)
+    results: list[dict] = []
+    client = make_client(f"edge-command-{os.getpid()}", settings)
+    client.on_message = lambda c, u, m: results.append(json.loads(m.payload))
+    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+    try:
+        client.subscribe(result_topic(topic), qos=1)
+        time.sleep(0.2)
+        for payload in payloads:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + args.timeout
+        while len(results) < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    for r in results:
+        print(json.dumps({k: v for k, v in r.items() if k != "sig"}, ensure_ascii=False))
+    if len(results) < len(payloads):
+        print(
+            f"edge command: {len(payloads) - len(results)} result(s) not received", file=sys.stderr
+        )
+        return 1
+    return 0 if all(r["ok"] for r in results) else 1

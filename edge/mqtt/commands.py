@@ -86,6 +86,7 @@ def bundle_commands(
     bundle_id: str,
     blob: bytes,
     chunk_bytes: int = CHUNK_BYTES,
+    issued_at: float | None = None,
 ) -> list[bytes]:
     """Split an enrolment bundle blob into signed ``bundle`` commands, one per chunk."""
     digest = hashlib.sha256(blob).hexdigest()
@@ -102,6 +103,7 @@ def bundle_commands(
                 "chunks": len(parts),
                 "data": base64.b64encode(part).decode("ascii"),
             },
+            issued_at=issued_at,
         )
         for i, part in enumerate(parts)
     ]

@@ -1,0 +1,220 @@
+"""Signed commands: applied when valid; refused, reported and harmless otherwise."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.config import Config
+from edge.mqtt.commands import (
+    CommandProcessor,
+    CommandRefused,
+    apply_config_changes,
+    bundle_commands,
+    sign_command,
+)
+from edge.mqtt.schemas import canonical, errors
+
+DEVICE = "edge-a01"
+TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
+NOW = 1_795_000_000.0
+
+
+def pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class Actions:
+    """The app's actions, faked with a history of what ran."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.calls: list[tuple[str, dict]] = []
+
+    def table(self) -> dict:
+        return {
+            "config": lambda a: self._run("config", a, apply_config_changes(self.cfg, a["set"])),
+            "reprint": lambda a: self._run("reprint", a, {"queued": a["event_id"]}),
+            "health": lambda a: self._run("health", a, {"queued": True}),
+            "bundle": lambda a: self._run("bundle", a, {"installed": a["bundle_id"]}),
+            "explode": self._explode,
+        }
+
+    def _run(self, name: str, args: dict, out: dict) -> dict:
+        self.calls.append((name, args))
+        return out
+
+    def _explode(self, args: dict) -> dict:
+        self.calls.append(("explode", args))
+        raise RuntimeError("printer jammed")
+
+
+@pytest.fixture
+def central() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def setup(tmp_path, central):
+    cfg = Config()
+    actions = Actions(cfg)
+    clock = [NOW]
+    proc = CommandProcessor(
+        pem(central), DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=lambda: clock[0]
+    )
+    yield proc, actions, cfg, clock
+    proc.close()
+
+
+def cmd(central, name, args, **kw) -> bytes:
+    kw.setdefault("issued_at", NOW - 10)
+    return sign_command(central, DEVICE, name, args, **kw)
+
+
+def check_result(result: dict) -> dict:
+    assert errors("command_result", result) == [], errors("command_result", result)
+    return result
+
+
+def test_valid_config_command_is_applied(setup, central):
+    proc, actions, cfg, _ = setup
+    payload = cmd(
+        central, "config", {"set": {"vision.match_threshold": 0.66, "flow.cooldown_s": 2}}
+    )
+    result = check_result(proc.handle(TOPIC + "config", payload))
+    assert result["ok"] and result["status"] == "applied"
+    assert result["command_id"] == json.loads(payload)["id"]
+    assert cfg.vision.match_threshold == 0.66 and cfg.flow.cooldown_s == 2
+    assert result["result"]["changed"]["vision.match_threshold"] == [0.60, 0.66]
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda p: p.replace(b"0.66", b"0.11"), "bad signature"),
+        (
+            lambda p: json.dumps({k: v for k, v in json.loads(p).items() if k != "sig"}).encode(),
+            "unsigned",
+        ),
+        (lambda p: b"{not json", "unsigned"),
+        (lambda p: p.replace(b'"sig":"', b'"sig":"AAAA'), "malformed"),
+        (lambda p: json.dumps({**json.loads(p), "extra": 1}).encode(), "malformed"),
+    ],
+    ids=["tampered", "unsigned", "garbage", "bad-sig-encoding", "unknown-field"],
+)
+def test_bad_commands_are_refused_and_change_nothing(setup, central, mutate, reason):
+    proc, actions, cfg, _ = setup
+    payload = mutate(cmd(central, "config", {"set": {"vision.match_threshold": 0.66}}))
+    result = check_result(proc.handle(TOPIC + "config", payload))
+    assert not result["ok"] and result["status"] == "refused"
+    assert reason in result["error"]
+    assert cfg.vision.match_threshold == 0.60 and actions.calls == []
+
+
+def test_signed_by_another_key_is_refused(setup):
+    proc, actions, cfg, _ = setup
+    rogue = Ed25519PrivateKey.generate()
+    result = proc.handle(TOPIC + "health", cmd(rogue, "health", {}))
+    assert result["status"] == "refused" and result["error"] == "bad signature"
+    assert actions.calls == []
+
+
+def test_replay_is_refused_even_after_a_restart(setup, central, tmp_path):
+    proc, actions, cfg, clock = setup
+    payload = cmd(central, "reprint", {"event_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12})
+    assert proc.handle(TOPIC + "reprint", payload)["ok"]
+    assert proc.handle(TOPIC + "reprint", payload)["error"] == "replayed command"
+    proc.close()
+    again = CommandProcessor(
+        pem(central), DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=lambda: NOW
+    )
+    assert check_result(again.handle(TOPIC + "reprint", payload))["error"] == "replayed command"
+    again.close()
+    assert [c[0] for c in actions.calls] == ["reprint"]
+
+
+@pytest.mark.parametrize(
+    "issued, reason",
+    [(NOW - 8 * 86400, "command expired"), (NOW + 3600, "command issued in the future")],
+)
+def test_commands_outside_the_time_window_are_refused(setup, central, issued, reason):
+    proc, actions, _, _ = setup
+    result = proc.handle(TOPIC + "health", cmd(central, "health", {}, issued_at=issued))
+    assert result["error"] == reason and actions.calls == []
+
+
+def test_unknown_foreign_and_misrouted_commands_are_refused(setup, central):
+    proc, actions, cfg, _ = setup
+    unknown = cmd(central, "selfdestruct", {})
+    assert proc.handle(TOPIC + "selfdestruct", unknown)["error"] == "unknown command: selfdestruct"
+    foreign = sign_command(central, "edge-b99", "health", {}, issued_at=NOW)
+    assert proc.handle(TOPIC + "health", foreign)["error"] == "command is for another device"
+    misrouted = cmd(central, "health", {})
+    assert (
+        proc.handle(TOPIC + "reprint", misrouted)["error"]
+        == "command name does not match its topic"
+    )
+    bad_args = cmd(central, "reprint", {"event_id": "x", "also": 1})
+    assert proc.handle(TOPIC + "reprint", bad_args)["error"].startswith("malformed command")
+    assert actions.calls == []
+
+
+def test_config_keys_outside_the_allow_list_or_bad_values_change_nothing(setup, central):
+    proc, actions, cfg, _ = setup
+    r = proc.handle(TOPIC + "config", cmd(central, "config", {"set": {"mqtt.host": 1}}))
+    assert r["status"] == "refused" and "not allowed" in r["error"]
+    r = proc.handle(
+        TOPIC + "config",
+        cmd(central, "config", {"set": {"flow.cooldown_s": 3, "vision.match_threshold": 7}}),
+    )
+    # The action refuses a value the config schema rejects, and applies neither key.
+    assert r["status"] == "refused" and "vision.match_threshold" in r["error"]
+    assert cfg.flow.cooldown_s == 5.0 and cfg.vision.match_threshold == 0.60
+    with pytest.raises(CommandRefused):
+        apply_config_changes(cfg, {"device.id": "edge-evil"})
+
+
+def test_failing_action_is_reported_as_failed(setup, central):
+    proc, actions, _, _ = setup
+    r = check_result(proc.handle(TOPIC + "explode", cmd(central, "explode", {})))
+    assert r["status"] == "failed" and "printer jammed" in r["error"]
+
+
+def test_chunked_bundle_is_reassembled_in_any_order_then_installed(setup, central):
+    proc, actions, _, _ = setup
+    blob = os.urandom(300_000)
+    parts = bundle_commands(central, DEVICE, "b-2026-11", blob, 100_000, issued_at=NOW)
+    assert len(parts) == 3
+    results = [proc.handle(TOPIC + "bundle", parts[i]) for i in (2, 0, 1)]
+    assert [r["status"] for r in results] == ["partial", "partial", "applied"]
+    assert all(errors("command_result", r) == [] for r in results)
+    [(name, args)] = actions.calls
+    assert args["blob"] == blob and args["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_bundle_with_a_wrong_digest_is_refused(setup, central):
+    proc, actions, _, _ = setup
+    blob = b"x" * 1000
+    args = {
+        "bundle_id": "b1",
+        "sha256": hashlib.sha256(b"other").hexdigest(),
+        "chunk": 0,
+        "chunks": 1,
+        "data": base64.b64encode(blob).decode(),
+    }
+    r = proc.handle(TOPIC + "bundle", cmd(central, "bundle", args))
+    assert r["status"] == "refused" and "sha256" in r["error"] and actions.calls == []
+
+
+def test_sign_command_output_is_canonical_and_valid(central):
+    payload = sign_command(central, DEVICE, "health", {})
+    body = json.loads(payload)
+    assert canonical(body) == payload and errors("command", body) == []

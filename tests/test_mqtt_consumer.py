@@ -1,0 +1,166 @@
+"""The reference consumer's checks and store, fed directly (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.__main__ import main
+from edge.keys import DeviceIdentity, write_card
+from edge.ledger import Ledger
+from edge.ledger_events import event_hash
+from edge.mqtt.client import BrokerSettings
+from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+from edge.mqtt.schemas import canonical, errors
+from edge.mqtt.store import EventStore
+
+ROUND = "2026-11"
+
+
+def topic(ev: dict) -> str:
+    return f"bansos/v1/{ev['regency']}/{ev['device_id']}/event"
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Two terminals of regency 3171 and one of 3172, a registry and a consumer."""
+    ids = {d: DeviceIdentity.generate() for d in ("edge-a01", "edge-b01", "edge-c01")}
+    regency = {"edge-a01": "3171", "edge-b01": "3171", "edge-c01": "3172"}
+    ledgers = {d: Ledger(tmp_path / f"{d}.sqlite", ids[d], d, regency[d]) for d in ids}
+    registry = DeviceRegistry(keys={d: i.device_public_pem() for d, i in ids.items()})
+    store = EventStore(tmp_path / "central.sqlite")
+    consumer = Consumer(BrokerSettings(tls=False), store, registry)
+    yield ledgers, consumer, store
+    store.close()
+    for led in ledgers.values():
+        led.close()
+
+
+def feed(consumer, events) -> list[str]:
+    return [consumer.handle(topic(e), canonical(e)) for e in events]
+
+
+def test_valid_events_are_stored_once(world):
+    ledgers, consumer, store = world
+    a = ledgers["edge-a01"]
+    evs = [
+        a.record("accepted", household_id=f"H{i}", round_id=ROUND, amount=600000) for i in range(5)
+    ]
+    evs.append(a.record("spoof", liveness=0.05))
+    assert feed(consumer, evs) == ["stored"] * 6
+    assert feed(consumer, evs[:2]) == ["duplicate"] * 2
+    assert store.count() == 6 and store.gaps() == {} and store.anomalies() == []
+    # What the store keeps is exactly the device's signed event.
+    assert store.events("edge-a01") == evs
+
+
+def test_tampered_forged_foreign_and_malformed_events_are_rejected(world):
+    ledgers, consumer, store = world
+    ev = ledgers["edge-a01"].record("accepted", household_id="H1", round_id=ROUND, amount=600000)
+    richer = {**ev, "amount": 6_000_000}
+    rehashed = {**richer, "hash": event_hash(richer)}
+    cases = {
+        "hash does not match": canonical(richer),
+        "bad signature": canonical(rehashed),
+        "additional properties": canonical({**ev, "note": "x"}),
+        "not JSON": b"\xff{",
+    }
+    for reason, payload in cases.items():
+        assert reason.lower() in consumer.handle(topic(ev), payload).lower(), reason
+    # An event posted under another terminal's topic, and a terminal nobody registered.
+    assert "topic" in consumer.handle("bansos/v1/3171/edge-b01/event", canonical(ev))
+    stranger = Ledger(
+        ledgers["edge-a01"].path.with_name("x.sqlite"),
+        DeviceIdentity.generate(),
+        "edge-x01",
+        "3171",
+    )
+    sev = stranger.record("no_face")
+    stranger.close()
+    assert consumer.handle(topic(sev), canonical(sev)) == "rejected: unknown device"
+    assert store.count() == 0 and store.rejected_count() == 6 and consumer.rejected == 6
+
+
+def test_out_of_order_arrival_is_fine_and_gaps_are_reported(world):
+    ledgers, consumer, store = world
+    a = ledgers["edge-a01"]
+    evs = [a.record("no_match", score=0.1) for _ in range(10)]
+    feed(consumer, reversed([e for e in evs if e["seq"] not in (3, 4, 8)]))
+    assert store.gaps() == {"edge-a01": [(3, 4), (8, 8)]}
+    assert store.anomalies() == []
+    key = Ed25519PrivateKey.generate()
+    reqs = resend_requests(store, key, heads={"edge-a01": 12})
+    assert [t for t, _ in reqs] == ["bansos/v1/3171/edge-a01/cmd/resend"] * 3
+    spans = [(json.loads(p)["args"]["from_seq"], json.loads(p)["args"]["to_seq"]) for _, p in reqs]
+    assert spans == [(3, 4), (8, 8), (11, 12)]
+    assert all(errors("command", json.loads(p)) == [] for _, p in reqs)
+    feed(consumer, [e for e in evs if e["seq"] in (3, 4, 8)])
+    assert store.gaps() == {} and store.anomalies() == []
+
+
+def test_same_household_paid_at_two_terminals_is_flagged(world):
+    ledgers, consumer, store = world
+    # Both terminals were cut off from each other, so claims sync could not stop the second.
+    ev_a = ledgers["edge-a01"].record("accepted", household_id="H7", round_id=ROUND, amount=600000)
+    ev_b = ledgers["edge-b01"].record("accepted", household_id="H7", round_id=ROUND, amount=600000)
+    other_round = ledgers["edge-b01"].record(
+        "accepted", household_id="H7", round_id="2026-12", amount=1
+    )
+    feed(consumer, [ev_a, ev_b, other_round])
+    [flag] = store.anomalies("double_payout")
+    assert flag["event_id"] == ev_b["event_id"] and ev_a["event_id"] in flag["detail"]
+    assert "edge-a01" in flag["detail"]
+
+
+def test_a_forked_ledger_shows_as_a_sequence_conflict(world, tmp_path):
+    ledgers, consumer, store = world
+    a = ledgers["edge-a01"]
+    feed(consumer, [a.record("no_face") for _ in range(3)])
+    # Someone restores an old copy of the ledger and keeps paying from it.
+    shutil.copy(a.path, tmp_path / "restored.sqlite")
+    ev4 = a.record("no_face")
+    identity = DeviceIdentity.generate()
+    identity._sign = a._identity._sign  # same device key: the copy came with the keys
+    restored = Ledger(tmp_path / "restored.sqlite", identity, "edge-a01", "3171")
+    fork4 = restored.record("accepted", household_id="H9", round_id=ROUND, amount=1)
+    restored.close()
+    feed(consumer, [ev4, fork4])
+    kinds = {x["kind"] for x in store.anomalies()}
+    assert "seq_conflict" in kinds
+
+
+def test_summary_totals_per_regency_and_round(world, tmp_path, capsys):
+    ledgers, consumer, store = world
+    for i in range(3):
+        ledgers["edge-a01"].record("accepted", household_id=f"A{i}", round_id=ROUND, amount=600000)
+    ledgers["edge-b01"].record("accepted", household_id="B0", round_id=ROUND, amount=300000)
+    ledgers["edge-c01"].record("accepted", household_id="C0", round_id="2026-12", amount=200000)
+    ledgers["edge-c01"].record("no_match")
+    for led in ledgers.values():
+        feed(consumer, list(led.events()))
+    assert store.summary() == [
+        {"regency": "3171", "round_id": ROUND, "count": 4, "amount": 2_100_000},
+        {"regency": "3172", "round_id": "2026-12", "count": 1, "amount": 200_000},
+    ]
+    db = f"sqlite:///{tmp_path / 'central.sqlite'}"
+    assert main(["consume", "--summary", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "3171     2026-11" in out and "2,100,000" in out and "2,300,000" in out
+    assert "no_match=1" in out
+
+
+def test_registry_reads_pem_files_and_device_cards(tmp_path):
+    a, b = DeviceIdentity.generate(), DeviceIdentity.generate()
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "edge-a01.pem").write_bytes(a.device_public_pem())
+    write_card(b, "edge-b01", tmp_path / "reg" / "card-b.json")
+    reg = DeviceRegistry(tmp_path / "reg")
+    assert reg.get("edge-a01") == a.device_public_pem()
+    assert reg.get("edge-b01") == b.device_public_pem()
+    assert reg.get("edge-c01") is None
+    flat = tmp_path / "keys.json"
+    flat.write_text(json.dumps({"edge-a01": a.device_public_pem().decode()}))
+    assert DeviceRegistry(flat).get("edge-a01") == a.device_public_pem()
