@@ -23,28 +23,31 @@ REPO = HERE.parent
 if (REPO / "edge" / "__init__.py").is_file() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
-from target import Report, Target, check_models, pip_freeze, run, write_out  # noqa: E402
-
-# Paths on the device (relative to --root).
-OPT = Path("opt/edge")
-VENV = OPT / "venv"
-DIST = OPT / "dist"
-SRC = OPT / "src"
-MODELS = OPT / "models"
-TOOLS = OPT / "provisioning"
-ETC = Path("etc/edge")
-CONFIG = ETC / "config.toml"
-CENTRAL_PUB = ETC / "central_public.pem"
-CA_FILE = ETC / "ca.pem"
-CERT_FILE = ETC / "device.crt"
-STATE = Path("var/lib/edge")
-KEYS = STATE / "keys"
-UNIT_DIR = Path("etc/systemd/system")
-UNIT = UNIT_DIR / "edge.service"
-WANTS = UNIT_DIR / "multi-user.target.wants" / "edge.service"
-SYSUSERS = Path("etc/sysusers.d/edge.conf")
-REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
-GROUPS = ("gpio", "video", "dialout")
+from target import (  # noqa: E402
+    CA_FILE,
+    CENTRAL_PUB,
+    CERT_FILE,
+    CHANGED_FLAG,
+    CONFIG,
+    DIST,
+    GROUPS,
+    KEYS,
+    MODELS,
+    REEXEC_FLAG,
+    SRC,
+    STATE,
+    SYSUSERS,
+    TOOLS,
+    UNIT,
+    VENV,
+    WANTS,
+    Report,
+    Target,
+    check_models,
+    parse_broker,
+    parse_pins,
+    write_out,
+)
 
 
 def find_asset(name: str) -> Path:
@@ -58,8 +61,8 @@ def find_asset(name: str) -> Path:
 class Provisioner(Target):
     """The steps, in order; each adds its lines to the report."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args.root)
+    def __init__(self, args: argparse.Namespace, dry_run: bool = False) -> None:
+        super().__init__(args.root, dry_run)
         self.args = args
         self.installed = False  # pip already ran in this process (before edge was importable)
 
@@ -85,6 +88,10 @@ class Provisioner(Target):
         if self.args.no_install:
             self.report.add("skipped", "pip install", "--no-install")
             return
+        if os.environ.get(REEXEC_FLAG):  # pip ran in the system Python before the switch
+            done = "ran" if os.environ.get(CHANGED_FLAG) else "unchanged"
+            self.report.add(done, "pip install", "before switching to the venv")
+            return
         if not self.real:
             # pip would build for this machine, not the Pi: the wheel waits in /opt/edge/dist
             # and first boot (provisioning/user-data) installs it.
@@ -95,16 +102,22 @@ class Provisioner(Target):
         venv_python = self.path(VENV / "bin" / "python")
         if not venv_python.exists():
             # System site packages: picamera2 and lgpio come from Raspberry Pi OS's apt.
-            run([sys.executable, "-m", "venv", "--system-site-packages", str(self.path(VENV))])
+            self.execute(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(self.path(VENV))]
+            )
             self.report.add("created", f"/{VENV}")
         pip = [str(venv_python), "-m", "pip", "install", "--quiet"]
         if self.path(DIST).is_dir():
             pip += ["--find-links", str(self.path(DIST))]  # an offline wheelhouse, when present
-        extras = "[pi]" if target.is_dir() else ""
-        before = pip_freeze(venv_python)
-        run([*pip, f"{target}{extras}" if extras else str(target)])
-        after = pip_freeze(venv_python)
-        self.report.add("ran" if before != after else "unchanged", "pip install", target.name)
+        # No "[pi]" extra: picamera2 and lgpio come from apt (python3-picamera2, python3-lgpio).
+        before = self.pip_freeze(venv_python)
+        self.execute([*pip, str(target)])
+        if self.pip_freeze(venv_python) != before:
+            self.report.add("ran", "pip install", target.name)
+            # Survives the re-exec into the venv, so the service is restarted for it.
+            os.environ[CHANGED_FLAG] = "1"
+        else:
+            self.report.add("unchanged", "pip install", target.name)
 
     def install_models(self) -> None:
         if self.args.models:
@@ -267,28 +280,41 @@ class Provisioner(Target):
         if self.args.no_system:
             self.report.add("skipped", "user edge", "--no-system")
             return
+        if self.user_exists():
+            self.report.add("unchanged", "user edge")
+        else:
+            self.execute(["systemd-sysusers", f"/{SYSUSERS}"])
+            self.report.add("created", "user edge", ", ".join(GROUPS))
+        self.execute(["chown", "-R", "edge:edge", f"/{STATE}"])
+        self.execute(["chgrp", "edge", f"/{CONFIG}"])
+
+    @staticmethod
+    def user_exists() -> bool:
         import pwd
 
         try:
             pwd.getpwnam("edge")
-            self.report.add("unchanged", "user edge")
         except KeyError:
-            run(["systemd-sysusers", f"/{SYSUSERS}"])
-            self.report.add("created", "user edge", ", ".join(GROUPS))
-        run(["chown", "-R", "edge:edge", f"/{STATE}"])
-        run(["chgrp", "edge", f"/{CONFIG}"])
+            return False
+        return True
 
     def start_service(self) -> None:
         if not self.real or self.args.no_system:
             self.report.add("skipped", "systemctl restart edge", "not a running system")
             return
-        run(["systemctl", "daemon-reload"])
-        run(["systemctl", "reset-failed", "edge.service"], check=False)
-        if self.report.changed or self.args.restart:
-            run(["systemctl", "restart", "edge.service"])
+        self.execute(["systemctl", "daemon-reload"])
+        active = self.execute(
+            ["systemctl", "is-active", "--quiet", "edge.service"], check=False
+        ).returncode
+        changed = self.report.changed or os.environ.get(CHANGED_FLAG) == "1"
+        if changed or self.args.restart or active != 0:
+            # A unit that hit its start limit before the user or venv existed (first boot of a
+            # card provisioned with --root) stays failed until reset.
+            self.execute(["systemctl", "reset-failed", "edge.service"], check=False)
+            self.execute(["systemctl", "restart", "edge.service"])
             self.report.add("ran", "systemctl restart edge")
         else:
-            self.report.add("unchanged", "edge.service", "running config unchanged")
+            self.report.add("unchanged", "edge.service", "running, nothing changed")
 
     def render_user_data(self) -> None:
         if not self.args.boot:
@@ -345,25 +371,6 @@ class Provisioner(Target):
         return self.report
 
 
-def parse_broker(text: str) -> tuple[str, int]:
-    """``host[:port]``; MQTT over TLS (8883) unless a port is given."""
-    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
-    if not host or (port and not port.isdigit()):
-        raise argparse.ArgumentTypeError(f"bad broker {text!r}: use host or host:port")
-    return host, int(port) if port else 8883
-
-
-def parse_pins(text: str) -> dict[str, int]:
-    """``red=17,green=27,blue=22,buzzer=18`` -> signals config keys."""
-    pins = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if name not in ("red", "green", "blue", "buzzer") or not value.isdigit():
-            raise argparse.ArgumentTypeError(f"bad pin {part!r}: use red|green|blue|buzzer=BCM")
-        pins[f"{name}_pin"] = int(value)
-    return pins
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="/", help="root of the target system (default /)")
@@ -415,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"provision: {args.device_id} into {prov.root}" + ("" if prov.real else " (offline)"))
     if not args.no_install and prov.real:
         prov.install_package(prov.stage_package())
-        ensure_edge_importable(args, [*argv, "--no-install"])
+        ensure_edge_importable(args, argv)
     from edge.errors import EdgeError
 
     try:

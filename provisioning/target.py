@@ -6,12 +6,36 @@ copied onto a Pi and run with the system Python before anything is installed.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Paths on the device (relative to --root).
+OPT = Path("opt/edge")
+VENV = OPT / "venv"
+DIST = OPT / "dist"
+SRC = OPT / "src"
+MODELS = OPT / "models"
+TOOLS = OPT / "provisioning"
+ETC = Path("etc/edge")
+CONFIG = ETC / "config.toml"
+CENTRAL_PUB = ETC / "central_public.pem"
+CA_FILE = ETC / "ca.pem"
+CERT_FILE = ETC / "device.crt"
+STATE = Path("var/lib/edge")
+KEYS = STATE / "keys"
+UNIT_DIR = Path("etc/systemd/system")
+UNIT = UNIT_DIR / "edge.service"
+WANTS = UNIT_DIR / "multi-user.target.wants" / "edge.service"
+SYSUSERS = Path("etc/sysusers.d/edge.conf")
+REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
+CHANGED_FLAG = "EDGE_PROVISION_CHANGED"
+GROUPS = ("gpio", "video", "dialout")
 
 
 @dataclass
@@ -46,10 +70,26 @@ def write_out(target: Path, data: bytes) -> str:
 class Target:
     """The system being provisioned: a root folder (``/`` on the Pi) and a report of changes."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, dry_run: bool = False) -> None:
         self.root = Path(root).resolve()
         self.real = self.root == Path("/")
         self.report = Report()
+        self.dry_run = dry_run  # record system commands instead of running them (tests)
+        self.commands: list[list[str]] = []
+
+    def execute(
+        self, cmd: list[str], check: bool = True, quiet: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the target system, printed first unless ``quiet``."""
+        self.commands.append(cmd)
+        if not quiet:
+            print("  $ " + shlex.join(cmd), flush=True)
+        if self.dry_run:
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.run(cmd, check=check, capture_output=quiet, text=True)
+
+    def pip_freeze(self, python: Path) -> str:
+        return self.execute([str(python), "-m", "pip", "freeze"], check=False, quiet=True).stdout
 
     def path(self, rel: Path) -> Path:
         return self.root / rel
@@ -112,11 +152,20 @@ def check_models(folder: Path) -> None:
             raise SystemExit(f"provision: model {name}: sha256 mismatch; run `make models`")
 
 
-def pip_freeze(python: Path) -> str:
-    res = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True)
-    return res.stdout
+def parse_broker(text: str) -> tuple[str, int]:
+    """``host[:port]``; MQTT over TLS (8883) unless a port is given."""
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host or (port and not port.isdigit()):
+        raise argparse.ArgumentTypeError(f"bad broker {text!r}: use host or host:port")
+    return host, int(port) if port else 8883
 
 
-def run(cmd: list[str], check: bool = True) -> None:
-    print("  $ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=check)
+def parse_pins(text: str) -> dict[str, int]:
+    """``red=17,green=27,blue=22,buzzer=18`` -> signals config keys."""
+    pins = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in ("red", "green", "blue", "buzzer") or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"bad pin {part!r}: use red|green|blue|buzzer=BCM")
+        pins[f"{name}_pin"] = int(value)
+    return pins

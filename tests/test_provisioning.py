@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -244,3 +245,50 @@ def test_installed_config_passes_check_config(tmp_path, kit):
     )
     assert res.returncode == 0, res.stderr
     assert tomllib.loads(res.stdout)["device"]["id"] == "edge-3171-0007"
+
+
+def load_provision_module():
+    spec = importlib.util.spec_from_file_location("provision_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_commands_on_a_real_root(tmp_path, kit):
+    """What provision.py runs on a live Pi, recorded instead of run (root is a temp dir)."""
+    module = load_provision_module()
+    argv = [
+        "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"),
+        "--device-id", "edge-3171-0009", "--regency", "3171", "--broker", "10.1.2.3",
+        "--wheel", str(kit / WHEEL), "--models", str(kit / "models"),
+    ]  # fmt: skip
+    prov = module.Provisioner(module.build_parser().parse_args(argv), dry_run=True)
+    prov.real = True  # act as on "/" but only record the commands
+    prov.user_exists = lambda: False
+    prov.run()
+    cmds = [" ".join(c) for c in prov.commands]
+    venv = str(tmp_path / "root/opt/edge/venv")
+    assert cmds[0] == f"{sys.executable} -m venv --system-site-packages {venv}"
+    pip = next(c for c in cmds if " -m pip install " in c)
+    assert pip.endswith(str(tmp_path / "root/opt/edge/dist" / WHEEL))
+    assert "--find-links" in pip
+    expected = [
+        "systemd-sysusers /etc/sysusers.d/edge.conf",
+        "chown -R edge:edge /var/lib/edge",
+        "chgrp edge /etc/edge/config.toml",
+        "systemctl daemon-reload",
+        "systemctl restart edge.service",
+    ]
+    positions = [cmds.index(c) for c in expected]
+    assert positions == sorted(positions), cmds
+    assert "ran       systemctl restart edge" in prov.report.render()
+
+    # Nothing changed, the venv and user exist, the service runs: no restart the second time.
+    (tmp_path / "root/opt/edge/venv/bin").mkdir(parents=True)
+    (tmp_path / "root/opt/edge/venv/bin/python").touch()
+    again = module.Provisioner(module.build_parser().parse_args(argv), dry_run=True)
+    again.real = True
+    again.user_exists = lambda: True
+    again.run()
+    assert "systemctl restart edge.service" not in [" ".join(c) for c in again.commands]
+    assert again.report.render().endswith("provision: unchanged: nothing to do")
