@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from target import (  # noqa: E402
     Report,
     Target,
     check_models,
+    first_boot_values,
     parse_broker,
     parse_pins,
     write_out,
@@ -320,39 +320,10 @@ class Provisioner(Target):
         if not self.args.boot:
             return
         text = find_asset("user-data").read_text()
-        for key, value in self.template_values().items():
+        for key, value in first_boot_values(self.args).items():
             text = text.replace("{{" + key + "}}", value)
         target = Path(self.args.boot) / "user-data"
         self.report.add(write_out(target, text.encode()), str(target), "cloud-init first boot")
-
-    def template_values(self) -> dict[str, str]:
-        """The first-boot command repeats this run's choices; files are already on the card."""
-        a = self.args
-        extra = []
-        if a.point_name:
-            extra += ["--point-name", a.point_name]
-        if a.printer_port:
-            extra += ["--printer-port", a.printer_port]
-        if a.pins:
-            extra += [
-                "--pins",
-                ",".join(f"{k.removesuffix('_pin')}={v}" for k, v in a.pins.items()),
-            ]
-        if a.camera != "picamera2":
-            extra += ["--camera", a.camera]
-        if a.central_pub:
-            extra += ["--central-pub", f"/{CENTRAL_PUB}"]
-        if a.ca:
-            extra += ["--ca", f"/{CA_FILE}"]
-        if a.no_tls:
-            extra += ["--no-tls"]
-        return {
-            "DEVICE_ID": shlex.quote(a.device_id),
-            "REGENCY": shlex.quote(a.regency),
-            "BROKER": shlex.quote(f"{a.broker[0]}:{a.broker[1]}"),
-            "EXTRA_ARGS": " ".join(shlex.quote(x) for x in extra),
-            "HOSTNAME": a.device_id,
-        }
 
     def run(self) -> Report:
         config = self.prepare_config()

@@ -1,4 +1,4 @@
-"""File-level helpers of provision.py: write only what differs, and say what happened.
+"""Helpers of provision.py: the device layout, writing only what differs, argument parsing.
 
 A plain module next to provision.py (not part of the ``edge`` package) so that the pair can be
 copied onto a Pi and run with the system Python before anything is installed.
@@ -169,3 +169,32 @@ def parse_pins(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"bad pin {part!r}: use red|green|blue|buzzer=BCM")
         pins[f"{name}_pin"] = int(value)
     return pins
+
+
+def first_boot_values(a: argparse.Namespace) -> dict[str, str]:
+    """The first-boot command repeats this run's choices; files are already on the card."""
+    extra = []
+    if a.point_name:
+        extra += ["--point-name", a.point_name]
+    if a.printer_port:
+        extra += ["--printer-port", a.printer_port]
+    if a.pins:
+        extra += [
+            "--pins",
+            ",".join(f"{k.removesuffix('_pin')}={v}" for k, v in a.pins.items()),
+        ]
+    if a.camera != "picamera2":
+        extra += ["--camera", a.camera]
+    if a.central_pub:
+        extra += ["--central-pub", f"/{CENTRAL_PUB}"]
+    if a.ca:
+        extra += ["--ca", f"/{CA_FILE}"]
+    if a.no_tls:
+        extra += ["--no-tls"]
+    return {
+        "DEVICE_ID": shlex.quote(a.device_id),
+        "REGENCY": shlex.quote(a.regency),
+        "BROKER": shlex.quote(f"{a.broker[0]}:{a.broker[1]}"),
+        "EXTRA_ARGS": " ".join(shlex.quote(x) for x in extra),
+        "HOSTNAME": a.device_id,
+    }
