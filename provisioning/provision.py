@@ -52,7 +52,7 @@ from target import (  # noqa: E402
 
 def find_asset(name: str) -> Path:
     """A file shipped beside this script (on the Pi) or in the checkout's systemd/ folder."""
-    for candidate in (HERE / name, REPO / "systemd" / name, REPO / "provisioning" / name):
+    for candidate in (HERE / name, *(REPO / d / name for d in ("systemd", "provisioning", "docs"))):
         if candidate.is_file():
             return candidate
     raise SystemExit(f"provision: cannot find {name} next to {HERE}")
@@ -266,7 +266,7 @@ class Provisioner(Target):
 
     def stage_tools(self) -> None:
         """Ship this script and its assets so first boot can finish the job on the Pi."""
-        for name in ("edge.service", "edge.sysusers.conf", "user-data"):
+        for name in ("edge.service", "edge.sysusers.conf", "user-data", "operations.md"):
             self.copy(find_asset(name), TOOLS / name)
         self.copy(Path(__file__).resolve(), TOOLS / "provision.py", 0o755)
         self.copy(HERE / "target.py", TOOLS / "target.py")
