@@ -319,6 +319,8 @@ def dump_toml(data: dict[str, Any], _prefix: str = "") -> str:
     scalars = []
     tables = []
     for key, value in data.items():
+        if value is None:
+            continue  # TOML has no null; leaving the key out gives the same default back
         if isinstance(value, dict):
             tables.append((key, value))
         else:

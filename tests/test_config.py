@@ -149,3 +149,7 @@ def test_example_config_passes_check_config(capsys):
     effective = tomllib.loads(out)
     assert effective["device"]["state_dir"] == "/var/lib/edge"
     assert effective["camera"]["kind"] == "picamera2"
+
+
+def test_dump_toml_leaves_out_unset_values():
+    assert dump_toml({"a": {"x": None, "y": 1}, "b": True}) == "b = true\n\n[a]\ny = 1\n"
