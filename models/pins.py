@@ -60,7 +60,8 @@ EMBEDDER_NORMALISATION = (
 
 # The build venv for quantization. ai-edge-quantizer works on the flatbuffer with LiteRT's
 # schema and interpreter; it does not import TensorFlow, so TensorFlow is not installed.
-BUILD_REQUIREMENTS = ("ai-edge-quantizer==0.10.0",)
+# LiteRT is pinned to the terminal's version: calibration runs the float model on it.
+BUILD_REQUIREMENTS = ("ai-edge-quantizer==0.10.0", "ai-edge-litert==2.3.0")
 
 # Agreement of the int8 embedder with the float one on held-out aligned crops; below these
 # bounds the build fails (measured: mean ~0.994, min ~0.984).
