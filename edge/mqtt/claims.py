@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -31,6 +32,11 @@ def event_hash(event: dict) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
+@lru_cache(maxsize=4096)
+def _public_key(pem: bytes):
+    return load_pem_public_key(pem)
+
+
 def check_event(event: dict, device_public_pem: bytes | None) -> str | None:
     """Why ``event`` is not intact (hash, then signature when a key is given), or None."""
     if event_hash(event) != event["hash"]:
@@ -38,7 +44,7 @@ def check_event(event: dict, device_public_pem: bytes | None) -> str | None:
     if device_public_pem is None:
         return None
     try:
-        key = load_pem_public_key(device_public_pem)
+        key = _public_key(device_public_pem)
         key.verify(base64.b64decode(event["sig"], validate=True), event["hash"].encode("ascii"))
     except (InvalidSignature, binascii.Error, ValueError, TypeError):
         return "bad signature"

@@ -113,6 +113,7 @@ class Consumer:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._connected = False
+        self._stopping = False
         self.subscribed = threading.Event()
         self.stored = 0
         self.duplicates = 0
@@ -128,8 +129,17 @@ class Consumer:
         connect_async(self._client, self._settings, self._session_expiry_s)
         self._client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect and stop the network thread."""
+    def stop(self, leave_group: bool = False) -> None:
+        """Disconnect and stop the network thread.
+
+        The session survives a plain stop, and with it this member's share of the group: the
+        broker keeps queueing events for it until it returns. ``leave_group=True`` unsubscribes
+        first, for a consumer that is being retired.
+        """
+        self._stopping = True
+        if leave_group and self._connected:
+            self._client.unsubscribe(self._filter)
+            time.sleep(0.2)
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = False
@@ -149,7 +159,7 @@ class Consumer:
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected:
+        if self._connected and not self._stopping:
             log.warning("consumer disconnected: %s", reason_code)
         self._connected = False
         self.subscribed.clear()

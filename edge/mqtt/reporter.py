@@ -76,6 +76,8 @@ class Reporter:
             reconnect_max_s=reconnect_max_s,
             will=(self.topics.status, self._status("offline", "lost")),
         )
+        # As many PUBACKs outstanding as the window (the broker's Receive Maximum still caps it).
+        self._client.max_inflight_messages_set(window)
         if commands is not None:
             commands.register("resend", self.resend_action)
             commands.register("health", self.health_action)
@@ -193,7 +195,7 @@ class Reporter:
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected:
+        if self._connected and not self._stopping.is_set():
             log.warning("disconnected from broker: %s", reason_code)
         self._connected = False
 

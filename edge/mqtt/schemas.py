@@ -15,6 +15,11 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+try:  # compiled validators, ~100x faster: the consumer checks every event it receives
+    import fastjsonschema
+except ImportError:  # pragma: no cover - fall back to the reference validator
+    fastjsonschema = None
+
 SCHEMA_VERSION = 1
 KINDS = ("event", "status", "health", "command", "command_result")
 
@@ -64,8 +69,20 @@ def errors(kind: str, obj: Any) -> list[str]:
     return out
 
 
+@cache
+def _compiled(kind: str):
+    return fastjsonschema.compile(schema(kind)) if fastjsonschema else None
+
+
 def validate(kind: str, obj: Any) -> None:
     """Raise PayloadError naming the first violations when ``obj`` breaks the ``kind`` schema."""
+    fast = _compiled(kind)
+    if fast is not None:
+        try:
+            fast(obj)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass  # the reference validator below words the errors
     problems = errors(kind, obj)
     if problems:
         raise PayloadError(f"{kind}: " + "; ".join(problems[:3]))
