@@ -125,14 +125,10 @@ def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def engine_cfg(request, faces_dir):
-    """Config whose models are the built ones once the model store exists (else the raw files)."""
+def engine_cfg(models_dir, faces_dir):
+    """Defaults with the built models (the embedder the bundle's templates come from)."""
     cfg = Config()
-    try:
-        import edge.modelstore  # noqa: F401
-    except ModuleNotFoundError:
-        return cfg
-    cfg.models.dir = str(request.getfixturevalue("models_dir"))
+    cfg.models.dir = str(models_dir)
     return cfg
 
 

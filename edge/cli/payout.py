@@ -119,15 +119,11 @@ def central_public_pem(cfg, override: Path | None = None) -> bytes:
 
 def embedder_ids(cfg) -> tuple[str, str]:
     """Model id and sha256 of the configured embedder (what bundle templates must match)."""
-    name = "embedder_int8" if cfg.models.embedder == "int8" else "embedder_dynamic"
-    try:
-        from edge.modelstore import ModelStore
-    except ModuleNotFoundError:
-        from edge.vision.pipeline import FaceEngine
+    from edge.modelstore import ModelStore
+    from edge.vision.pipeline import embedder_name
 
-        engine = FaceEngine.from_config(cfg)
-        return engine.model_id, engine.model_sha256
-    store = ModelStore.load(cfg.models.dir)
+    name = embedder_name(cfg)
+    store = ModelStore.load(cfg.models.dir, required=[name])
     return store.model_id(name), store.sha256(name)
 
 
