@@ -1,0 +1,100 @@
+"""`edge consume` and `edge command` against a real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
+
+from edge.__main__ import main
+from edge.config import parse_config
+from edge.keys import DeviceIdentity
+from edge.ledger import Ledger
+from edge.mqtt.commands import CommandProcessor
+from edge.mqtt.reporter import Reporter
+from edge.mqtt.store import EventStore
+
+
+def tls_args(broker, cn: str) -> list[str]:
+    s = broker.settings(cn)
+    return ["--broker", s.host, "--port", str(s.port), "--tls", "--ca", s.ca_file,
+            "--cert", s.cert_file, "--key", s.key_file]  # fmt: skip
+
+
+def test_consume_stores_verified_events_then_summarises(broker, tmp_path, capsys):
+    identity = DeviceIdentity.generate()
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "edge-a01.pem").write_bytes(identity.device_public_pem())
+    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-a01", "3171")
+    for i in range(4):
+        ledger.record("accepted", household_id=f"H{i}", round_id="2026-11", amount=250000)
+    ledger.record("no_match")
+    cfg = parse_config(
+        {
+            "device": {"id": "edge-a01", "state_dir": str(tmp_path)},
+            "mqtt": broker.mqtt_config("edge-a01"),
+        }
+    )
+    reporter = Reporter(cfg, ledger, identity)
+    db = f"sqlite:///{tmp_path / 'central.sqlite'}"
+    # The terminal starts a moment later; persistent sessions make the order irrelevant anyway.
+    timer = threading.Timer(1.0, reporter.start)
+    timer.start()
+    try:
+        argv = ["consume", *tls_args(broker, "central"), "--db", db, "--registry", str(registry)]
+        assert main([*argv, "--duration", "4"]) == 0
+    finally:
+        timer.join()
+        reporter.stop()
+        ledger.close()
+    assert "stored 5, duplicates 0, rejected 0" in capsys.readouterr().out
+    store = EventStore(db)
+    assert store.count() == 5
+    store.close()
+    assert main(["consume", "--summary", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "3171     2026-11" in out and "1,000,000" in out
+
+
+def test_command_cli_sends_a_signed_command_and_prints_the_result(broker, tmp_path, capsys):
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "central.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    identity = DeviceIdentity.generate()
+    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-a01", "3171")
+    cfg = parse_config(
+        {
+            "device": {"id": "edge-a01", "state_dir": str(tmp_path)},
+            "mqtt": broker.mqtt_config("edge-a01"),
+        }
+    )
+    commands = CommandProcessor(public, "edge-a01", tmp_path, {})
+    reporter = Reporter(cfg, ledger, identity, commands)
+    reporter.start()
+    try:
+        assert wait_for(lambda: reporter.connected, 10)
+        base = ["command", *tls_args(broker, "central"), "--central-key", str(key_file)]
+        base += ["--device", "edge-a01", "--regency", "3171", "--timeout", "10"]
+        assert main([*base, "health"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["status"] == "applied" and result["name"] == "health"
+        assert main([*base, "selfdestruct"]) == 1
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["error"] == "unknown command: selfdestruct"
+    finally:
+        reporter.stop()
+        commands.close()
+        ledger.close()
