@@ -122,6 +122,40 @@ class LivenessConfig(Section):
     enabled: bool = True
     threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
     min_frames: int = Field(default=6, ge=2, description="Frames with a good face needed to decide")
+    max_frames: int = Field(default=60, ge=2, description="Frames kept per capture window")
+    max_pairs: int = Field(default=200, ge=1, description="Frame pairs compared for 3D motion")
+    min_mesh_presence: float = Field(
+        default=0.5, ge=0, le=1, description="Face-mesh confidence below which a frame is skipped"
+    )
+    pad_min_score: float = Field(
+        default=0.7, ge=0, le=1, description="Detector score needed before MiniFASNet scores a face"
+    )
+    pad_min_face_px: float = Field(
+        default=60.0, ge=0, description="Face box side needed before MiniFASNet scores a face"
+    )
+    still_max_change: float = Field(
+        default=0.25, ge=0, description="Largest mean grey change between frames of a replayed still"
+    )
+    parallax_centre: float = Field(
+        default=0.02, gt=0, description="Depth parallax (fraction of eye distance) scoring 0.5"
+    )
+    parallax_width: float = Field(default=0.003, gt=0, description="Softness of the parallax step")
+    blink_drop: float = Field(
+        default=0.6, gt=0, lt=1, description="Eye aspect ratio below this share of its median: closed"
+    )
+    moire_centre: float = Field(default=8.0, gt=0, description="Spectral peak scoring 0.5 moire")
+    moire_width: float = Field(default=0.5, gt=0)
+    chroma_centre: float = Field(default=2.0, ge=0, description="Chroma spread below this: grey print")
+    chroma_width: float = Field(default=0.5, gt=0)
+    glare_centre: float = Field(
+        default=0.05, gt=0, le=1, description="Share of clipped colourless face pixels: glare"
+    )
+    pad_weight: float = Field(
+        default=0.25, ge=0, description="Exponent of MiniFASNet P(real) in the fused score"
+    )
+    cue_weight: float = Field(
+        default=0.5, ge=0, description="Exponent of the screen/print cue score in the fused score"
+    )
 
 
 class FlowConfig(Section):
