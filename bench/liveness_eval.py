@@ -159,7 +159,7 @@ def screen_look(frame: np.ndarray, rng: np.random.Generator, phase: float = 0.0)
 
 def pick_photos(faces_dir: Path, quick: bool) -> list[tuple[str, np.ndarray]]:
     """A spread of photos over the sources of ../shared/faces: (source, RGB image)."""
-    per_source = {"facerec": 14, "celeb5": 10, "faceapijs": 8, "yale": 15, "orl": 10}
+    per_source = {"facerec": 12, "celeb5": 5, "faceapijs": 8, "yale": 8, "orl": 8}
     if quick:
         per_source = {k: 2 for k in per_source}
     seen: dict[str, set[str]] = {}
@@ -286,6 +286,15 @@ def summarise(rows: list[dict], threshold: float) -> dict:
     return out
 
 
+def per_source(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """APCER of the fused decision by attack type and photo source."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if "source" in r:
+            out.setdefault(r["type"], {}).setdefault(r["source"], []).append(r["live"])
+    return {k: {s: float(np.mean(v)) for s, v in d.items()} for k, d in out.items()}
+
+
 def render(summary: dict, threshold: float) -> str:
     """A Markdown table of the summary."""
     lines = [
@@ -350,9 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LivenessConfig()
     rows, summary = evaluate(args.models, args.faces, args.video, args.quick, cfg)
     print(render(summary, cfg.threshold))
+    by_source = per_source(rows)
+    sources = sorted({s for d in by_source.values() for s in d})
+    print("\nAPCER by photo source\n\n| attack | " + " | ".join(sources) + " |")
+    print("|---|" + "---|" * len(sources))
+    for kind, d in by_source.items():
+        cells = " | ".join(f"{d[s]:.0%}" if s in d else "-" for s in sources)
+        print(f"| {kind} | {cells} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+        doc = {"summary": summary, "by_source": by_source, "rows": rows}
+        args.json.write_text(json.dumps(doc, indent=1, default=str))
     return 0
 
 

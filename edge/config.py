@@ -97,14 +97,17 @@ class VisionConfig(Section):
     )
     nms_iou: float = Field(default=0.3, gt=0, lt=1)
     flip_view: bool = Field(
-        default=True, description="Average with the embedding of the mirrored crop"
+        default=False,
+        description="Also embed the mirrored crop and average (+0.1 % TAR, 2x embed time)",
     )
     mesh_align: bool = Field(
         default=True,
         description="Align on five points from the 468-point face mesh (else BlazeFace's four)",
     )
     match_threshold: float = Field(
-        default=0.60,
+        # `edge calibrate --far 0.001` on ../shared/faces (int8, mesh alignment, no flip view);
+        # see docs/accuracy.md.
+        default=0.5422,
         ge=-1,
         le=1,
         description="Cosine threshold; set by `edge calibrate` for a target false-match rate",
@@ -123,13 +126,14 @@ class LivenessConfig(Section):
     threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
     min_frames: int = Field(default=6, ge=2, description="Frames with a good face needed to decide")
     max_frames: int = Field(default=60, ge=2, description="Frames kept per capture window")
-    max_pairs: int = Field(default=200, ge=1, description="Frame pairs compared for 3D motion")
+    max_pairs: int = Field(default=120, ge=1, description="Frame pairs compared for 3D motion")
     min_mesh_presence: float = Field(
         default=0.5, ge=0, le=1, description="Face-mesh confidence below which a frame is skipped"
     )
     pad_min_score: float = Field(
         default=0.7, ge=0, le=1, description="Detector score needed before MiniFASNet scores a face"
     )
+    pad_every: int = Field(default=2, ge=1, description="Run MiniFASNet on every n-th frame")
     pad_min_face_px: float = Field(
         default=60.0, ge=0, description="Face box side needed before MiniFASNet scores a face"
     )

@@ -71,16 +71,22 @@ def face_crop(rgb: np.ndarray, box: np.ndarray, size: int = CROP) -> np.ndarray:
     return cv2.resize(rgb[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _band_peak(channel: np.ndarray, lo: float = 0.2, hi: float = 0.9) -> float:
+def _spectral_band(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window and band mask (0.2 to 0.9 of Nyquist) of an n x n spectrum, made once per size."""
+    if n not in _BANDS:
+        yy, xx = np.mgrid[0:n, 0:n] - n // 2
+        r = np.fft.ifftshift(np.hypot(xx, yy) / (n / 2))
+        _BANDS[n] = (np.outer(np.hanning(n), np.hanning(n)), (r > 0.2) & (r < 0.9))
+    return _BANDS[n]
+
+
+_BANDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _band_peak(channel: np.ndarray) -> float:
+    win, mask = _spectral_band(channel.shape[0])
     g = channel.astype(np.float64)
-    g = g - g.mean()
-    n = g.shape[0]
-    spec = np.log1p(
-        np.abs(np.fft.fftshift(np.fft.fft2(g * np.outer(np.hanning(n), np.hanning(n)))))
-    )
-    yy, xx = np.mgrid[0:n, 0:n] - n // 2
-    r = np.hypot(xx, yy) / (n / 2)
-    band = spec[(r > lo) & (r < hi)]
+    band = np.log1p(np.abs(np.fft.fft2((g - g.mean()) * win)))[mask]
     # Against a robust spread, so that a sharper or noisier image does not score higher.
     med = np.median(band)
     return float((band.max() - med) / (np.median(np.abs(band - med)) + 1e-6))
@@ -110,13 +116,39 @@ def glare_fraction(crop: np.ndarray) -> float:
     return float(np.mean((hsv[..., 2] >= 250) & (hsv[..., 1] <= 25)))
 
 
+def _normalise(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = p.mean(axis=0)
+    s = math.sqrt(2) / max(float(np.linalg.norm(p - c, axis=1).mean()), 1e-9)
+    t = np.array([[s, 0, -s * c[0]], [0, s, -s * c[1]], [0, 0, 1]])
+    return (p - c) * s, t
+
+
+def fit_homography(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least-squares homography taking points ``a`` [N, 2] to ``b`` (normalised DLT)."""
+    na, ta = _normalise(a)
+    nb, tb = _normalise(b)
+    n = len(a)
+    m = np.zeros((2 * n, 9))
+    x, y, u, v = na[:, 0], na[:, 1], nb[:, 0], nb[:, 1]
+    m[0::2, 0], m[0::2, 1], m[0::2, 2] = x, y, 1
+    m[0::2, 6], m[0::2, 7], m[0::2, 8] = -u * x, -u * y, -u
+    m[1::2, 3], m[1::2, 4], m[1::2, 5] = x, y, 1
+    m[1::2, 6], m[1::2, 7], m[1::2, 8] = -v * x, -v * y, -v
+    # The null vector of m: the eigenvector of m^T m with the smallest eigenvalue.
+    _, vecs = np.linalg.eigh(m.T @ m)
+    h = np.linalg.inv(tb) @ vecs[:, 0].reshape(3, 3) @ ta
+    return h / h[2, 2] if abs(h[2, 2]) > 1e-12 else h
+
+
 def plane_parallax(a: Mesh, b: Mesh) -> float:
     """Depth-explained residual of the best homography between two meshes, over eye distance."""
     pa, pb = a.xy.astype(np.float64), b.xy.astype(np.float64)
-    h, _ = cv2.findHomography(pa, pb, 0)
-    if h is None:
+    h = fit_homography(pa, pb)
+    q = np.column_stack([pa, np.ones(len(pa))]) @ h.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resid = pb - q[:, :2] / q[:, 2:3]
+    if not np.all(np.isfinite(resid)):
         return 0.0
-    resid = pb - cv2.perspectiveTransform(pa[None], h)[0]
     z = (a.points[:, 2] + b.points[:, 2]).astype(np.float64) / 2
     z -= z.mean()
     zz = float((z * z).sum())
@@ -202,7 +234,13 @@ class LivenessChecker:
         pad = None
         # MiniFASNet calls noise and tiny faces real: only score confident, large faces.
         size = min(float(box[2] - box[0]), float(box[3] - box[1]))
-        if self.pad is not None and face.score >= c.pad_min_score and size >= c.pad_min_face_px:
+        due = len(self._frames) % c.pad_every == 0  # PAD is the costliest step: not every frame
+        if (
+            self.pad is not None
+            and due
+            and face.score >= c.pad_min_score
+            and size >= c.pad_min_face_px
+        ):
             pad = self.pad.score(rgb, box).real
         self._frames.append(
             _Frame(

@@ -64,9 +64,9 @@ def make_input(rgb: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
     """The float32 [1, 80, 80, 3] BGR 0..255 input for one model (NHWC, as converted)."""
     h, w = rgb.shape[:2]
     x0, y0, x1, y1 = crop_box(box, w, h, scale)
-    patch = rgb[y0 : y1 + 1, x0 : x1 + 1, ::-1]
-    patch = cv2.resize(np.ascontiguousarray(patch), (INPUT_SIZE, INPUT_SIZE))
-    return patch.astype(np.float32)[None]
+    # Resize first, then swap to BGR: channels resize independently, and 80x80 is cheap to flip.
+    patch = cv2.resize(rgb[y0 : y1 + 1, x0 : x1 + 1], (INPUT_SIZE, INPUT_SIZE))
+    return patch[..., ::-1].astype(np.float32)[None]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
