@@ -125,11 +125,15 @@ class Progress:
         self.stream.flush()
 
 
-def embed_images(engine, paths: list[str], images_dir: Path, progress: bool = True) -> dict:
+def embed_images(
+    engine, paths: list[str], images_dir: Path, progress: bool = True, repeat: int = 1
+) -> dict:
     """Analyse each image once: embeddings (rows, NaN where no face), flags and stage times.
 
     The evaluation embeds a face even when it fails the quality gate: it measures the
-    recogniser; the gate's own effect is reported as ``quality_failed``.
+    recogniser; the gate's own effect is reported as ``quality_failed``. With ``repeat`` > 1
+    each image is timed that many times and the fastest run kept, which filters out the time
+    stolen by other processes on a shared machine.
     """
     emb = np.full((len(paths), engine.dim), np.nan, np.float32)
     no_face, quality_failed, unreadable = [], [], []
@@ -143,18 +147,25 @@ def embed_images(engine, paths: list[str], images_dir: Path, progress: bool = Tr
             unreadable.append(rel)
             no_face.append(rel)
             continue
-        res = engine.analyse(rgb)
-        if res is None:
-            no_face.append(rel)
-        else:
+        best = None
+        for _ in range(max(1, repeat)):
+            res = engine.analyse(rgb)
+            if res is None:
+                break
             if res.embedding is None:
-                quality_failed.append(rel)
                 t = time.perf_counter()
                 res.embedding = engine.embed_aligned(res.aligned)
                 res.timings_ms["embed"] = (time.perf_counter() - t) * 1000
+            run = {s: res.timings_ms[s] for s in _STAGES}
+            best = run if best is None else {s: min(best[s], run[s]) for s in _STAGES}
+        if res is None:
+            no_face.append(rel)
+        else:
+            if not res.quality.ok:
+                quality_failed.append(rel)
             emb[i] = res.embedding
             for s in _STAGES:
-                times[s].append(res.timings_ms[s])
+                times[s].append(best[s])
         if bar:
             bar.update(i + 1)
     return {
@@ -175,13 +186,18 @@ def score_pairs(emb: np.ndarray, index: dict[str, int], pairs: list[Pair]) -> np
 
 
 def evaluate(
-    engine, pairs: list[Pair], images_dir: str | Path, progress: bool = True, fars=FARS
+    engine,
+    pairs: list[Pair],
+    images_dir: str | Path,
+    progress: bool = True,
+    fars=FARS,
+    repeat: int = 1,
 ) -> dict:
     """The full report over ``pairs``: overall figures, the same per source, stage medians."""
     images_dir = Path(images_dir)
     paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
     index = {p: i for i, p in enumerate(paths)}
-    run = embed_images(engine, paths, images_dir, progress)
+    run = embed_images(engine, paths, images_dir, progress, repeat)
     scores = score_pairs(run["embeddings"], index, pairs)
     same = np.array([p.same for p in pairs], bool)
     report = {
@@ -196,9 +212,18 @@ def evaluate(
             "flip_view": engine.embedder.flip_view,
             "mesh_align": engine.mesh is not None,
             "threads": engine.cfg.models.threads,
+            "timing_repeat": repeat,
         },
         "no_face_images": run["no_face"],
     }
+    # What a terminal that turns poor faces away would see: pairs with a refused photo removed
+    # (a refusal asks the person to try again; it is neither a match nor a non-match).
+    refused = {index[p] for p in run["quality_failed"]}
+    if refused:
+        keep = np.array(
+            [index[p.path_a] not in refused and index[p.path_b] not in refused for p in pairs]
+        )
+        report["quality_gated"] = metrics(scores[keep & same], scores[keep & ~same], fars)
     sources = sorted({p.source for p in pairs if p.source})
     if len(sources) > 1:
         src = np.array([p.source for p in pairs])
@@ -234,6 +259,13 @@ def format_report(r: dict) -> str:
             f"threshold {r['threshold_at_far'][far]:.4f}"
         )
     lines.append("median ms: " + "  ".join(f"{s} {v:.1f}" for s, v in r["ms"].items()))
+    if "quality_gated" in r:
+        g = r["quality_gated"]
+        tars = "  ".join(f"tar@{f} {_pct(v)}" for f, v in g["tar_at_far"].items())
+        lines.append(
+            f"without quality-refused photos: gen {g['genuine']} imp {g['impostor']}  "
+            f"eer {_pct(g['eer'])}  {tars}"
+        )
     for s, m in r.get("per_source", {}).items():
         tars = "  ".join(f"tar@{f} {_pct(v)}" for f, v in m["tar_at_far"].items())
         lines.append(

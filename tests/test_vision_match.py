@@ -135,3 +135,17 @@ def test_far_threshold_and_eer_on_known_scores():
     assert m["tar_at_far"]["0.01"] == pytest.approx(0.5)
     e, _ = eer(np.array([0.9, 0.8, 0.3]), np.array([0.1, 0.2, 0.85]))
     assert e == pytest.approx(1 / 3)
+
+
+def test_int8_embedder_agrees_with_dynamic_range(models_dir, engine, embedded, faces_dir):
+    cfg = Config()
+    cfg.models.threads = 1
+    cfg.models.dir = str(models_dir)
+    cfg.models.embedder = "dynamic" if engine.embedder_name == "embedder_int8" else "int8"
+    other = FaceEngine.from_config(cfg)
+    assert other.model_id != engine.model_id
+    cos = []
+    for vs in embedded.values():
+        res = engine.analyse(load_image(faces_dir / vs[0][0]))
+        cos.append(float(engine.embed_aligned(res.aligned) @ other.embed_aligned(res.aligned)))
+    assert min(cos) > 0.95 and np.mean(cos) > 0.98, cos
