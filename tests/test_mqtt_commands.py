@@ -11,7 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.config import Config
+from edge.config import Config, parse_config
+from edge.keys import DeviceIdentity
+from edge.ledger import Ledger
 from edge.mqtt.commands import (
     CommandProcessor,
     CommandRefused,
@@ -19,6 +21,7 @@ from edge.mqtt.commands import (
     bundle_commands,
     sign_command,
 )
+from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import canonical, errors
 
 DEVICE = "edge-a01"
@@ -218,3 +221,24 @@ def test_sign_command_output_is_canonical_and_valid(central):
     payload = sign_command(central, DEVICE, "health", {})
     body = json.loads(payload)
     assert canonical(body) == payload and errors("command", body) == []
+
+
+def test_reporter_from_config_enables_commands_only_with_a_central_key(tmp_path, central):
+    key_file = tmp_path / "central.pub"
+    key_file.write_bytes(pem(central))
+    identity = DeviceIdentity.generate()
+    ledger = Ledger(tmp_path / "ledger.sqlite", identity, DEVICE, "3171")
+    base = {"device": {"id": DEVICE, "state_dir": str(tmp_path)}, "mqtt": {"tls": False}}
+    try:
+        plain = Reporter.from_config(parse_config(base), ledger, identity)
+        assert plain._commands is None
+        cfg = parse_config({**base, "bundle": {"central_public_key": str(key_file)}})
+        reporter = Reporter.from_config(cfg, ledger, identity, {"reprint": lambda a: {}})
+        ev = ledger.record("no_face")
+        payload = sign_command(central, DEVICE, "resend", {"from_seq": 1, "to_seq": 1})
+        result = reporter._commands.handle(TOPIC + "resend", payload)
+        # The reporter's own resend action ran (publishing into paho's queue while offline).
+        assert result["status"] == "applied" and result["result"] == {"resent": 1}
+        assert ev["seq"] == 1
+    finally:
+        ledger.close()

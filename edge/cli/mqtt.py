@@ -104,8 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_command)
 
 
-def print_summary(store, out=sys.stdout) -> None:
+def print_summary(store, out=None) -> None:
     """Totals per regency and round, then gaps and anomalies."""
+    out = out or sys.stdout
     rows = store.summary()
     print(f"{'regency':<8} {'round':<16} {'payouts':>8} {'amount (Rp)':>16}", file=out)
     for r in rows:

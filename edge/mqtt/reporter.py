@@ -100,6 +100,26 @@ class Reporter:
         self.published = 0
         self.acked = 0
 
+    @classmethod
+    def from_config(
+        cls, cfg, ledger, identity, actions: dict | None = None, health_source=None
+    ) -> Reporter:
+        """The reporter the daemon runs: commands enabled when central's public key is set.
+
+        ``actions`` are the app's command actions (``bundle``, ``config``, ``reprint``);
+        ``health`` and ``resend`` are the reporter's own. Without
+        ``cfg.bundle.central_public_key`` every command is ignored (nothing to verify with).
+        """
+        commands = None
+        if cfg.bundle.central_public_key:
+            from edge.mqtt.commands import CommandProcessor
+
+            pem = Path(cfg.bundle.central_public_key).read_bytes()
+            commands = CommandProcessor(pem, cfg.device.id, cfg.state_path, dict(actions or {}))
+        else:
+            log.warning("no central public key configured: remote commands are disabled")
+        return cls(cfg, ledger, identity, commands, health_source=health_source)
+
     # -- public API -----------------------------------------------------------------------
 
     @property
