@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from edge import sdnotify
@@ -20,7 +19,7 @@ from edge.devices.camera import CameraStream, open_camera
 from edge.devices.printer import make_printer
 from edge.devices.signals import make_signals
 from edge.flow import Decision, Outcome, PayoutFlow
-from edge.keys import DeviceIdentity
+from edge.keys import DeviceIdentity, find_central_public_pem
 from edge.ledger import Ledger
 from edge.modelstore import ModelStore
 from edge.receipts import ReceiptDesk
@@ -35,17 +34,6 @@ PATTERNS = {
 }
 PENDING_RETRY_S = 10.0
 OUTCOME_HOLD_S = 3.0  # an outcome's LED stays this long (or the cool-down) before idle again
-
-
-def central_public_pem(cfg: Config) -> bytes | None:
-    """The central key that signs bundles and commands: from config, else the state dir."""
-    candidates = [cfg.bundle.central_public_key] if cfg.bundle.central_public_key else []
-    candidates.append(str(cfg.state_path / "keys" / "central_public.pem"))
-    for name in candidates:
-        path = Path(name)
-        if path.is_file():
-            return path.read_bytes()
-    return None
 
 
 class App:
@@ -66,7 +54,7 @@ class App:
         self.ledger = Ledger(
             state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
         )
-        central = central_public_pem(cfg)
+        central = find_central_public_pem(cfg)
         if central is None:
             log.warning("no central public key configured: enrolment bundles cannot be verified")
         self.bundles = BundleStore(
@@ -108,7 +96,7 @@ class App:
         from edge.mqtt.commands import CommandProcessor, apply_config_changes
         from edge.mqtt.reporter import Reporter
 
-        central = central_public_pem(self.cfg)
+        central = find_central_public_pem(self.cfg)
         commands = None
         actions = {
             "bundle": lambda args: self.bundles.install(args["blob"]).summary(),

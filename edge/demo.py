@@ -39,6 +39,7 @@ log = logging.getLogger("edge.demo")
 ROUND = "2026-12"
 AMOUNT = 300_000
 FPS = 10.0
+STILL_PHOTO = "facerec__kit_harington/john1.jpeg"
 SHARED = Path(os.environ.get("EDGE_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 ASTRONAUT_HH, SECOND_HH, VIDEO_HH, STILL_HH = (
     "3171010000000001",
@@ -103,15 +104,19 @@ def shared_photo(rel: str) -> np.ndarray | None:
     return None if bgr is None else letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def video_frames(limit: int = 60) -> list[np.ndarray]:
+def video_frames(first: int, last: int, step: int = 1) -> list[np.ndarray]:
+    """Frames ``first``..``last`` of the real clip (in frames 90-210 the face is frontal)."""
     path = SHARED / "video" / "short_hamilton_clip.mp4"
     cap = cv2.VideoCapture(str(path))
     frames = []
-    while len(frames) < limit:
+    index = 0
+    while index <= last:
         ok, bgr = cap.read()
         if not ok:
             break
-        frames.append(letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        if index >= first and (index - first) % step == 0:
+            frames.append(letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        index += 1
     cap.release()
     return frames
 
@@ -153,13 +158,12 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
     people = {ASTRONAUT_HH: [photos[ASTRONAUT_HH]], SECOND_HH: []}
     if with_shared:
         people[SECOND_HH] = [p for p in [shared_photo("facerec__obama/obama.jpg")] if p is not None]
-        people[VIDEO_HH] = [
-            p
-            for p in [shared_photo("facerec__lin_manuel_miranda/lin-manuel-miranda.png")]
-            + video_frames(8)[::4]
-            if p is not None
-        ]
-        people[STILL_HH] = [p for p in [shared_photo("facerec__biden/biden.jpg")] if p is not None]
+        # The live recipient is enrolled from a portrait plus two early frames of the clip; the
+        # demo then verifies on later frames of the same clip.
+        people[VIDEO_HH] = [shared_photo("facerec__lin_manuel_miranda/lin-manuel-miranda.png")]
+        people[VIDEO_HH] += video_frames(90, 100, 10)
+        people[STILL_HH] = [shared_photo(STILL_PHOTO)]
+        people = {hid: [p for p in imgs if p is not None] for hid, imgs in people.items()}
     households, labels, vectors = [], [], []
     for i, (hid, images) in enumerate(people.items()):
         households.append(
@@ -217,12 +221,11 @@ def video_script(folder: Path) -> None:
     s = FrameScript(folder)
     s.pause(1)
     s.shot(qr_frame(encode_claim(VIDEO_HH, ROUND)), 4)
-    for frame in video_frames(80):
+    for frame in video_frames(110, 210):
         s.shot(frame, 1)
     s.pause(3)
-    still = shared_photo("facerec__biden/biden.jpg")
     s.shot(qr_frame(encode_claim(STILL_HH, ROUND)), 4)
-    s.shot(still, 40)  # a printed photo held still in front of the camera
+    s.shot(shared_photo(STILL_PHOTO), 40)  # a printed photo held still in front of the camera
     s.pause(2)
 
 

@@ -270,3 +270,23 @@ def make_tls_key_and_csr(keys_dir: Path | str, device_id: str) -> bytes:
     pem = csr.public_bytes(serialization.Encoding.PEM)
     (keys_dir / TLS_CSR_FILE).write_bytes(pem)
     return pem
+
+
+def find_central_public_pem(cfg, override: Path | str | None = None) -> bytes | None:
+    """Central's public key (signs bundles and commands), or None when none is configured.
+
+    Looked up in order: ``override`` (a command-line path), ``bundle.central_public_key`` in the
+    config (a PEM file path, or the PEM text itself), then ``state_dir/keys/central_public.pem``
+    where provisioning puts it.
+    """
+    candidates = [Path(override)] if override else []
+    value = cfg.bundle.central_public_key
+    if value:
+        if value.lstrip().startswith("-----BEGIN"):
+            return value.encode()
+        candidates.append(Path(value))
+    candidates.append(cfg.state_path / "keys" / "central_public.pem")
+    for path in candidates:
+        if path.is_file():
+            return path.read_bytes()
+    return None

@@ -104,17 +104,14 @@ def _parse_when(text: str | None) -> datetime:
 
 def central_public_pem(cfg, override: Path | None = None) -> bytes:
     """Central's public key: ``--central-pub``, config, or ``state_dir/keys/central_public.pem``."""
-    candidates = [override] if override else []
-    if cfg.bundle.central_public_key:
-        value = cfg.bundle.central_public_key
-        if value.lstrip().startswith("-----BEGIN"):
-            return value.encode()
-        candidates.append(Path(value))
-    candidates.append(cfg.state_path / "keys" / "central_public.pem")
-    for path in candidates:
-        if path.is_file():
-            return path.read_bytes()
-    raise BundleError("no central public key: set bundle.central_public_key or pass --central-pub")
+    from edge.keys import find_central_public_pem
+
+    pem = find_central_public_pem(cfg, override)
+    if pem is None:
+        raise BundleError(
+            "no central public key: set bundle.central_public_key or pass --central-pub"
+        )
+    return pem
 
 
 def embedder_ids(cfg) -> tuple[str, str]:
