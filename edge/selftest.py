@@ -29,6 +29,7 @@ from edge.health import collect
 log = logging.getLogger(__name__)
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+SLIP_COLUMNS = 32
 SIGNAL_CYCLE = (
     "ready", "busy", "accepted", "refused", "already_paid", "spoof", "fault", "no_network", "off",
 )  # fmt: skip
@@ -304,18 +305,22 @@ class Selftest:
         from edge.vision.runtime import RUNTIME
 
         f = self.report.facts
-        lines = [
-            "SELFTEST",
-            f"device {self.cfg.device.id}",
-            f"regency {self.cfg.device.regency}",
-            f"edge {__version__} py {platform.python_version()}",
-            f"runtime {RUNTIME}",
-            f"model {f.get('model', '-')}",
-            f"bundle {f.get('bundle', '-')}",
-            f"broker {f.get('broker', '-')}",
-            f"clock {f.get('clock', '-')}",
-            f"disk {f.get('disk', '-')}",
+        pairs = [
+            ("device", self.cfg.device.id),
+            ("regency", self.cfg.device.regency),
+            ("edge", f"{__version__} py {platform.python_version()}"),
+            ("runtime", RUNTIME),
+            ("model", f.get("model", "-")),
+            ("bundle", f.get("bundle", "-")),
+            ("broker", f.get("broker", "-")),
+            ("clock", f.get("clock", "-")),
+            ("disk", f.get("disk", "-")),
         ]
+        lines = ["SELFTEST"]
+        for label, value in pairs:
+            # A 58 mm slip has 32 columns: a long value goes on its own line, not wrapped.
+            one = f"{label} {value}"
+            lines += [one] if len(one) <= SLIP_COLUMNS else [f"{label}:", value]
         lines += [f"{c.status} {c.name}" for c in self.report.checks]
         return lines
 

@@ -68,7 +68,8 @@ def test_selftest_passes_on_the_fakes(tmp_path, models_dir, pins):
     assert any(s.state for s in red.states) and not red.state
     # The diagnostic slip reached the file printer with the facts a technician needs.
     slip = (cfg.state_path / "receipts.bin").read_bytes().decode("ascii", "replace")
-    for text in ("edge-3171-0042", "edge 0.1.0", by_name["models"].detail.split()[-1]):
+    model_id = by_name["models"].detail.split()[-1]
+    for text in ("device edge-3171-0042", "edge 0.1.0", "model:\n" + model_id, "PASS camera"):
         assert text in slip
 
 
