@@ -4,9 +4,9 @@
 COMMAND_MODULES = (
     "edge.cli.face",  # enroll, verify, identify, eval, calibrate
     "edge.cli.run",  # run
-    "edge.cli.payout",  # bundle, audit, keys, claim-qr
-    "edge.cli.devices",  # receipt, camera-test
-    "edge.cli.mqtt",  # consume
-    "edge.cli.ops",  # check-config, selftest, keys
+    "edge.cli.payout",  # bundle, keys, central-keygen, audit, claim-qr
+    "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
+    "edge.cli.mqtt",  # consume, command
+    "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.bench",  # bench
 )
