@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("EDGE_SHARED_DIR", ROOT.parent / "shared"))
 FRAME_W, FRAME_H = 640, 480
-SEQ_LEN = 30  # frames per presentation: 2 s at 15 fps
+SEQ_LEN = LivenessConfig().min_frames  # the flow decides as soon as this many frames are in
 VIDEO_STEP = 2  # the 30 fps clip subsampled to the terminal's ~15 fps
 FILES = {
     "detector": "face_detection_short_range.tflite",

@@ -124,7 +124,12 @@ class VisionConfig(Section):
 class LivenessConfig(Section):
     enabled: bool = True
     threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
-    min_frames: int = Field(default=6, ge=2, description="Frames with a good face needed to decide")
+    min_frames: int = Field(
+        default=20,
+        ge=2,
+        description="Frames with a good face needed to decide (about 1.5 s at 15 fps: 3D motion "
+        "needs time to show)",
+    )
     max_frames: int = Field(default=60, ge=2, description="Frames kept per capture window")
     max_pairs: int = Field(default=120, ge=1, description="Frame pairs compared for 3D motion")
     min_mesh_presence: float = Field(
@@ -138,18 +143,25 @@ class LivenessConfig(Section):
         default=60.0, ge=0, description="Face box side needed before MiniFASNet scores a face"
     )
     still_max_change: float = Field(
-        default=0.25, ge=0, description="Largest mean grey change between frames of a replayed still"
+        default=0.25,
+        ge=0,
+        description="Largest mean grey change between frames of a replayed still",
     )
     parallax_centre: float = Field(
         default=0.02, gt=0, description="Depth parallax (fraction of eye distance) scoring 0.5"
     )
     parallax_width: float = Field(default=0.003, gt=0, description="Softness of the parallax step")
     blink_drop: float = Field(
-        default=0.6, gt=0, lt=1, description="Eye aspect ratio below this share of its median: closed"
+        default=0.6,
+        gt=0,
+        lt=1,
+        description="Eye aspect ratio below this share of its median: closed",
     )
     moire_centre: float = Field(default=8.0, gt=0, description="Spectral peak scoring 0.5 moire")
     moire_width: float = Field(default=0.5, gt=0)
-    chroma_centre: float = Field(default=2.0, ge=0, description="Chroma spread below this: grey print")
+    chroma_centre: float = Field(
+        default=2.0, ge=0, description="Chroma spread below this: grey print"
+    )
     chroma_width: float = Field(default=0.5, gt=0)
     glare_centre: float = Field(
         default=0.05, gt=0, le=1, description="Share of clipped colourless face pixels: glare"

@@ -213,11 +213,13 @@ class LivenessChecker:
             log.warning("PAD models absent: liveness runs on temporal and image cues only")
         self._frames: list[_Frame] = []
         self._skipped = 0
+        self._cached: tuple[int, int, LivenessResult] | None = None
 
     def reset(self) -> None:
         """Forget the frames of the previous capture window."""
         self._frames.clear()
         self._skipped = 0
+        self._cached = None
 
     def update(self, rgb: np.ndarray, face) -> None:
         """Add one frame and its face (``box``, ``score``, ``keypoints`` in frame pixels)."""
@@ -270,7 +272,16 @@ class LivenessChecker:
         return pairs
 
     def result(self) -> LivenessResult:
-        """The fused decision for the frames collected since the last ``reset``."""
+        """The fused decision for the frames collected since the last ``reset``.
+
+        Cached until the next ``update``: asking twice costs nothing.
+        """
+        key = (len(self._frames), self._skipped)
+        if self._cached is None or self._cached[:2] != key:
+            self._cached = (*key, self._fuse())
+        return self._cached[2]
+
+    def _fuse(self) -> LivenessResult:
         c = self.cfg
         fr = self._frames
         n = len(fr)
