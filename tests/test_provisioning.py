@@ -292,3 +292,17 @@ def test_commands_on_a_real_root(tmp_path, kit):
     again.run()
     assert "systemctl restart edge.service" not in [" ".join(c) for c in again.commands]
     assert again.report.render().endswith("provision: unchanged: nothing to do")
+
+
+def test_unit_and_provisioning_agree_on_paths():
+    module = load_provision_module()
+    unit = (ROOT / "systemd/edge.service").read_text()
+    assert f"ExecStart=/{module.VENV}/bin/edge --config /{module.CONFIG} run" in unit
+    assert f"ReadWritePaths=/{module.STATE}\n" in unit
+    assert f"StateDirectory={module.STATE.name}\n" in unit
+    assert f"ConfigurationDirectory={module.CONFIG.parent.name}\n" in unit
+    assert f"Documentation=file:///{module.TOOLS}/operations.md" in unit
+    sysusers = (ROOT / "systemd/edge.sysusers.conf").read_text()
+    assert set(module.GROUPS) == {
+        line.split()[2] for line in sysusers.splitlines() if line[:2] == "m "
+    }
