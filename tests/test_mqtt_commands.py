@@ -27,6 +27,7 @@ from edge.mqtt.schemas import canonical, errors
 DEVICE = "edge-a01"
 TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
 NOW = 1_795_000_000.0
+DEFAULT = Config()
 
 
 def pem(key: Ed25519PrivateKey) -> bytes:
@@ -96,7 +97,10 @@ def test_valid_config_command_is_applied(setup, central):
     assert result["ok"] and result["status"] == "applied"
     assert result["command_id"] == json.loads(payload)["id"]
     assert cfg.vision.match_threshold == 0.66 and cfg.flow.cooldown_s == 2
-    assert result["result"]["changed"]["vision.match_threshold"] == [0.60, 0.66]
+    assert result["result"]["changed"]["vision.match_threshold"] == [
+        DEFAULT.vision.match_threshold,
+        0.66,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +123,7 @@ def test_bad_commands_are_refused_and_change_nothing(setup, central, mutate, rea
     result = check_result(proc.handle(TOPIC + "config", payload))
     assert not result["ok"] and result["status"] == "refused"
     assert reason in result["error"]
-    assert cfg.vision.match_threshold == 0.60 and actions.calls == []
+    assert cfg.vision.match_threshold == DEFAULT.vision.match_threshold and actions.calls == []
 
 
 def test_signed_by_another_key_is_refused(setup):
@@ -176,11 +180,12 @@ def test_config_keys_outside_the_allow_list_or_bad_values_change_nothing(setup, 
     assert r["status"] == "refused" and "not allowed" in r["error"]
     r = proc.handle(
         TOPIC + "config",
-        cmd(central, "config", {"set": {"flow.cooldown_s": 3, "vision.match_threshold": 7}}),
+        cmd(central, "config", {"set": {"flow.cooldown_s": 3.25, "vision.match_threshold": 7}}),
     )
     # The action refuses a value the config schema rejects, and applies neither key.
     assert r["status"] == "refused" and "vision.match_threshold" in r["error"]
-    assert cfg.flow.cooldown_s == 5.0 and cfg.vision.match_threshold == 0.60
+    assert cfg.flow.cooldown_s == DEFAULT.flow.cooldown_s
+    assert cfg.vision.match_threshold == DEFAULT.vision.match_threshold
     with pytest.raises(CommandRefused):
         apply_config_changes(cfg, {"device.id": "edge-evil"})
 

@@ -316,8 +316,8 @@ def test_commands_over_the_broker_are_applied_or_refused_and_answered(
     spy = Spy(broker, ["bansos/v1/3171/edge-a01/cmd/+/result", "bansos/v1/3171/edge-a01/health"])
     assert wait_for(lambda: reporter.connected, 10)
     topic = reporter.topics.command("config")
-    good = sign_command(central_key, "edge-a01", "config", {"set": {"liveness.threshold": 0.7}})
-    tampered = good.replace(b"0.7", b"0.1")
+    good = sign_command(central_key, "edge-a01", "config", {"set": {"liveness.threshold": 0.77}})
+    tampered = good.replace(b"0.77", b"0.11")
     spy.publish(topic, tampered)
     spy.publish(topic, good)
     spy.publish(topic, good)  # replayed
@@ -328,7 +328,7 @@ def test_commands_over_the_broker_are_applied_or_refused_and_answered(
     results = spy.on("/result")
     assert [r["status"] for r in results] == ["refused", "applied", "refused", "applied"]
     assert [r["error"] for r in results][:3] == ["bad signature", None, "replayed command"]
-    assert terminal.cfg.liveness.threshold == 0.7
+    assert terminal.cfg.liveness.threshold == 0.77
     public = terminal.identity.device_public_pem()
     for r in results:
         assert errors("command_result", r) == []
