@@ -272,8 +272,14 @@ def build_pad(entries: dict, out: Path, shared: Path, cache: Path) -> tuple[list
         result = pad.build(out, shared / "models", cache)
     except Exception as exc:  # another module's failure is reported, never hidden
         return [], f"PAD models failed to build ({type(exc).__name__}): {exc}"
-    changed = [n for n, e in result.items() if entries.get(n, {}).get("sha256") != e["sha256"]]
-    entries.update(result)
+    changed = []
+    for name, entry in result.items():
+        old = entries.get(name) or {}
+        if old.get("sha256") != entry["sha256"]:
+            changed.append(name)
+        elif "ms_litert_1thread" in old:
+            entry = {**entry, "ms_litert_1thread": old["ms_litert_1thread"]}
+        entries[name] = entry
     return changed, None
 
 
@@ -305,9 +311,13 @@ def write_manifest(out: Path, entries: dict) -> None:
     ]
     names = [n for n in order if n in entries] + sorted(set(entries) - set(order))
     doc = {"version": MANIFEST_VERSION, "models": {n: entries[n] for n in names}}
+    text = json.dumps(doc, indent=1) + "\n"
+    path = out / "manifest.json"
+    if path.is_file() and path.read_text() == text:
+        return
     tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out / "manifest.json")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
