@@ -6,11 +6,14 @@ import base64
 import hashlib
 import json
 import os
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.bundle import BundleStore, Household, Member, build_bundle
 from edge.config import Config, parse_config
 from edge.keys import DeviceIdentity
 from edge.ledger import Ledger
@@ -18,6 +21,7 @@ from edge.mqtt.commands import (
     CommandProcessor,
     CommandRefused,
     apply_config_changes,
+    bundle_action,
     bundle_commands,
     sign_command,
 )
@@ -247,3 +251,53 @@ def test_reporter_from_config_enables_commands_only_with_a_central_key(tmp_path,
         assert ev["seq"] == 1
     finally:
         ledger.close()
+
+
+def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, central):
+    identity = DeviceIdentity.generate()
+    model = ("mobilefacenet-int8-0123456789ab", "ab" * 32)
+    now = datetime.now(UTC)
+
+    def make(key, bundle_id):
+        vec = np.eye(1, 128, dtype=np.float32)
+        return build_bundle(
+            central_key=key,
+            device_bundle_public=identity.bundle_public_bytes(),
+            device_id=DEVICE,
+            round_id="2026-11",
+            point_name="Titik Salur Uji",
+            regency="3171",
+            model_id=model[0],
+            model_sha256=model[1],
+            households=[
+                Household("KPM-1", "SITI A***", "3171", 300_000, [Member("M1", "recipient")])
+            ],
+            labels=["KPM-1/M1"],
+            matrix=vec,
+            valid_from=now - timedelta(days=1),
+            valid_until=now + timedelta(days=30),
+            bundle_id=bundle_id,
+        )
+
+    store = BundleStore(tmp_path, pem(central), identity, *model, device_id=DEVICE)
+    proc = CommandProcessor(pem(central), DEVICE, tmp_path, {"bundle": bundle_action(store)})
+    try:
+        blob = make(central, "b-good")
+        parts = bundle_commands(central, DEVICE, "b-good", blob, chunk_bytes=max(1, len(blob) // 3))
+        results = [proc.handle(TOPIC + "bundle", p) for p in parts]
+        assert results[-1]["status"] == "applied", results[-1]
+        assert results[-1]["result"] == {
+            "bundle_id": "b-good",
+            "round_id": "2026-11",
+            "households": 1,
+        }
+        # Commands signed by central, but the bundle inside is signed by someone else.
+        forged = make(Ed25519PrivateKey.generate(), "b-forged")
+        [r] = [
+            proc.handle(TOPIC + "bundle", p)
+            for p in bundle_commands(central, DEVICE, "b-forged", forged)
+        ]
+        assert r["status"] == "refused" and r["error"].startswith("bundle refused")
+        assert store.current().bundle_id == "b-good"
+    finally:
+        proc.close()

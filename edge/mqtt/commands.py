@@ -134,6 +134,25 @@ def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
     return {"changed": changed}
 
 
+def bundle_action(bundle_store) -> Action:
+    """The ``bundle`` action for an ``edge.bundle.BundleStore``: install, or refuse and keep
+    the last good bundle (a BundleError becomes a refusal on the result topic)."""
+    from edge.errors import BundleError
+
+    def install(args: dict) -> dict:
+        try:
+            bundle = bundle_store.install(args["blob"])
+        except BundleError as exc:
+            raise CommandRefused(f"bundle refused: {exc}") from None
+        return {
+            "bundle_id": bundle.bundle_id,
+            "round_id": bundle.round_id,
+            "households": len(bundle.households),
+        }
+
+    return install
+
+
 class CommandProcessor:
     """Checks commands addressed to one terminal and runs the matching action.
 
