@@ -121,6 +121,8 @@ def test_head_pose_from_keypoints():
     frontal = np.vstack([BLAZEFACE_TEMPLATE, [[20, 60], [92, 60]]]).astype(np.float32)
     yaw, pitch, roll = head_pose(frontal)
     assert abs(yaw) < 1 and abs(pitch) < 1 and abs(roll) < 1
+    # Five mesh-style points (mouth corners) read the same as BlazeFace's mouth centre.
+    assert np.allclose(head_pose(ARCFACE_TEMPLATE), (yaw, pitch, roll), atol=1e-4)
     m = _similarity(20.0, 2.0, 30.0, 10.0)
     assert head_pose(apply(m, frontal))[2] == pytest.approx(roll + 20.0, abs=0.01)
     turned = frontal.copy()

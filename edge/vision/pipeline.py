@@ -19,8 +19,8 @@ STAGES = ("detect", "align", "embed")
 
 
 def embedder_name(cfg) -> str:
-    """Manifest name of the embedder the config selects."""
-    return "embedder_int8" if cfg.models.embedder == "int8" else "embedder_dynamic"
+    """Manifest name of the embedder the config selects (``embedder_int8``, ...)."""
+    return f"embedder_{cfg.models.embedder}"
 
 
 @dataclass
@@ -99,7 +99,7 @@ class FaceEngine:
         face, points = self._locate(rgb, faces)
         aligned, _ = align(rgb, points)
         t2 = time.perf_counter()
-        report = assess(face.keypoints, aligned, self.cfg.vision.quality)
+        report = assess(points, aligned, self.cfg.vision.quality)
         t3 = time.perf_counter()
         embedding = self.embedder.embed(aligned) if report.ok else None
         t4 = time.perf_counter()

@@ -57,15 +57,23 @@ class QualityReport:
         return "; ".join(REASON_TEXT.get(r, r) for r in self.reasons)
 
 
+def _eyes_nose_mouth(points: np.ndarray) -> np.ndarray:
+    """Right eye, left eye, nose tip, mouth centre from five ArcFace-ordered points (mouth
+    corners averaged) or from BlazeFace's six keypoints."""
+    p = np.asarray(points, np.float64)
+    if len(p) == 5:
+        return np.vstack([p[:3], p[3:].mean(0, keepdims=True)])
+    return p[:4]
+
+
 def head_pose(keypoints: np.ndarray) -> tuple[float, float, float]:
-    """Approximate (yaw, pitch, roll) in degrees from BlazeFace's keypoints.
+    """Approximate (yaw, pitch, roll) in degrees from five alignment points or BlazeFace's six.
 
     Roll is the eye line's angle. Yaw and pitch come from how far the nose tip sits from where it
     would on a frontal face, after undoing roll, read as a rotation of a nose of average depth.
     Good to a few degrees near frontal, which is all a quality gate needs.
     """
-    kp = np.asarray(keypoints, np.float64)
-    right_eye, left_eye, nose, mouth = kp[0], kp[1], kp[2], kp[3]
+    right_eye, left_eye, nose, mouth = _eyes_nose_mouth(keypoints)
     d = left_eye - right_eye
     roll = float(np.degrees(np.arctan2(d[1], d[0])))
     c, s = np.cos(np.radians(-roll)), np.sin(np.radians(-roll))
@@ -83,8 +91,12 @@ def head_pose(keypoints: np.ndarray) -> tuple[float, float, float]:
 
 
 def measure(keypoints: np.ndarray, aligned: np.ndarray) -> dict[str, float]:
-    """Every quality measure of one face: size in frame pixels and the rest on the aligned crop."""
-    kp = np.asarray(keypoints, np.float32)
+    """Every quality measure of one face: size in frame pixels and the rest on the aligned crop.
+
+    ``keypoints``: the five mesh points when there are (their nose and mouth corners give a
+    truer yaw than BlazeFace's, which underestimates a turned head), else BlazeFace's six.
+    """
+    kp = _eyes_nose_mouth(keypoints).astype(np.float32)
     iod = float(np.linalg.norm(kp[1] - kp[0]))
     yaw, pitch, roll = head_pose(kp)
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
