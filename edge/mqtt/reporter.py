@@ -212,6 +212,7 @@ class Reporter:
         if self._commands is not None:
             subs.append((self.topics.commands, SubscribeOptions(qos=1, noLocal=True)))
         client.subscribe(subs)
+        self._next_health = 0.0  # a fresh health report on every (re)connection
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
