@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not create .venv-bench; the face_recognition section is then skipped if absent",
     )
     p.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin one-thread runs to one CPU (best on an otherwise idle machine)",
+    )
+    p.add_argument(
         "--out-dir", type=Path, help="where JSON and scratch files go (default bench/out)"
     )
 
@@ -47,6 +52,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         install=not args.no_install,
         sections=args.only,
         photos_per_source=args.per_source,
+        pin=args.pin,
     )
     if args.out_dir:
         opts.out_dir = args.out_dir

@@ -28,6 +28,9 @@ class Options:
     sections: list[str] | None = None  # None: all
     photos_per_source: int | None = None  # None: quick default or all
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Pin one-thread runs to one CPU. Off by default: on a shared machine the pinned CPU may be
+    # the busy one, while one unpinned thread still computes on one core at a time.
+    pin: bool = False
 
 
 @dataclass

@@ -95,7 +95,7 @@ def run(ctx: Context) -> dict:
         capture_output=True,
         text=True,
         timeout=900,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if ctx.opts.pin else None,
     )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
@@ -104,6 +104,7 @@ def run(ctx: Context) -> dict:
     if out.get("status") == "missing":
         raise Missing(out["reason"])
     out["blas_threads"] = 1
+    out["pinned"] = ctx.opts.pin
     out["hazard"] = _blas_hazard(core)
     return out
 

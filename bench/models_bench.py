@@ -58,7 +58,7 @@ def run(ctx: Context) -> dict:
     for name, blob in blobs.items():
         row: dict = {}
         for threads in threads_list:
-            old = _pin(threads == 1)
+            old = _pin(threads == 1 and ctx.opts.pin)
             try:
                 ms, spec = invoke_ms(blob, threads, repeat)
             finally:

@@ -281,6 +281,7 @@ def run(ctx: Context) -> dict:
         "repeats": repeats,
         "flip_view": cfg0.vision.flip_view,
         "threads": threads_all,
+        "pinned": ctx.opts.pin,
         "mesh_align": getattr(cfg0.vision, "mesh_align", None),
         "match_gallery": "Gallery of 1,000 (verify + search k=5)"
         if gallery is not None
@@ -298,7 +299,7 @@ def run(ctx: Context) -> dict:
             cfg.models.threads = threads
             for key, value in vision.items():
                 setattr(cfg.vision, key, value)
-            old = _pin(threads == 1)
+            old = _pin(threads == 1 and ctx.opts.pin)
             try:
                 engine = pipeline.FaceEngine(store, cfg)
                 if override is not None and not _replace_embedder(

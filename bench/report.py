@@ -57,7 +57,8 @@ def _facerec(sec: dict, lines: list[str]) -> None:
     info = sec["info"]
     lines.append(
         f"  face_recognition {info['face_recognition']}, dlib {info['dlib']} "
-        f"({info['settings']['model']}, upsample {info['settings']['upsample']}), one core"
+        f"({info['settings']['model']}, upsample {info['settings']['upsample']}), "
+        f"CPU/wall {sec.get('cpu_per_wall')}"
     )
     lines.append(
         f"  {sec['photos']} photos, no face in {sec['no_face']}; "
@@ -71,7 +72,7 @@ def _facerec(sec: dict, lines: list[str]) -> None:
 def _compare(sec: dict, lines: list[str]) -> None:
     lines.append(f"  pairs: {sec['pairs']} (pairs.csv among the photos used)")
     lines.append(
-        f"  {'system':<14}{'source':<11}{'gen':>6}{'imp':>7}{'noface':>7}{'EER':>8}"
+        f"  {'system':<18}{'source':<11}{'gen':>6}{'imp':>7}{'noface':>7}{'EER':>8}"
         f"{'TAR@1e-2':>10}{'TAR@1e-3':>10}"
     )
     for system, per_src in sec["accuracy"].items():
@@ -79,7 +80,7 @@ def _compare(sec: dict, lines: list[str]) -> None:
             tar = r.get("tar_at_far", {})
             coarse = "*" if r.get("coarse_far", {}).get("0.001") else " "
             lines.append(
-                f"  {system:<14}{src:<11}{r['genuine']:>6}{r['impostor']:>7}{r['no_face']:>7}"
+                f"  {system:<18}{src:<11}{r['genuine']:>6}{r['impostor']:>7}{r['no_face']:>7}"
                 f"{_f(r['eer'], '{:.4f}'):>8}{_f(tar.get('0.01'), '{:.4f}'):>10}"
                 f"{_f(tar.get('0.001'), '{:.4f}'):>9}{coarse}"
             )
@@ -100,7 +101,7 @@ def _compare(sec: dict, lines: list[str]) -> None:
 
 def _matcher(sec: dict, lines: list[str]) -> None:
     lines.append(
-        f"  one core, {sec.get('blas_threads', '?')} BLAS thread, k={sec['k']}, "
+        f"  1 BLAS thread, pinned {sec.get('pinned')}, k={sec['k']}, "
         f"{sec['queries']} queries; median / p90 ms"
     )
     for n, row in sec["sizes"].items():
