@@ -17,7 +17,7 @@ import pytest
 from edge.modelstore import REQUIRED
 from edge.vision.runtime import make_interpreter
 from models import crops, fetch, pins
-from models.build import CROPS_PER_SPLIT
+from models.embedders import CROPS_PER_SPLIT
 from models.evaluate import agreement, embed
 from models.fetch import BuildError, sha256_file
 
