@@ -67,7 +67,7 @@ def _embedders_key() -> str:
 
 
 def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str]:
-    """Float (fused PReLU) and full-integer MobileFaceNet, checked against each other."""
+    """Float (fused PReLU) and int8 MobileFaceNet, checked against each other on real faces."""
     from models import crops as crops_mod
     from models.evaluate import agreement, embed, time_models
 
