@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from edge import sdnotify
+from edge import health, sdnotify
 from edge.bundle import BundleStore
 from edge.config import Config
 from edge.devices.camera import CameraStream, open_camera
@@ -76,6 +76,7 @@ class App:
             stall_s=cfg.camera.stall_s,
         )
         self.reporter = self._make_reporter()
+        self.clock_guard = health.ClockGuard(cfg.state_path, cfg.device.max_clock_skew_s)
         self.started_at = time.monotonic()
         self._decided_at = -1e9
 
@@ -123,7 +124,10 @@ class App:
             faults.append("camera")
         if self.desk.faulted:
             faults.append("printer")
+        if self.flow.paused:
+            faults.append("clock")
         return {
+            **health.collect(self.cfg, self.clock_guard).as_dict(),
             "model_id": self.engine.model_id,
             "bundle_id": bundle.bundle_id if bundle else None,
             "round_id": bundle.round_id if bundle else None,
@@ -148,7 +152,7 @@ class App:
 
     def idle_pattern(self) -> str:
         """What the LED shows between recipients: ready, or why the terminal is degraded."""
-        if self.stream.faulted or self.desk.faulted:
+        if self.stream.faulted or self.desk.faulted or self.flow.paused:
             return "fault"
         if self.reporter is not None and not self.reporter.connected:
             return "no_network"
@@ -180,12 +184,24 @@ class App:
             f"outbox={self.ledger.outbox_depth()} bundle={bundle.bundle_id if bundle else '-'}"
         )
 
+    def check_clock(self) -> None:
+        """Pause claims while the wall clock cannot be trusted for signing; resume when it can."""
+        reading = self.clock_guard.check()
+        paused = None if reading.ok else reading.reason
+        if paused != self.flow.paused:
+            if paused:
+                log.error("clock not trusted, payouts paused: %s", paused)
+            else:
+                log.info("clock trusted again, payouts resumed")
+            self.flow.paused = paused
+
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT) or, for a file source, until it ends."""
         self._install_signal_handlers()
         self.stream.start()
         if self.reporter is not None:
             self.reporter.start()
+        self.check_clock()
         self.desk.retry_pending()
         self._signal(self.idle_pattern())
         sdnotify.ready()
@@ -212,6 +228,8 @@ class App:
                     sdnotify.watchdog()
                     last_ping = now
                 if now - last_status >= 5.0:
+                    if not self.flow.busy:
+                        self.check_clock()
                     sdnotify.status(self.status_line())
                     last_status = now
                 if self.desk.faulted and now - last_retry >= PENDING_RETRY_S:

@@ -124,6 +124,9 @@ class PayoutFlow:
         self._last_key: str | None = None
         self._last_vec: np.ndarray | None = None
         self._last_at = -1e9
+        # Set by the app while the terminal must not sign (e.g. the clock is not trusted):
+        # claims are not taken, so nothing is decided that could not be recorded honestly.
+        self.paused: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -135,6 +138,8 @@ class PayoutFlow:
         """Advance the state machine by one frame."""
         now = self.clock()
         if self.state is State.IDLE:
+            if self.paused:
+                return None
             if self.cfg.flow.mode == "qr":
                 return self._idle_qr(rgb, now)
             return self._idle_identify(rgb, now)

@@ -88,3 +88,28 @@ def test_signals_followed_each_decision(photo_run):
     assert shown[0] == "ready" and shown[-1] == "off"
     for pattern in ("accepted", "already_paid", "refused", "busy"):
         assert pattern in shown
+
+
+def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
+    """A wall clock that jumped since it was last trusted: no claim is taken, the LED says fault."""
+    import json
+    import time
+
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    cfg.device.state_dir = str(tmp_path / "state")
+    cfg.camera.kind, cfg.camera.source = "folder", str(tmp_path / "frames")
+    cfg.liveness.enabled = False
+    demo.FrameScript(tmp_path / "frames").pause(0.2)
+    app = demo.App(cfg)
+    reading = app.clock_guard.check()
+    assert reading.ok
+    # Pretend the clock was trusted an hour "later" than now within this same boot.
+    app.clock_guard.trust(time.time() + 3600)
+    record = json.loads(app.clock_guard.path.read_text())
+    assert record["wall"] > time.time()
+    app.check_clock()
+    assert app.flow.paused and "clock" in app.flow.paused
+    assert app.idle_pattern() == "fault"
+    assert "clock" in app.health()["faults"]
+    app.close()

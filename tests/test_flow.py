@@ -254,3 +254,12 @@ def test_identify_mode_finds_the_household(rig):
     assert [d.outcome for d in later] == [Outcome.ALREADY_PAID]
     stranger = feed(rig, [face_frame(30)] * 3)
     assert [d.outcome for d in stranger] == [Outcome.NO_MATCH]
+
+
+def test_paused_terminal_takes_no_claims(rig, qr_frames):
+    rig.flow.paused = "clock moved +900 s since it was last trusted"
+    assert feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3) == []
+    assert rig.ledger.outbox_depth() == 0
+    rig.flow.paused = None
+    decisions = feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3)
+    assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
