@@ -94,27 +94,17 @@ class App:
         if not self.cfg.mqtt.enabled:
             log.info("mqtt off: events wait in the ledger outbox")
             return None
-        from edge.mqtt.commands import CommandProcessor, apply_config_changes
+        from edge.mqtt.commands import apply_config_changes, bundle_action
         from edge.mqtt.reporter import Reporter
 
-        central = find_central_public_pem(self.cfg)
-        commands = None
         actions = {
-            "bundle": lambda args: self.bundles.install(args["blob"]).summary(),
+            "bundle": bundle_action(self.bundles),
             "config": lambda args: apply_config_changes(self.cfg, args["set"]),
             "reprint": lambda args: {"printed": self.desk.reprint_last()},
-            "health": lambda args: reporter.health_action(args),
         }
-        if central is not None:
-            commands = CommandProcessor(
-                central, self.cfg.device.id, self.cfg.state_path / "commands.sqlite", actions
-            )
-        else:
-            log.warning("no central public key: every command will be refused")
-        reporter = Reporter(
-            self.cfg, self.ledger, self.identity, commands, health_source=self.health
+        return Reporter.from_config(
+            self.cfg, self.ledger, self.identity, actions, health_source=self.health
         )
-        return reporter
 
     def health(self) -> dict[str, Any]:
         """The app's part of the periodic health report."""

@@ -1,0 +1,57 @@
+"""The daemon reporting to a real Mosquitto over mutual TLS: every decision arrives once, signed,
+and the broker's retained status follows the terminal."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
+
+from edge import demo
+from edge.config import Config
+from edge.keys import DeviceIdentity
+from edge.ledger import verify_events
+
+pytestmark = pytest.mark.slow
+
+
+def test_daemon_reports_every_decision(tmp_path: Path, broker, models_dir):
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    engine = demo.FaceEngine.from_config(cfg)
+    state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
+    demo.photo_script(tmp_path / "frames", photos)
+    cfg.device.state_dir = str(state)
+    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
+    cfg.camera.queue_size = 16
+    cfg.flow.cooldown_s = 2.0
+    cfg.liveness.enabled = False
+    for key, value in broker.mqtt_config(cfg.device.id).items():
+        setattr(cfg.mqtt, key, value)
+    spy = Spy(broker, ["bansos/v1/+/+/event", "bansos/v1/+/+/status"])
+    app = demo.App(cfg, exit_at_end=False)
+    runner = threading.Thread(target=app.run)
+    runner.start()
+    try:
+        assert wait_for(lambda: len(spy.on("/event")) >= 5, timeout=90), spy.on("/event")
+        assert wait_for(lambda: app.ledger.outbox_depth() == 0, timeout=10)
+    finally:
+        app.stop_event.set()
+        runner.join(30)
+    events = spy.on("/event")
+    assert [e["outcome"] for e in events] == [
+        "accepted",
+        "already_paid",
+        "duplicate_face",
+        "bad_qr",
+        "wrong_round",
+    ]
+    assert len({e["event_id"] for e in events}) == 5
+    assert all(e["device_id"] == cfg.device.id for e in events)
+    identity = DeviceIdentity.load_or_create(state / "keys")
+    assert verify_events(events, identity.device_public_pem()).ok
+    assert wait_for(lambda: spy.on("/status") and spy.on("/status")[-1]["state"] == "offline")
+    assert spy.on("/status")[0]["state"] == "online"
+    spy.close()
