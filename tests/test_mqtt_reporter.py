@@ -342,3 +342,49 @@ def test_commands_over_the_broker_are_applied_or_refused_and_answered(
     # The health command made a report right away.
     assert wait_for(lambda: any(h.get("reason") == "requested" for h in spy.on("/health")), 5)
     spy.close()
+
+
+class FlakyStore:
+    """An EventStore whose first ``failures`` writes fail (a locked or unreachable database)."""
+
+    def __init__(self, store: EventStore, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+        self.attempts = 0
+
+    def add(self, event: dict) -> bool:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise RuntimeError("database is locked")
+        return self.store.add(event)
+
+    def reject(self, *args) -> None:
+        self.store.reject(*args)
+
+
+def test_consumer_acknowledges_only_what_it_stored(broker, tmp_path):
+    registry = DeviceRegistry()
+    store = EventStore(tmp_path / "central.sqlite")
+    t = Terminal(broker, tmp_path, "edge-a01")
+    registry.add(t.device_id, t.identity.device_public_pem())
+    flaky = FlakyStore(store, failures=3)  # every attempt of the first delivery fails
+    first = Consumer(broker.settings("central"), flaky, registry, group=None, client_id="c-ack")
+    first.start()
+    try:
+        assert first.subscribed.wait(10)
+        t.start()
+        t.decide(2)
+        assert wait_for(lambda: first.unacked == 1 and first.stored == 1, 10)
+        assert store.count() == 1
+    finally:
+        first.stop()
+    # The same consumer session comes back: the broker re-delivers the unacknowledged event.
+    again = Consumer(broker.settings("central"), store, registry, group=None, client_id="c-ack")
+    again.start()
+    try:
+        assert wait_for(lambda: store.count() == 2, 10)
+        assert sorted(store.event_ids()) == ledger_ids(t.ledger)
+    finally:
+        again.stop()
+        t.close()
+        store.close()

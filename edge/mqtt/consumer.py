@@ -112,12 +112,14 @@ class Consumer:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.manual_ack_set(True)
         self._connected = False
         self._stopping = False
         self.subscribed = threading.Event()
         self.stored = 0
         self.duplicates = 0
         self.rejected = 0
+        self.unacked = 0
 
     @property
     def connected(self) -> bool:
@@ -165,12 +167,21 @@ class Consumer:
         self.subscribed.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        # Runs before paho acknowledges the message, so a crash here means a re-delivery.
-        try:
-            self.handle(msg.topic, msg.payload)
-        except Exception:
-            log.exception("could not store an event from %s", msg.topic)
-            raise
+        # Acknowledged by hand, and only once stored: an event the database could not take
+        # stays unacknowledged and the broker delivers it again after a reconnect.
+        for attempt in range(3):
+            try:
+                self.handle(msg.topic, msg.payload)
+            except Exception:
+                log.exception(
+                    "could not store an event from %s (attempt %d)", msg.topic, attempt + 1
+                )
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            client.ack(msg.mid, msg.qos)
+            return
+        self.unacked += 1
+        log.error("event on %s left unacknowledged; the broker re-sends it", msg.topic)
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Verify and store one event: ``stored``, ``duplicate`` or ``rejected: <why>``."""

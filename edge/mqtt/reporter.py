@@ -283,10 +283,13 @@ class Reporter:
             del self._inflight[event_id]
             failure = self._failed_acks.pop(info.mid, None)
             if failure is not None:
-                log.error("broker refused event %s: %s; retrying later", event_id, failure)
+                # Said once per event: an ACL mistake would otherwise repeat every 30 s.
+                level = logging.DEBUG if event_id in self._held else logging.ERROR
+                log.log(level, "broker refused event %s: %s; retrying later", event_id, failure)
                 self._held[event_id] = time.monotonic() + REJECTED_RETRY_S
                 continue
             self._ledger.mark_sent(event_id)
+            self._held.pop(event_id, None)
             self.acked += 1
 
     def _fill_window(self) -> None:
@@ -299,7 +302,6 @@ class Reporter:
                 break
             if item.event_id in self._inflight or self._held.get(item.event_id, 0) > now:
                 continue
-            self._held.pop(item.event_id, None)
             info = self._client.publish(self.topics.event, item.payload, qos=1)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 # Not queued by paho at all: the row stays unsent and is tried on the next step.
