@@ -116,20 +116,27 @@ def test_same_household_paid_at_two_terminals_is_flagged(world):
 
 
 def test_a_forked_ledger_shows_as_a_sequence_conflict(world, tmp_path):
-    ledgers, consumer, store = world
-    a = ledgers["edge-a01"]
+    _, consumer, store = world
+    keys = tmp_path / "keys-f01"
+    identity = DeviceIdentity.load_or_create(keys)
+    consumer._registry.add("edge-f01", identity.device_public_pem())
+    a = Ledger(tmp_path / "f01.sqlite", identity, "edge-f01", "3171")
     feed(consumer, [a.record("no_face") for _ in range(3)])
-    # Someone restores an old copy of the ledger and keeps paying from it.
-    shutil.copy(a.path, tmp_path / "restored.sqlite")
+    # Someone restores an old copy of the ledger (keys included) and keeps paying from it.
+    a.close()
+    shutil.copy(tmp_path / "f01.sqlite", tmp_path / "restored.sqlite")
+    a = Ledger(tmp_path / "f01.sqlite", identity, "edge-f01", "3171")
     ev4 = a.record("no_face")
-    identity = DeviceIdentity.generate()
-    identity._sign = a._identity._sign  # same device key: the copy came with the keys
-    restored = Ledger(tmp_path / "restored.sqlite", identity, "edge-a01", "3171")
+    a.close()
+    restored = Ledger(
+        tmp_path / "restored.sqlite", DeviceIdentity.load_or_create(keys), "edge-f01", "3171"
+    )
     fork4 = restored.record("accepted", household_id="H9", round_id=ROUND, amount=1)
     restored.close()
-    feed(consumer, [ev4, fork4])
-    kinds = {x["kind"] for x in store.anomalies()}
-    assert "seq_conflict" in kinds
+    assert ev4["seq"] == fork4["seq"] == 4
+    assert feed(consumer, [ev4, fork4]) == ["stored", "stored"]
+    [conflict] = store.anomalies("seq_conflict")
+    assert conflict["event_id"] == fork4["event_id"] and ev4["event_id"] in conflict["detail"]
 
 
 def test_summary_totals_per_regency_and_round(world, tmp_path, capsys):
