@@ -144,12 +144,19 @@ def test_events_arrive_valid_and_marked_sent_on_puback(broker, central, terminal
     # One health report on connecting, then one on request with the app's fields.
     assert wait_for(lambda: spy.on("/health"), 5)
     assert errors("health", spy.on("/health")[0]) == []
-    reporter.publish_health({"model_id": "mobilefacenet-int8-abc", "faults": ["printer_paper_low"]})
+    reporter.publish_health(
+        {
+            "model_id": "mobilefacenet-int8-abc",
+            "faults": ["printer_paper_low"],
+            "disk": {"free_ratio": 0.42},  # the app's own diagnostics ride along
+        }
+    )
     assert wait_for(lambda: any(h["faults"] for h in spy.on("/health")), 5)
     health = [h for h in spy.on("/health") if h["faults"]][-1]
     assert errors("health", health) == []
     assert health["outbox_depth"] == 0 and health["faults"] == ["printer_paper_low"]
     assert health["last_seq"] == 12 and health["model_id"] == "mobilefacenet-int8-abc"
+    assert health["disk"] == {"free_ratio": 0.42}
     reporter.stop()
     # A clean stop leaves an explicit, retained `offline`.
     assert wait_for(lambda: spy.on("/status")[-1]["state"] == "offline", 5)
