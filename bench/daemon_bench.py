@@ -82,6 +82,36 @@ def _status_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def memory_map(pid: int, top: int = 10) -> dict[str, float]:
+    """Resident MB per mapped file (shared libraries, models) and for anonymous memory."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        head = line.split()
+        if not head:
+            continue
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            path = head[5] if len(head) > 5 else ""
+            if path.startswith("/"):
+                # Group a package's libraries: .../site-packages/cv2/... -> cv2
+                parts = Path(path).parts
+                if "site-packages" in parts:
+                    i = parts.index("site-packages")
+                    name = parts[i + 1] if i + 1 < len(parts) else path
+                else:
+                    name = Path(path).name
+            else:
+                name = path or "[anon]"
+        elif head[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0) + int(head[1])
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v / 1024, 1) for k, v in ranked}
+
+
 def _cpu_s(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -103,14 +133,16 @@ def import_profile(top: int = 8) -> dict:
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
         if m:
-            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+            rows.append((int(m.group(1)), int(m.group(2)), len(m.group(3)), m.group(4)))
     if not rows:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
-    # Top-level packages only (least indentation), heaviest first.
-    base = min(r[1] for r in rows)
-    tops = sorted((r for r in rows if r[1] == base), reverse=True)[:top]
-    return {"total_ms": round(sum(r[0] for r in rows if r[1] == base) / 1000, 1)} | {
-        name: round(us / 1000, 1) for us, _, name in tops
+    # The total is the sum of the outermost imports; the list is the heaviest modules by their
+    # own time (without their imports), which is where a fix would go.
+    base = min(r[2] for r in rows)
+    total = sum(r[1] for r in rows if r[2] == base)
+    heaviest = sorted(rows, reverse=True)[:top]
+    return {"total_ms": round(total / 1000, 1)} | {
+        name: round(self_us / 1000, 1) for self_us, _, _, name in heaviest
     }
 
 
@@ -226,6 +258,7 @@ def run(ctx: Context) -> dict:
                 f"daemon exited ({proc.returncode}) after READY: " + " | ".join(tail)
             )
         steady = samples[-1]
+        mem_map = memory_map(proc.pid)
         cpu_steady = _cpu_s(proc.pid)
         t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -257,6 +290,7 @@ def run(ctx: Context) -> dict:
             "stop_s": stop_s,
             "exit_code": proc.returncode,
             "notify": _states(messages),
+            "rss_by_mapping_mb": mem_map,
             "imports_ms": import_profile(),
             "startup_steps_ms": startup_steps(models_dir),
         }

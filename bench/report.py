@@ -148,7 +148,10 @@ def _daemon(sec: dict, lines: list[str]) -> None:
     imp = sec.get("imports_ms", {})
     if "total_ms" in imp:
         heavy = ", ".join(f"{k} {v:.0f}" for k, v in imp.items() if k != "total_ms")
-        lines.append(f"  import edge.app: {imp['total_ms']:.0f} ms ({heavy})")
+        lines.append(f"  import edge.app: {imp['total_ms']:.0f} ms; heaviest by own time: {heavy}")
+    mm = sec.get("rss_by_mapping_mb", {})
+    if mm:
+        lines.append("  RSS by mapping, MB: " + ", ".join(f"{k} {v}" for k, v in mm.items()))
     steps = sec.get("startup_steps_ms", {})
     if steps:
         lines.append("  start-up steps, ms: " + "; ".join(f"{k} {v}" for k, v in steps.items()))
