@@ -19,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge.errors import ConfigError
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.schemas import canonical, errors, utc_now
@@ -114,7 +115,13 @@ class Reporter:
         if cfg.bundle.central_public_key:
             from edge.mqtt.commands import CommandProcessor
 
-            pem = Path(cfg.bundle.central_public_key).read_bytes()
+            path = Path(cfg.bundle.central_public_key)
+            try:
+                pem = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"bundle.central_public_key: cannot read {path}: {exc.strerror}"
+                ) from None
             commands = CommandProcessor(pem, cfg.device.id, cfg.state_path, dict(actions or {}))
         else:
             log.warning("no central public key configured: remote commands are disabled")
