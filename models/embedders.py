@@ -154,9 +154,9 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
             int8_data,
             "mobilefacenet-int8",
             "static int8 calibrated by this build: int8 weights and activations in every "
-            "convolution and add, int8 input and output; the 33 PRELU and the final "
+            "convolution and add, int8 input; the 33 PRELU and the final "
             "L2_NORMALIZATION stay float between QUANTIZE/DEQUANTIZE (ai-edge-quantizer "
-            "0.10.0 has no int8 recipe for them)",
+            "0.10.0 has no int8 recipe for them), so the output is a float32 unit vector",
         ),
     ):
         mf.write(out, EMBEDDER_FILES[name], data)

@@ -8,7 +8,8 @@ long ago from TF1. Three things stand between it and a fast int8 model on LiteRT
    lose precision and leave XNNPACK's fast path, so they are fused back into one PRELU op;
 3. ai-edge-quantizer addresses models by SignatureDef, which this old file lacks.
 
-Then a static int8 recipe (int8 weights and activations) is calibrated on aligned face crops.
+Then a static int8 recipe (int8 weights and activations) is calibrated on aligned face crops;
+the input is int8, the output (after a float L2 normalisation) float32.
 Usage: python -m models.quantize SRC CALIB.npy FLOAT_OUT INT8_OUT
 """
 
@@ -260,12 +261,32 @@ def quantize_int8(float_model: bytes, crops: np.ndarray) -> bytes:
     return bytes(result.quantized_model)
 
 
+def float_output(model_bytes: bytes) -> bytes:
+    """Drop the QUANTIZE after the (float) L2 normalisation: the embedding leaves as float32.
+
+    The quantizer runs L2_NORMALIZATION in float and re-quantizes its unit vector to int8, which
+    only adds rounding noise; the caller wants a float unit vector anyway.
+    """
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    out = int(graph.outputs[0])
+    idx, op = next((i, op) for i, op in enumerate(graph.operators) if out in list(op.outputs))
+    src = int(op.inputs[0])
+    if _opcode(model, op) != OP.QUANTIZE or graph.tensors[src].type != fb.TensorType.FLOAT32:
+        return model_bytes
+    graph.operators.pop(idx)
+    graph.outputs = np.asarray([src], np.int32)
+    model.signatureDefs[0].outputs[0].tensorIndex = src
+    prune(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def main(argv: list[str]) -> int:
     src, calib, float_out, int8_out = (Path(a) for a in argv)
     float_model, counts = make_float(src.read_bytes())
     float_out.write_bytes(float_model)
     crops = np.load(calib)
-    int8_out.write_bytes(quantize_int8(float_model, crops))
+    int8_out.write_bytes(float_output(quantize_int8(float_model, crops)))
     print(json.dumps({**counts, "calibration_crops": int(len(crops))}))
     return 0
 

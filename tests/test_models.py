@@ -66,6 +66,11 @@ def test_embedder_specs(manifest) -> None:
         assert entry["outputs"][0]["shape"] == [1, 128]
         assert entry["output_size"] == 128
     assert manifest["embedder_int8"]["inputs"][0]["dtype"] == "int8"
+    assert manifest["embedder_int8"]["outputs"][0] == {
+        "name": "embeddings",
+        "shape": [1, 128],
+        "dtype": "float32",
+    }
     assert manifest["embedder_dynamic"]["inputs"][0]["dtype"] == "float32"
 
 

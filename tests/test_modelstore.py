@@ -116,7 +116,7 @@ def test_manifest_sha_mismatch(store_dir: Path) -> None:
             "does not match manifest img_inputs [1, 112, 112, 3] float32",
         ),
         ("outputs", "shape", [1, 512], "does not match manifest"),
-        ("outputs", "name", "embeddings", "does not match manifest embeddings"),
+        ("outputs", "name", "features", "output embeddings [1, 128] float32 does not match"),
     ],
 )
 def test_tensor_spec_mismatch(store_dir: Path, kind, field, value, expect) -> None:
