@@ -252,11 +252,7 @@ def quantize_int8(float_model: bytes, crops: np.ndarray) -> bytes:
                 qsv[k] = _round_sig(qsv[k])
     # Pin the input range to the full normalised pixel range, so that quantizing the input is
     # a plain shift of the uint8 pixels, whatever the calibration crops happened to contain.
-    out_name = model.signatureDefs[0].outputs[0].name
-    out_name = out_name.decode() if isinstance(out_name, bytes) else out_name
     _pin_range(calib, name, -127.5 / 128.0, 127.5 / 128.0)
-    # A unit vector's components lie in [-1, 1]; a calibrated range could clip a rare large one.
-    _pin_range(calib, out_name, -1.0, 1.0)
     result = qt.quantize(calib, enable_progress_report=False)
     return bytes(result.quantized_model)
 
