@@ -247,7 +247,9 @@ class Selftest:
 
         if self.identity is None or self.engine is None:
             return FAIL, "needs the device key and the models"
-        central = _central_public_pem(self.cfg)
+        from edge.keys import find_central_public_pem
+
+        central = find_central_public_pem(self.cfg)
         if central is None:
             self.report.facts["bundle"] = "-"
             return WARN, "no central public key: bundles cannot be verified"
@@ -323,17 +325,6 @@ class Selftest:
             lines += [one] if len(one) <= SLIP_COLUMNS else [f"{label}:", value]
         lines += [f"{c.status} {c.name}" for c in self.report.checks]
         return lines
-
-
-def _central_public_pem(cfg) -> bytes | None:
-    # Where edge.app looks too: the configured file, else keys/central_public.pem.
-    for name in (
-        cfg.bundle.central_public_key,
-        str(cfg.state_path / "keys" / "central_public.pem"),
-    ):
-        if name and Path(name).is_file():
-            return Path(name).read_bytes()
-    return None
 
 
 def run_selftest(cfg, **kwargs) -> SelftestReport:

@@ -105,23 +105,23 @@ class Reporter:
     def from_config(
         cls, cfg, ledger, identity, actions: dict | None = None, health_source=None
     ) -> Reporter:
-        """The reporter the daemon runs: commands enabled when central's public key is set.
+        """The reporter the daemon runs: commands enabled when central's public key is known.
 
         ``actions`` are the app's command actions (``bundle``, ``config``, ``reprint``);
-        ``health`` and ``resend`` are the reporter's own. Without
-        ``cfg.bundle.central_public_key`` every command is ignored (nothing to verify with).
+        ``health`` and ``resend`` are the reporter's own. Central's key is found as
+        ``edge.keys.find_central_public_pem`` says; without it every command is ignored
+        (nothing to verify with). A configured key file that cannot be read is a ConfigError.
         """
+        from edge.keys import find_central_public_pem
+
         commands = None
-        if cfg.bundle.central_public_key:
+        value = cfg.bundle.central_public_key
+        pem = find_central_public_pem(cfg)
+        if value and pem is None:
+            raise ConfigError(f"bundle.central_public_key: cannot read {value}")
+        if pem is not None:
             from edge.mqtt.commands import CommandProcessor
 
-            path = Path(cfg.bundle.central_public_key)
-            try:
-                pem = path.read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"bundle.central_public_key: cannot read {path}: {exc.strerror}"
-                ) from None
             commands = CommandProcessor(pem, cfg.device.id, cfg.state_path, dict(actions or {}))
         else:
             log.warning("no central public key configured: remote commands are disabled")
