@@ -107,7 +107,7 @@ class VisionConfig(Section):
     match_threshold: float = Field(
         # `edge calibrate --far 0.001` on ../shared/faces (int8, mesh alignment, no flip view);
         # see docs/accuracy.md.
-        default=0.5422,
+        default=0.5412,
         ge=-1,
         le=1,
         description="Cosine threshold; set by `edge calibrate` for a target false-match rate",
