@@ -14,6 +14,7 @@ from edge.vision.align import (
     align,
     apply,
     mesh_roi,
+    mesh_to_five,
     umeyama,
 )
 from edge.vision.pipeline import FaceEngine
@@ -93,6 +94,8 @@ def test_mesh_roi_turns_the_eye_line_upright():
 def test_aligned_eyes_land_on_the_template(engine, photo):
     res = engine.analyse(photo)
     assert res is not None
+    assert res.mesh is not None and res.mesh.shape == (468, 3)
+    assert np.allclose(mesh_to_five(res.mesh), res.points)
     # Find the face again inside the 112x112 crop: its five points sit on the template.
     crop = cv2.resize(res.aligned, (224, 224), interpolation=cv2.INTER_CUBIC)
     faces = engine.detect(crop)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.vision.align import MeshRefiner, align
+from edge.vision.align import MeshRefiner, align, mesh_to_five
 from edge.vision.detector import Detector, Face
 from edge.vision.embedder import Embedder, fuse
 from edge.vision.quality import QualityReport, assess
@@ -28,7 +28,8 @@ class FaceResult:
     """The analysed face of one frame.
 
     ``embedding`` is None when quality fails; ``points`` are the alignment points used (five
-    from the face mesh, or BlazeFace's six keypoints when the mesh is off or did not confirm).
+    from the face mesh, or BlazeFace's six keypoints when the mesh is off or did not confirm);
+    ``mesh`` the 468x3 face mesh in frame pixels when it ran (reusable, e.g. for blinks).
     """
 
     face: Face
@@ -37,6 +38,7 @@ class FaceResult:
     embedding: np.ndarray | None
     points: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mesh: np.ndarray | None = None
 
 
 class FaceEngine:
@@ -73,8 +75,10 @@ class FaceEngine:
         """Every face in the frame, largest first."""
         return self.detector.detect(rgb)
 
-    def _locate(self, rgb: np.ndarray, faces: list[Face]) -> tuple[Face, np.ndarray]:
-        """Pick the face to use and its alignment points.
+    def _locate(
+        self, rgb: np.ndarray, faces: list[Face]
+    ) -> tuple[Face, np.ndarray, np.ndarray | None]:
+        """Pick the face to use, its alignment points and its mesh.
 
         The mesh's own face-presence output is a second opinion on each detection, largest first:
         it turns away BlazeFace's occasional false positive on a textured background, which would
@@ -82,11 +86,11 @@ class FaceEngine:
         """
         if self.mesh is not None:
             for face in faces:
-                five = self.mesh.refine(rgb, face.box, face.keypoints)
-                if five is not None:
-                    return face, five
+                mesh = self.mesh.mesh(rgb, face.box, face.keypoints)
+                if mesh is not None:
+                    return face, mesh_to_five(mesh), mesh
         best = max(faces, key=lambda f: f.score) if self.mesh is not None else faces[0]
-        return best, best.keypoints
+        return best, best.keypoints, None
 
     def analyse(self, rgb: np.ndarray) -> FaceResult | None:
         """Analyse the main face of an RGB frame; None when there is no face."""
@@ -96,7 +100,7 @@ class FaceEngine:
         if not faces:
             self.last_timings = {"detect": (t1 - t0) * 1000}
             return None
-        face, points = self._locate(rgb, faces)
+        face, points, mesh = self._locate(rgb, faces)
         aligned, _ = align(rgb, points)
         t2 = time.perf_counter()
         report = assess(points, aligned, self.cfg.vision.quality)
@@ -110,7 +114,7 @@ class FaceEngine:
         }
         if embedding is not None:
             self.last_timings["embed"] = (t4 - t3) * 1000
-        return FaceResult(face, report, aligned, embedding, points, dict(self.last_timings))
+        return FaceResult(face, report, aligned, embedding, points, dict(self.last_timings), mesh)
 
     def embed_aligned(self, aligned: np.ndarray) -> np.ndarray:
         """Embedding of an already aligned 112x112 crop (regardless of quality)."""
