@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -208,6 +209,7 @@ def run(ctx: Context) -> dict:
     work = Path(tempfile.mkdtemp(prefix="daemon-", dir=ctx.opts.out_dir))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     proc = None
+    listener = None
     try:
         _frames(ctx, work / "frames")
         cfg = work / "config.toml"
@@ -228,19 +230,15 @@ def run(ctx: Context) -> dict:
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
             )
-        messages = []
-        ready_s = None
-        while ready_s is None and time.monotonic() - t0 < READY_TIMEOUT_S:
-            if proc.poll() is not None:
+        # Read the socket all the time, as systemd does: a unix datagram queue holds only
+        # net.unix.max_dgram_qlen (often 10) messages, and a full one blocks the sender.
+        listener = _Listener(sock, t0)
+        listener.start()
+        while not listener.ready.is_set() and proc.poll() is None:
+            if time.monotonic() - t0 > READY_TIMEOUT_S:
                 break
-            sock.settimeout(0.2)
-            try:
-                data = sock.recv(4096).decode("utf-8", "replace")
-            except TimeoutError:
-                continue
-            messages.append(data)
-            if "READY=1" in data.splitlines():
-                ready_s = time.monotonic() - t0
+            listener.ready.wait(0.2)
+        ready_s = listener.ready_s
         if ready_s is None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             code = proc.poll()
@@ -269,12 +267,8 @@ def run(ctx: Context) -> dict:
             proc.kill()
             proc.wait()
             stop_s = None
-        sock.settimeout(0.2)
-        try:
-            while True:
-                messages.append(sock.recv(4096).decode("utf-8", "replace"))
-        except (TimeoutError, BlockingIOError):
-            pass
+        listener.stop()
+        messages = listener.messages
         return {
             "status": "ok",
             "ready_s": round(ready_s, 3),
@@ -298,8 +292,41 @@ def run(ctx: Context) -> dict:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if listener is not None:
+            listener.stop()
         sock.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Listener(threading.Thread):
+    """Drains the notify socket; notes when READY=1 arrives."""
+
+    def __init__(self, sock: socket.socket, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.t0 = sock, t0
+        self.messages: list[str] = []
+        self.ready = threading.Event()
+        self.ready_s: float | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop_event.is_set():
+            try:
+                data = self.sock.recv(4096).decode("utf-8", "replace")
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append(data)
+            if not self.ready.is_set() and "READY=1" in data.splitlines():
+                self.ready_s = time.monotonic() - self.t0
+                self.ready.set()
+
+    def stop(self) -> None:
+        """Stop after reading what is already queued."""
+        self._stop_event.set()
+        self.join(timeout=2)
 
 
 def _states(messages: list[str]) -> list[str]:
