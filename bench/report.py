@@ -171,7 +171,21 @@ def _models(sec: dict, lines: list[str]) -> None:
         lines.append(f"  {name:<18}{cells}  ({spec['dtype']} {spec['input']}, {spec['bytes']:,} B)")
 
 
+def _qr(sec: dict, lines: list[str]) -> None:
+    lines.append(
+        f"  {sec['frame']}: no code {_ms(sec['no_code_ms'])} ms, with a claim QR "
+        f"{_ms(sec['with_code_ms'])} ms (decoded: {sec['decoded']})"
+    )
+    a = sec.get("aruco")
+    if a:
+        lines.append(
+            f"  cv2.QRCodeDetectorAruco: no code {_ms(a['no_code_ms'])} ms, with the QR "
+            f"{_ms(a['with_code_ms'])} ms (decoded: {a['decoded']})"
+        )
+
+
 PRINTERS = {
+    "qr": _qr,
     "models": _models,
     "pipeline": _pipeline,
     "facerec": _facerec,

@@ -24,6 +24,7 @@ from bench import (
     matcher_bench,
     models_bench,
     pipeline_bench,
+    qr_bench,
 )
 from bench.common import Context, Missing, Options
 from bench.data import default_faces_dir, load_photos
@@ -51,6 +52,7 @@ SECTIONS = (
     ("models", models_bench.run, "bare interpreter invoke ms per model"),
     ("facerec", facerec.run, "face_recognition 1.3 (dlib) on the same photos"),
     ("compare", compare.run, "accuracy on the same pairs and ours/theirs ratios"),
+    ("qr", qr_bench.run, "idle frame of the qr flow: QR detection on 640x480"),
     ("matcher", matcher_bench.run, "1:N search over 1k/10k/100k templates"),
     ("ledger", ledger_bench.run, "durable ledger commits per second"),
     ("mqtt", _mqtt, "events per second through MQTT"),

@@ -99,7 +99,7 @@ def test_quick_run_writes_every_figure(tmp_path, faces_dir, models_dir):
         if sec["status"] != "ok":
             assert sec["reason"], f"{name} says {sec['status']} without a reason"
     # Our own sections must run whenever their parts are present (these are, in this suite).
-    for name in ("pipeline", "models", "compare", "matcher", "ledger"):
+    for name in ("pipeline", "models", "compare", "qr", "matcher", "ledger"):
         assert sections[name]["status"] == "ok", (name, sections[name].get("reason"))
 
     pipe = sections["pipeline"]
@@ -122,6 +122,8 @@ def test_quick_run_writes_every_figure(tmp_path, faces_dir, models_dir):
     for n in ("1000", "10000"):
         for dtype in ("float32", "int8"):
             assert _has_figure(sections["matcher"], "sizes", n, dtype, "search_ms", "median")
+    assert _has_figure(sections["qr"], "no_code_ms", "median")
+    assert sections["qr"]["decoded"] is True  # the pasted claim QR is read back
     for kind in ("refusal", "payout"):
         assert _has_figure(sections["ledger"], kind, "events_per_s")
 
