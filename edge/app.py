@@ -23,7 +23,7 @@ from edge.keys import DeviceIdentity, find_central_public_pem
 from edge.ledger import Ledger
 from edge.modelstore import ModelStore
 from edge.receipts import ReceiptDesk
-from edge.vision.pipeline import FaceEngine
+from edge.vision.pipeline import FaceEngine, embedder_name
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ class App:
         state = cfg.state_path
         state.mkdir(parents=True, exist_ok=True)
         # Models first: a missing or corrupt model must stop start-up before anything else opens.
-        self.store = ModelStore.load(cfg.models.dir)
+        needed = ["detector", "landmarks", embedder_name(cfg)]
+        if cfg.liveness.enabled:
+            needed += ["pad_v2", "pad_v1se"]
+        self.store = ModelStore.load(cfg.models.dir, required=needed)
         self.engine = FaceEngine(self.store, cfg)
         self.liveness = self._make_liveness()
         self.identity = DeviceIdentity.load_or_create(state / "keys")

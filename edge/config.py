@@ -67,8 +67,9 @@ class ModelsConfig(Section):
         default_factory=_default_models_dir,
         description="Folder with manifest.json and the .tflite files made by `make models`",
     )
-    embedder: Literal["int8", "dynamic"] = Field(
-        default="int8", description="Fully integer-quantized or dynamic-range embedder"
+    embedder: Literal["int8", "dynamic", "float"] = Field(
+        default="int8",
+        description="int8 (integer convolutions, the Pi's choice), dynamic-range, or float",
     )
     threads: int = Field(default=2, ge=1, le=8, description="Interpreter threads per model")
 

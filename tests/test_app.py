@@ -113,3 +113,30 @@ def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
     assert app.idle_pattern() == "fault"
     assert "clock" in app.health()["faults"]
     app.close()
+
+
+def test_missing_or_corrupt_model_stops_start_up_with_one_line(tmp_path, models_dir):
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "models"
+    shutil.copytree(models_dir, broken)
+    target = broken / "face_detection_short_range.tflite"
+    target.write_bytes(target.read_bytes()[:1000])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[models]\ndir = "{broken}"\n[device]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[camera]\nsource = "{tmp_path}"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edge: error:")]
+    assert len(errors) == 1
+    assert "detector" in errors[0] and "make models" in errors[0]
+    assert not (tmp_path / "state" / "ledger.sqlite").exists()  # nothing opened before the check
