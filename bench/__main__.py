@@ -7,9 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.common import Options
-from bench.report import render
-from bench.suite import SECTION_NAMES, run_suite, write_json
+# Only light imports here: `edge --help` loads this module to list the bench options.
+from bench.common import SECTION_NAMES, Options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +60,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the suite, print the report, write the JSON; 0 unless nothing could run at all."""
+    from bench.report import render
+    from bench.suite import run_suite, write_json
+
     opts = options_from_args(args)
     result = run_suite(opts, progress=lambda s: print(s, file=sys.stderr, flush=True))
     path = write_json(result, args.json, opts.out_dir)

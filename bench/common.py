@@ -10,6 +10,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The sections of a run, in order (bench.suite holds what each one runs).
+SECTION_NAMES = (
+    "pipeline",
+    "models",
+    "facerec",
+    "compare",
+    "qr",
+    "matcher",
+    "ledger",
+    "mqtt",
+    "daemon",
+)
+
+
 class Missing(Exception):
     """A part this section measures has not landed (or cannot run here); the reason says which."""
 

@@ -26,7 +26,7 @@ from bench import (
     pipeline_bench,
     qr_bench,
 )
-from bench.common import Context, Missing, Options
+from bench.common import SECTION_NAMES, Context, Missing, Options
 from bench.data import default_faces_dir, load_photos
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ SECTIONS = (
     ("mqtt", _mqtt, "events per second through MQTT"),
     ("daemon", daemon_bench.run, "start to READY and steady RSS of `edge run`"),
 )
-SECTION_NAMES = tuple(s[0] for s in SECTIONS)
+assert tuple(s[0] for s in SECTIONS) == SECTION_NAMES, "bench.common.SECTION_NAMES is stale"
 
 # Issue 7, on one x86 core. (name, limit, unit, where the figure is, how it was taken)
 BUDGETS = (
