@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import BundleError
+from edge.fsutil import write_atomic
 from edge.keys import (
     DeviceIdentity,
     KeyFileError,
@@ -343,22 +344,6 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
     return labels, matrix.reshape(len(labels), DIM)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the folder: a power cut leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class BundleStore:
     """The installed bundle under ``state_dir/bundles``: verify before use, keep the last good."""
 
@@ -415,7 +400,7 @@ class BundleStore:
         except BundleError as exc:
             log.warning("bundle refused, keeping the last good one: %s", exc)
             raise
-        _write_atomic(self.path, blob)
+        write_atomic(self.path, blob, 0o600)
         self._current = bundle
         self._expiry_logged = False
         log.info("bundle %s installed: %s", bundle.bundle_id, bundle.summary())

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import EdgeError
+from edge.fsutil import write_atomic
 from edge.vision.matcher import Gallery
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,6 @@ KEY_FILE = Path("keys") / "template.key"
 
 class GalleryError(EdgeError):
     """The gallery file is unreadable, tampered, or made by another model."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, atomically (rename over the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 class GalleryStore:
@@ -62,7 +49,7 @@ class GalleryStore:
             return key
         key = AESGCM.generate_key(bit_length=256)
         self.key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.key_path, key)
+        write_atomic(self.key_path, key)
         log.info("created template key %s", self.key_path)
         return key
 
@@ -82,7 +69,7 @@ class GalleryStore:
     def _write(self, doc: dict) -> None:
         nonce = os.urandom(12)
         sealed = AESGCM(self._key()).encrypt(nonce, json.dumps(doc).encode(), MAGIC)
-        _write_private(self.path, MAGIC + nonce + sealed)
+        write_atomic(self.path, MAGIC + nonce + sealed)
 
     def load(self) -> tuple[list[str], np.ndarray, str | None]:
         """(row labels, float32 N x dim matrix, model id that made them)."""

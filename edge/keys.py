@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import NameOID
 
 from edge.errors import EdgeError
+from edge.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ CARD_FILE = "device.pub.json"
 
 class KeyFileError(EdgeError):
     """A key file is missing, unreadable or of the wrong kind."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start, so the key is never world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _pem_private(key) -> bytes:
@@ -103,13 +91,13 @@ class DeviceIdentity:
             sign = _load_private(sign_path, ed25519.Ed25519PrivateKey)
         else:
             sign = ed25519.Ed25519PrivateKey.generate()
-            _write_private(sign_path, _pem_private(sign))
+            write_atomic(sign_path, _pem_private(sign))
             log.info("made device signing key in %s", keys_dir)
         if bundle_path.exists():
             bundle = _load_private(bundle_path, x25519.X25519PrivateKey)
         else:
             bundle = x25519.X25519PrivateKey.generate()
-            _write_private(bundle_path, _pem_private(bundle))
+            write_atomic(bundle_path, _pem_private(bundle))
             log.info("made device bundle key in %s", keys_dir)
         for p in (sign_path, bundle_path):
             if p.stat().st_mode & 0o077:
@@ -237,7 +225,7 @@ def generate_central_key(path: Path | str) -> bytes:
     if path.exists():
         raise KeyFileError(f"{path}: exists; refusing to overwrite a central key")
     key = ed25519.Ed25519PrivateKey.generate()
-    _write_private(path, _pem_private(key))
+    write_atomic(path, _pem_private(key))
     pub = public_pem(key.public_key())
     path.with_name(path.name + ".pub").write_bytes(pub)
     return pub
@@ -260,7 +248,7 @@ def make_tls_key_and_csr(keys_dir: Path | str, device_id: str) -> bytes:
         key = _load_private(key_path, ec.EllipticCurvePrivateKey)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(key_path, _pem_private(key))
+        write_atomic(key_path, _pem_private(key))
         log.info("made device TLS key in %s", keys_dir)
     csr = (
         x509.CertificateSigningRequestBuilder()

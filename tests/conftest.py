@@ -36,3 +36,15 @@ def models_dir() -> Path:
     if not (MODELS_DIR / "manifest.json").is_file():
         pytest.fail(f"models not built at {MODELS_DIR}: run `make models`")
     return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir: Path):
+    """The real face engine on the built models, one thread, loaded once for the session."""
+    from edge.config import Config
+    from edge.vision.pipeline import FaceEngine
+
+    cfg = Config()
+    cfg.models.threads = 1
+    cfg.models.dir = str(models_dir)
+    return FaceEngine.from_config(cfg)

@@ -3,8 +3,6 @@ pins and a printer writing real ESC/POS bytes to a file. This is what `make run`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from edge import demo
@@ -12,17 +10,9 @@ from edge.config import Config
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.keys import DeviceIdentity
 from edge.ledger import Ledger, verify_events, verify_receipt_payload
-from edge.vision.pipeline import FaceEngine
 from tests.escpos_decode import decode
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def engine(models_dir: Path) -> FaceEngine:
-    cfg = Config()
-    cfg.models.dir = str(models_dir)
-    return FaceEngine.from_config(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import Config, QualityConfig
+from edge.config import QualityConfig
 from edge.evaluation import load_image
 from edge.vision.align import (
     ARCFACE_TEMPLATE,
@@ -17,18 +17,9 @@ from edge.vision.align import (
     mesh_to_five,
     umeyama,
 )
-from edge.vision.pipeline import FaceEngine
 from edge.vision.quality import assess, head_pose
 
 PHOTO = ("celeb5__jerry_seinfeld", 0)
-
-
-@pytest.fixture(scope="module")
-def engine(models_dir) -> FaceEngine:
-    cfg = Config()
-    cfg.models.threads = 1
-    cfg.models.dir = str(models_dir)
-    return FaceEngine.from_config(cfg)
 
 
 @pytest.fixture(scope="module")

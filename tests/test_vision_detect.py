@@ -9,19 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import Config
 from edge.evaluation import load_image
 from edge.vision.align import apply
 from edge.vision.detector import ANCHORS, Letterbox, decode, letterbox, make_anchors, weighted_nms
-from edge.vision.pipeline import FaceEngine
-
-
-@pytest.fixture(scope="module")
-def engine(models_dir) -> FaceEngine:
-    cfg = Config()
-    cfg.models.threads = 1
-    cfg.models.dir = str(models_dir)
-    return FaceEngine.from_config(cfg)
 
 
 def test_anchor_layout_merges_layers_per_cell():

@@ -20,14 +20,6 @@ PER_SOURCE, PHOTOS = 4, 4
 
 
 @pytest.fixture(scope="module")
-def engine(models_dir) -> FaceEngine:
-    cfg = Config()
-    cfg.models.threads = 1
-    cfg.models.dir = str(models_dir)
-    return FaceEngine.from_config(cfg)
-
-
-@pytest.fixture(scope="module")
 def embedded(engine, faces_dir) -> dict[str, list[tuple[str, np.ndarray]]]:
     """identity -> [(path, embedding)] for a fixed sample."""
     by = defaultdict(list)
