@@ -54,14 +54,16 @@ def _frames(ctx: Context, folder: Path, n: int = 6) -> None:
         cv2.imwrite(str(folder / f"frame{i:02d}.jpg"), canvas)
 
 
-def _config(path: Path, state: Path, frames: Path, models_dir: Path | None) -> None:
+def _config(
+    path: Path, state: Path, frames: Path, models_dir: Path | None, mode: str = "identify"
+) -> None:
     models = f'dir = "{models_dir}"\n' if models_dir else ""
     path.write_text(
         f'[device]\nstate_dir = "{state}"\n\n'
         f"[models]\n{models}\n"
         # identify mode runs the face engine (and liveness) on every frame: the busiest steady
         # state; in qr mode idle frames only look for a QR code.
-        '[flow]\nmode = "identify"\n\n'
+        f'[flow]\nmode = "{mode}"\n\n'
         f'[camera]\nkind = "folder"\nsource = "{frames}"\nloop = true\nfps = 15.0\n\n'
         '[signals]\nkind = "mock"\n\n'
         '[printer]\nkind = "none"\n\n'
@@ -198,12 +200,25 @@ def startup_steps(models_dir: Path) -> dict:
 
 
 def run(ctx: Context) -> dict:
-    """READY seconds, RSS after a steady period, shutdown seconds; Missing if `edge run` is not in."""
+    """READY seconds, RSS after a steady period, shutdown seconds; Missing if `edge run` is not in.
+
+    The figures are those of flow mode "identify" (the face engine and liveness on every
+    frame); a full run also starts the daemon in the default "qr" mode, whose idle frames only
+    look for a QR code.
+    """
     require_module("edge.cli.run", "lead: `edge run`")
     try:
         require_module("edge.app", "lead")
     except ModuleNotFoundError as exc:
         raise Missing(f"`edge run` cannot start yet: module {exc.name} missing") from None
+    out = _run_daemon(ctx, "identify", profiles=True)
+    if not ctx.opts.quick:
+        q = _run_daemon(ctx, "qr", profiles=False)
+        out["qr_mode"] = {k: q[k] for k in ("ready_s", "rss_mb", "cpu_share_steady", "stop_s")}
+    return out
+
+
+def _run_daemon(ctx: Context, mode: str, profiles: bool) -> dict:
     settle = 4.0 if ctx.opts.quick else 12.0
     ctx.opts.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="daemon-", dir=ctx.opts.out_dir))
@@ -216,7 +231,7 @@ def run(ctx: Context) -> dict:
         from edge.config import load_config
 
         models_dir = Path(ctx.opts.models_dir or load_config(ctx.opts.config).models.dir)
-        _config(cfg, work / "state", work / "frames", models_dir)
+        _config(cfg, work / "state", work / "frames", models_dir, mode)
         sock_path = work / "notify.sock"
         sock.bind(str(sock_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONUNBUFFERED="1")
@@ -269,8 +284,9 @@ def run(ctx: Context) -> dict:
             stop_s = None
         listener.stop()
         messages = listener.messages
-        return {
+        result = {
             "status": "ok",
+            "flow_mode": mode,
             "ready_s": round(ready_s, 3),
             "cpu_s_to_ready": cpu_at_ready,
             "steady_after_s": settle,
@@ -285,9 +301,11 @@ def run(ctx: Context) -> dict:
             "exit_code": proc.returncode,
             "notify": _states(messages),
             "rss_by_mapping_mb": mem_map,
-            "imports_ms": import_profile(),
-            "startup_steps_ms": startup_steps(models_dir),
         }
+        if profiles:
+            result["imports_ms"] = import_profile()
+            result["startup_steps_ms"] = startup_steps(models_dir)
+        return result
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -145,6 +145,12 @@ def _daemon(sec: dict, lines: list[str]) -> None:
         f"(anon {sec['rss_anon_mb']}, file {sec['rss_file_mb']}, peak {sec['peak_rss_mb']}); "
         f"CPU share {_f(sec['cpu_share_steady'])}; stop {_f(sec['stop_s'])} s"
     )
+    q = sec.get("qr_mode")
+    if q:
+        lines.append(
+            f"  qr mode (idle frames look for a QR): READY {q['ready_s']:.2f} s, RSS {q['rss_mb']} MB, "
+            f"CPU share {_f(q['cpu_share_steady'])}"
+        )
     imp = sec.get("imports_ms", {})
     if "total_ms" in imp:
         heavy = ", ".join(f"{k} {v:.0f}" for k, v in imp.items() if k != "total_ms")
