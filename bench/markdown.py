@@ -103,6 +103,64 @@ def matcher(sec: dict) -> list[str]:
     return rows
 
 
+def daemon(sec: dict) -> list[str]:
+    """READY, RSS and CPU of `edge run` per flow mode."""
+    rows = [
+        "| flow mode | start to READY | RSS steady | anon / file | CPU share steady | stop |",
+        "|---|---|---|---|---|---|",
+        f"| {sec.get('flow_mode', 'identify')} | {sec['ready_s']:.2f} s | {sec['rss_mb']} MB | "
+        f"{sec['rss_anon_mb']} / {sec['rss_file_mb']} MB | {_n(sec['cpu_share_steady'])} | "
+        f"{_n(sec['stop_s'])} s |",
+    ]
+    q = sec.get("qr_mode")
+    if q:
+        rows.append(
+            f"| qr | {q['ready_s']:.2f} s | {q['rss_mb']} MB | | {_n(q['cpu_share_steady'])} | "
+            f"{_n(q['stop_s'])} s |"
+        )
+    steps = sec.get("startup_steps_ms")
+    if steps:
+        rows.append("")
+        rows.append(
+            "Start-up steps in a fresh process (ms): "
+            + "; ".join(f"{k} {v}" for k, v in steps.items())
+        )
+    return rows
+
+
+def throughput(sections: dict) -> list[str]:
+    """Ledger and MQTT events per second."""
+    rows = ["| path | events/s | per event (median / p90 ms) |", "|---|---|---|"]
+    led = sections.get("ledger", {})
+    for kind in ("refusal", "payout"):
+        if kind in led:
+            r = led[kind]
+            rows.append(
+                f"| ledger {kind} (one durable commit) | {r['events_per_s']:.0f} | {_mp(r['commit_ms'])} |"
+            )
+    mq = sections.get("mqtt", {})
+    if mq.get("status") == "ok" and "events_per_s" in mq:
+        rows.append(
+            f"| MQTT QoS 1, mutual TLS ({mq.get('events')} events) | {mq['events_per_s']:.0f} | |"
+        )
+    return rows
+
+
+def qr(sec: dict) -> list[str]:
+    """Idle-frame QR detection."""
+    rows = [
+        "| detector (640x480 grey) | no code | with a claim QR | decoded |",
+        "|---|---|---|---|",
+        f"| cv2.QRCodeDetector (edge.flow) | {_mp(sec['no_code_ms'])} | {_mp(sec['with_code_ms'])} | {sec['decoded']} |",
+    ]
+    a = sec.get("aruco")
+    if a:
+        rows.append(
+            f"| cv2.QRCodeDetectorAruco | {_mp(a['no_code_ms'])} | {_mp(a['with_code_ms'])} | {a['decoded']} |"
+        )
+    return rows
+
+
 def budgets(result: dict) -> list[str]:
     """Budget verdicts."""
     rows = ["| budget (one x86 core) | limit | measured | verdict |", "|---|---|---|---|"]
@@ -124,9 +182,13 @@ def render(result: dict) -> str:
         ("Accuracy on the same pairs", "compare", accuracy),
         ("Ours / face_recognition", "compare", ratios),
         ("1:N search, one core (median / p90 ms)", "matcher", matcher),
+        ("Idle frame of the qr flow (median / p90 ms)", "qr", qr),
+        ("The daemon", "daemon", daemon),
     ):
         if s.get(name, {}).get("status") == "ok":
             parts.append((title, fn(s[name])))
+    if s.get("ledger", {}).get("status") == "ok":
+        parts.append(("Ledger and MQTT", throughput(s)))
     return "\n\n".join(f"### {t}\n\n" + "\n".join(rows) for t, rows in parts)
 
 
