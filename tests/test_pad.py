@@ -119,3 +119,36 @@ def test_pad_scores_a_real_face_as_real(models_dir, face_video):
     x0, y0, x1, y1 = (int(v) for v in face.box)
     flat[y0:y1, x0:x1] = rgb[y0:y1, x0:x1]
     assert pad.score(flat, face.box).real < s.real
+
+
+def test_build_refuses_an_onnx_file_that_breaks_its_pin(tmp_path):
+    from models.pad import PadBuildError, build
+
+    pad = tmp_path / "shared" / "pad"
+    pad.mkdir(parents=True)
+    for spec in PAD_MODELS.values():
+        (pad / spec["onnx"]).write_bytes(b"not the pinned model")
+    with pytest.raises(PadBuildError, match="sha256"):
+        build(tmp_path / "out", tmp_path / "shared", tmp_path / "work", venv=tmp_path / "venv")
+    assert not (tmp_path / "venv").exists()  # refused before any slow step
+
+
+def test_build_is_up_to_date_only_while_outputs_match_the_stamp(tmp_path):
+    import hashlib
+
+    from models.pad import _stamp_key, _up_to_date
+
+    out = tmp_path / "out"
+    out.mkdir()
+    entries = {}
+    for name, spec in PAD_MODELS.items():
+        data = name.encode() * 10
+        (out / spec["file"]).write_bytes(data)
+        entries[name] = {"file": spec["file"], "sha256": hashlib.sha256(data).hexdigest()}
+    stamp = tmp_path / "stamp.json"
+    stamp.write_text(json.dumps({"key": _stamp_key(), "entries": entries}))
+    assert _up_to_date(out, stamp, _stamp_key()) == entries
+    (out / PAD_MODELS["pad_v2"]["file"]).write_bytes(b"changed")
+    assert _up_to_date(out, stamp, _stamp_key()) is None
+    stamp.write_text(json.dumps({"key": {**_stamp_key(), "recipe": -1}, "entries": entries}))
+    assert _up_to_date(out, stamp, _stamp_key()) is None
