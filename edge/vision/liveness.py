@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from edge.errors import ModelError
 from edge.vision.landmarks import FaceMesh, Mesh, eye_aspect_ratio
 from edge.vision.pad import PadModel
 
@@ -187,7 +188,7 @@ def _model_bytes(models, name: str) -> bytes | None:
     if hasattr(models, "bytes"):
         try:
             return models.bytes(name)
-        except Exception:  # a store without that model: the signal is skipped
+        except (KeyError, ModelError):  # a store without that model: the signal is skipped
             return None
     return models.get(name)
 
