@@ -63,6 +63,14 @@ def _float_model(store, models_dir: Path) -> tuple[bytes | None, str]:
     return None, ""
 
 
+def _config_knows_float(cfg) -> bool:
+    try:
+        cfg.model_copy(deep=True).models.embedder = "float"
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return False
+    return True
+
+
 def _replace_embedder(engine, model: bytes, threads: int, flip: bool) -> bool:
     from edge.vision.embedder import Embedder
 
@@ -263,11 +271,16 @@ def run(ctx: Context) -> dict:
         ("dynamic", "dynamic", None, {}, threads_all),
     ]
     if float_bytes is not None:
-        variants.append(("float", "dynamic", float_bytes, {}, threads_all))
+        if _config_knows_float(cfg0):
+            variants.append(("float", "float", None, {}, threads_all))
+        else:  # an older config: swap the float model into the engine's embedder
+            variants.append(("float", "dynamic", float_bytes, {}, threads_all))
     if not ctx.opts.quick:
         # What the optional steps cost and buy: one thread only, int8.
-        if cfg0.vision.flip_view:
-            variants.append(("int8-noflip", "int8", None, {"flip_view": False}, [1]))
+        # The mirrored second view, toggled from whatever the config says.
+        flip = cfg0.vision.flip_view
+        name = "int8-noflip" if flip else "int8-flip"
+        variants.append((name, "int8", None, {"flip_view": not flip}, [1]))
         if getattr(cfg0.vision, "mesh_align", False):
             variants.append(("int8-nomesh", "int8", None, {"mesh_align": False}, [1]))
     # Timing runs on a spread subset of each source, best of a few runs per photo; accuracy
