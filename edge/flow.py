@@ -23,6 +23,7 @@ from edge.config import Config
 from edge.ledger import AlreadyPaid
 from edge.privacy import mask_id
 from edge.vision.matcher import Gallery
+from edge.vision.qr import QrReader
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +149,9 @@ class PayoutFlow:
     # -- idle --------------------------------------------------------------------------------
 
     def _read_qr(self, rgb: np.ndarray) -> str | None:
-        import cv2
-
         if self._qr is None:
-            self._qr = cv2.QRCodeDetector()
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        try:
-            text, points, _ = self._qr.detectAndDecode(grey)
-        except cv2.error:
-            return None
-        return text or None
+            self._qr = QrReader()
+        return self._qr.read(rgb)
 
     def _cooling(self, key: str, now: float) -> bool:
         return key == self._last_key and now - self._last_at < self.cfg.flow.cooldown_s

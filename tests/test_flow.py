@@ -263,3 +263,15 @@ def test_paused_terminal_takes_no_claims(rig, qr_frames):
     rig.flow.paused = None
     decisions = feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3)
     assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
+
+
+def test_every_invitation_code_is_read(tmp_path):
+    """Sixty different letters, shown once each: none may need a second try."""
+    from edge.claim import encode_claim
+    from edge.demo import qr_frame
+    from edge.vision.qr import QrReader
+
+    reader = QrReader()
+    codes = [encode_claim(f"3171{i:012d}", "2026-12") for i in range(0, 6000, 100)]
+    assert [reader.read(qr_frame(code)) for code in codes] == codes
+    assert reader.read(np.full((480, 640, 3), 96, np.uint8)) is None
