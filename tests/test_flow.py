@@ -272,6 +272,6 @@ def test_every_invitation_code_is_read(tmp_path):
     from edge.vision.qr import QrReader
 
     reader = QrReader()
-    codes = [encode_claim(f"3171{i:012d}", "2026-12") for i in range(0, 6000, 100)]
+    codes = [encode_claim(f"31710100000{i:05d}", "2026-12") for i in range(60)]
     assert [reader.read(qr_frame(code)) for code in codes] == codes
     assert reader.read(np.full((480, 640, 3), 96, np.uint8)) is None
