@@ -130,3 +130,25 @@ def test_missing_or_corrupt_model_stops_start_up_with_one_line(tmp_path, models_
     assert len(errors) == 1
     assert "detector" in errors[0] and "make models" in errors[0]
     assert not (tmp_path / "state" / "ledger.sqlite").exists()  # nothing opened before the check
+
+
+def test_live_video_accepted_and_held_up_photo_refused(
+    tmp_path, engine, models_dir, face_video, faces_dir
+):
+    """Liveness on: the real clip of a live face is paid, a still photo of the next recipient is
+    refused as a spoof, and neither decision needs staff to do anything."""
+    state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=True)
+    demo.video_script(tmp_path / "frames")
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    cfg.device.state_dir = str(state)
+    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
+    cfg.camera.queue_size = 16
+    cfg.flow.cooldown_s = 2.0
+    app = demo.App(cfg)
+    app.run()
+    assert [str(d.outcome) for d in app.decisions] == ["accepted", "spoof"]
+    live, still = app.decisions
+    assert live.household_id == demo.VIDEO_HH and live.liveness >= cfg.liveness.threshold
+    assert still.household_id == demo.STILL_HH and still.liveness < cfg.liveness.threshold
+    assert "spoof" in app.signals.history
