@@ -183,3 +183,21 @@ def test_moire_peak_rises_with_a_subpixel_pattern(clip, detector):
     screen = np.clip(crop * (0.85 + 0.15 * stripes), 0, 255).astype(np.uint8)
     cfg = LivenessConfig()
     assert moire_peak(crop) < cfg.moire_centre < moire_peak(screen)
+
+
+def test_a_mesh_from_the_caller_is_used_as_is(checker, detector, clip, models):
+    """The pipeline already runs the face mesh for alignment: its mesh gives the same verdict."""
+    from edge.vision.align import MeshRefiner
+
+    refiner = MeshRefiner(models["landmarks"])
+    checker.reset()
+    for rgb in clip:
+        face = detector.detect(rgb)[0]
+        mesh = refiner.mesh(rgb, face.box, face.keypoints)
+        if mesh is not None:
+            checker.update(rgb, face, mesh=mesh)
+        if checker.frames >= checker.cfg.min_frames:
+            break
+    res = checker.result()
+    assert res.live, res.signals
+    assert res.signals["parallax"] > checker.cfg.parallax_centre

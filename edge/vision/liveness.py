@@ -222,13 +222,22 @@ class LivenessChecker:
         self._skipped = 0
         self._cached = None
 
-    def update(self, rgb: np.ndarray, face) -> None:
-        """Add one frame and its face (``box``, ``score``, ``keypoints`` in frame pixels)."""
+    def update(self, rgb: np.ndarray, face, mesh: np.ndarray | None = None) -> None:
+        """Add one frame and its face (``box``, ``score``, ``keypoints`` in frame pixels).
+
+        ``mesh``: the 468x3 face mesh of this face when the caller already ran it (x, y in frame
+        pixels, z in any fixed unit; e.g. ``FaceResult.mesh``); otherwise it is run here.
+        """
         c = self.cfg
         box = np.asarray(face.box, np.float32)
         if len(self._frames) >= c.max_frames:
             return
-        mesh = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
+        if mesh is not None:
+            # The caller's mesh was confirmed by its own presence test; z units cancel out in
+            # the parallax measure, so any scale will do.
+            mesh = Mesh(points=np.asarray(mesh, np.float32), presence=1.0, scale=1.0)
+        else:
+            mesh = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
         if mesh.presence < c.min_mesh_presence:
             self._skipped += 1
             return
