@@ -41,13 +41,13 @@ def pipeline(sec: dict) -> list[str]:
 
 def models(sec: dict) -> list[str]:
     """Invoke-only table."""
-    rows = ["| model | input | 1 thread | all cores |", "|---|---|---|---|"]
+    rows = ["| model | input | 1 thread | all cores | 1 thread min |", "|---|---|---|---|---|"]
     for name, row in sec["models"].items():
         spec = row["spec"]
         other = next((v for k, v in row.items() if k not in ("spec", "1t")), None)
         rows.append(
             f"| {name} | {spec['dtype']} {'x'.join(map(str, spec['input']))} | "
-            f"{_mp(row.get('1t'))} | {_mp(other)} |"
+            f"{_mp(row.get('1t'))} | {_mp(other)} | {_n((row.get('1t') or {}).get('min'))} |"
         )
     return rows
 
