@@ -206,9 +206,7 @@ class PayoutFlow:
     def _enough(self, cap: _Capture) -> bool:
         if len(cap.embeddings) < self.cfg.flow.good_frames:
             return False
-        return (
-            self.liveness is None or self.liveness.result().frames >= self.cfg.liveness.min_frames
-        )
+        return self.liveness is None or self.liveness.frames >= self.cfg.liveness.min_frames
 
     def _capturing(self, rgb: np.ndarray, now: float, result: Any = None) -> Decision | None:
         cap = self._capture
@@ -222,7 +220,8 @@ class PayoutFlow:
             else:
                 cap.embeddings.append(result.embedding)
                 if self.liveness is not None:
-                    self.liveness.update(rgb, result.face)
+                    # The engine already ran the face mesh for alignment: reuse it.
+                    self.liveness.update(rgb, result.face, mesh=getattr(result, "mesh", None))
         if self._enough(cap):
             return self._match(cap)
         if now < cap.deadline:
@@ -245,6 +244,16 @@ class PayoutFlow:
         if self.liveness is not None:
             live = self.liveness.result()
             live_score = float(live.score)
+            if live.signals.get("insufficient"):
+                # The window closed before liveness had enough good frames: the recipient
+                # looked away or moved out, which is not evidence of an attack.
+                return self._decide(
+                    Outcome.POOR_QUALITY,
+                    "too few good frames to check liveness",
+                    hid,
+                    rnd,
+                    liveness=live_score,
+                )
             if not live.live:
                 return self._decide(
                     Outcome.SPOOF, "liveness below threshold", hid, rnd, liveness=live_score

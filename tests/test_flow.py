@@ -71,11 +71,17 @@ class FakeLiveness:
         self.frames = 0
         self.resets += 1
 
-    def update(self, rgb, face) -> None:
+    def update(self, rgb, face, mesh=None) -> None:
         self.frames += 1
 
     def result(self):
-        return SimpleNamespace(score=0.9 if self.live else 0.1, live=self.live, frames=self.frames)
+        enough = self.frames >= 3
+        return SimpleNamespace(
+            score=0.9 if self.live and enough else 0.1,
+            live=self.live and enough,
+            frames=self.frames,
+            signals={} if enough else {"insufficient": 1.0},
+        )
 
 
 class Clock:
@@ -275,3 +281,11 @@ def test_every_invitation_code_is_read(tmp_path):
     codes = [encode_claim(f"31710100000{i:05d}", "2026-12") for i in range(60)]
     assert [reader.read(qr_frame(code)) for code in codes] == codes
     assert reader.read(np.full((480, 640, 3), 96, np.uint8)) is None
+
+
+def test_too_few_frames_for_liveness_is_poor_quality_not_spoof(rig, qr_frames):
+    rig.cfg.liveness.min_frames = 50  # more good frames than the window can give
+    frames = [qr_frames(H1)] + [face_frame(10)] * 2 + [face_frame(0)] * 80
+    decisions = feed(rig, frames)
+    assert [d.outcome for d in decisions] == [Outcome.POOR_QUALITY]
+    assert "liveness" in decisions[0].reason
