@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup models run test lint bench clean
+.PHONY: setup models run test lint bench bench-liveness clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ lint: setup
 
 bench: models
 	$(BIN)/python -m bench
+
+bench-liveness: models
+	$(BIN)/python -m bench.liveness_eval
 
 clean:
 	rm -rf $(VENV) .venv-build* models/out models/cache var
