@@ -167,8 +167,21 @@ class App:
         # show(), not _signal(): two refusals in a row must both beep
         self.signals.show(PATTERNS.get(decision.outcome, "refused"))
         self.desk.handle(decision.event)
+        if self.flow.debug_crop is not None:
+            self._store_debug_crop(decision.event["event_id"], self.flow.debug_crop)
+            self.flow.debug_crop = None
         if self.reporter is not None:
             self.reporter.wake()
+
+    def _store_debug_crop(self, event_id: str, crop) -> None:
+        import cv2
+
+        folder = self.cfg.state_path / "debug"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{event_id}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        path.chmod(0o600)
+        log.info("debug face crop kept for event %s (flow.store_debug_images is on)", event_id)
 
     def status_line(self) -> str:
         bundle = self.bundles.current()

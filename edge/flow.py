@@ -128,6 +128,9 @@ class PayoutFlow:
         # Set by the app while the terminal must not sign (e.g. the clock is not trusted):
         # claims are not taken, so nothing is decided that could not be recorded honestly.
         self.paused: str | None = None
+        # Only with flow.store_debug_images: the last aligned face crop of a capture, which
+        # the app writes next to the decision's event id. Off by default (personal data).
+        self.debug_crop: np.ndarray | None = None
 
     @property
     def busy(self) -> bool:
@@ -197,6 +200,7 @@ class PayoutFlow:
 
     def _start_capture(self, now: float, hid: str | None, rnd: str | None) -> None:
         self.state = State.CAPTURE
+        self.debug_crop = None
         self._capture = _Capture(now + self.cfg.flow.capture_timeout_s, hid, rnd)
         if self.liveness is not None:
             self.liveness.reset()
@@ -219,6 +223,8 @@ class PayoutFlow:
                 cap.quality_reasons = list(result.quality.reasons)
             else:
                 cap.embeddings.append(result.embedding)
+                if self.cfg.flow.store_debug_images:
+                    self.debug_crop = result.aligned
                 if self.liveness is not None:
                     # The engine already ran the face mesh for alignment: reuse it.
                     self.liveness.update(rgb, result.face, mesh=getattr(result, "mesh", None))

@@ -72,6 +72,31 @@ def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run):
     assert demo.ASTRONAUT_HH not in text and "WARGA DEMO" not in text
 
 
+def test_no_face_image_is_stored_by_default(photo_run):
+    _, state = photo_run
+    images = [p for p in state.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}]
+    assert images == []
+
+
+def test_debug_option_keeps_the_aligned_crop(tmp_path, engine, models_dir):
+    state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
+    script = demo.FrameScript(tmp_path / "frames")
+    script.shot(demo.qr_frame(demo.encode_claim(demo.ASTRONAUT_HH, demo.ROUND)), 3)
+    script.shot(photos[demo.ASTRONAUT_HH], 8)
+    cfg = Config()
+    cfg.models.dir = str(models_dir)
+    cfg.device.state_dir = str(state)
+    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
+    cfg.camera.queue_size = 16
+    cfg.liveness.enabled = False
+    cfg.flow.store_debug_images = True
+    app = demo.App(cfg)
+    app.run()
+    [decision] = app.decisions
+    crop = state / "debug" / f"{decision.event['event_id']}.png"
+    assert crop.is_file() and crop.stat().st_mode & 0o777 == 0o600
+
+
 def test_signals_followed_each_decision(photo_run):
     app, _ = photo_run
     shown = app.signals.history
