@@ -89,8 +89,10 @@ class ModelStore:
     ) -> ModelStore:
         """Read and check every model of the manifest in ``models_dir``.
 
-        ``required`` names the models that must be present (default: all six the daemon
-        uses). Tensor specs are checked for every model unless ``check_tensors_of`` limits it.
+        ``required`` names the models that must be present, read and checked now (default: all
+        six the daemon may use); the manifest's other models are read and hash-checked when
+        first asked for. Tensor specs are checked for the required models unless
+        ``check_tensors_of`` names others.
         Raises ``ModelError`` (one line) on the first problem.
         """
         directory = Path(models_dir)
@@ -111,15 +113,16 @@ class ModelStore:
         for name in required:
             if name not in entries:
                 raise _fail(name, f"not in {path}")
-        checked = set(entries if check_tensors_of is None else check_tensors_of)
+        required = list(required)
+        checked = set(required if check_tensors_of is None else check_tensors_of)
+        # Only the models this process uses are read and kept: the daemon does not carry the
+        # bytes of the embedders it did not choose. Others are read (and checked) on demand.
         blobs = {}
-        for name, entry in entries.items():
-            blobs[name] = cls._read(directory, name, entry)
+        for name in required:
+            blobs[name] = cls._read(directory, name, entries[name])
             if name in checked:
-                check_tensors(name, blobs[name], entry)
-        log.info(
-            "models checked: %s", ", ".join(f"{n}={e['model_id']}" for n, e in entries.items())
-        )
+                check_tensors(name, blobs[name], entries[name])
+        log.info("models checked: %s", ", ".join(f"{n}={entries[n]['model_id']}" for n in required))
         return cls(directory, entries, blobs)
 
     @staticmethod
@@ -156,7 +159,9 @@ class ModelStore:
 
     def bytes(self, name: str) -> bytes:
         """The checked model file's content (pass it to edge.vision.runtime)."""
-        self._get(name)
+        entry = self._get(name)
+        if name not in self._blobs:
+            self._blobs[name] = self._read(self.directory, name, entry)
         return self._blobs[name]
 
     def model_id(self, name: str) -> str:
