@@ -91,7 +91,7 @@ class App:
             return None
         from edge.vision.liveness import LivenessChecker
 
-        return LivenessChecker(self.store, self.cfg.liveness)
+        return LivenessChecker(self.store, self.cfg.liveness, threads=self.cfg.models.threads)
 
     def _make_reporter(self) -> Any:
         if not self.cfg.mqtt.enabled:

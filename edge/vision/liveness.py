@@ -201,13 +201,13 @@ class LivenessChecker:
     Config). Call ``reset`` at the start of each capture window.
     """
 
-    def __init__(self, models, cfg) -> None:
+    def __init__(self, models, cfg, threads: int = 1) -> None:
         self.cfg = getattr(cfg, "liveness", cfg)
-        threads = 1
-        mesh_model = _model_bytes(models, "landmarks")
-        if mesh_model is None:
+        self._mesh_model = _model_bytes(models, "landmarks")
+        if self._mesh_model is None:
             raise ValueError("liveness needs the face landmark model ('landmarks')")
-        self.mesh = FaceMesh(mesh_model, threads)
+        self._threads = threads
+        self._mesh: FaceMesh | None = None
         v2, v1se = _model_bytes(models, "pad_v2"), _model_bytes(models, "pad_v1se")
         self.pad = PadModel({"pad_v2": v2, "pad_v1se": v1se}, threads) if v2 and v1se else None
         if self.pad is None:
@@ -215,6 +215,14 @@ class LivenessChecker:
         self._frames: list[_Frame] = []
         self._skipped = 0
         self._cached: tuple[int, int, LivenessResult] | None = None
+
+    @property
+    def mesh(self) -> FaceMesh:
+        """Our own face mesh, built on first use: the daemon passes the engine's mesh instead,
+        so it never needs a second interpreter of the same network."""
+        if self._mesh is None:
+            self._mesh = FaceMesh(self._mesh_model, self._threads)
+        return self._mesh
 
     def reset(self) -> None:
         """Forget the frames of the previous capture window."""
