@@ -5,7 +5,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
+
+# Before numpy is imported anywhere: see systemd/edge.service for why one BLAS thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# python-escpos parses its printer profiles and pickles them into a fresh temporary folder at
+# every start unless told where to keep them; a cache that persists saves ~0.3 s of start-up.
+if "ESCPOS_CAPABILITIES_PICKLE_DIR" not in os.environ:
+    _cache = Path(
+        os.environ.get("CACHE_DIRECTORY")
+        or os.environ.get("XDG_CACHE_HOME")
+        or Path.home() / ".cache"
+    )
+    _cache = _cache / "edge" if "CACHE_DIRECTORY" not in os.environ else _cache
+    try:
+        _cache.mkdir(parents=True, exist_ok=True)
+        os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(_cache)
+    except OSError:
+        pass  # a read-only home: escpos falls back to a temporary folder
 
 from edge import __version__
 from edge.cli import COMMAND_MODULES
