@@ -1,13 +1,19 @@
 """Central event store of the reference consumer: idempotent by ``event_id``.
 
 SQLite by default (``sqlite:///path`` or a bare path); PostgreSQL when the DSN starts with
-``postgresql://`` and psycopg is installed. The same SQL runs on both. Besides the events it
-keeps the anomalies central must look at: broken chains, forked sequences, an event id reused
-with other content, and the same household paid twice in one round.
+``postgresql://`` and psycopg 3 is installed (``pip install bansos-edge[pg]``). The same SQL
+runs on both. Besides the events it keeps the anomalies central must look at: broken chains,
+forked sequences, an event id reused with other content, and the same household paid twice in
+one round.
+
+Several consumers may share one database. SQLite serialises writers (``BEGIN IMMEDIATE``); on
+PostgreSQL each ``add`` takes transaction-scoped advisory locks on its device and on its
+household and round, so the chain and double-payout checks see every committed event.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -49,39 +55,103 @@ _TABLES = (
 )
 
 
+# Any fixed number: serialises the CREATE TABLEs of consumers that start at the same moment.
+_DDL_LOCK = 0x62616E736F73
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (Python's hash() is salted)."""
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def _pg_value(value):
+    # PostgreSQL's text type cannot hold NUL, which SQLite takes; schema-valid events (free-form
+    # household ids) and junk in the rejected table may carry one. Refusing it would leave the
+    # message unacknowledged for ever, so it is stored as U+FFFD like other undecodable input.
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 class EventStore:
     """Stores verified events exactly once and records anomalies. Thread-safe."""
 
     def __init__(self, dsn: str | Path) -> None:
         dsn = str(dsn)
         self._lock = threading.Lock()
-        if dsn.startswith(("postgresql://", "postgres://")):
+        self._pg = dsn.startswith(("postgresql://", "postgres://"))
+        if self._pg:
             try:
                 import psycopg
             except ImportError:
-                raise RuntimeError("PostgreSQL DSN given but psycopg is not installed") from None
-            self._pg = True
-            self._conn = psycopg.connect(dsn, autocommit=True)
+                raise RuntimeError(
+                    "PostgreSQL DSN given but psycopg is not installed "
+                    "(pip install 'bansos-edge[pg]')"
+                ) from None
+            self._psycopg = psycopg
+            self._dsn = dsn
+            self._conn = self._connect()
+            with self._lock:
+                self._transaction(self._create_tables)
         else:
             path = Path(dsn.removeprefix("sqlite:///") if dsn.startswith("sqlite:") else dsn)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._pg = False
             # Several consumers may share one file: WAL plus a generous busy timeout.
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._create_tables()
+
+    def _connect(self):
+        # Autocommit: reads need no transaction, and add() opens its own with BEGIN.
+        return self._psycopg.connect(self._dsn, autocommit=True)
+
+    def _create_tables(self) -> None:
+        if self._pg:
+            # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
+            self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_DDL_LOCK,))
         for sql in _TABLES:
             self._sql(sql)
 
     def _sql(self, sql: str, params: tuple = ()):
         if self._pg:
             sql = sql.replace("?", "%s")
+            params = tuple(_pg_value(v) for v in params)
         return self._conn.execute(sql, params)
 
-    def _begin(self) -> None:
+    def _run(self, fn, *args):
+        """Call ``fn`` under the lock; on PostgreSQL reconnect once if the server went away.
+
+        Retrying is safe: ``add`` is idempotent and everything else only reads or appends to
+        ``rejected``. A database that stays down raises, and the consumer leaves the message
+        unacknowledged so the broker delivers it again.
+        """
+        with self._lock:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not (self._pg and self._conn.closed):
+                    raise
+                log.warning("PostgreSQL connection lost (%s), reconnecting", exc)
+                self._conn = self._connect()
+                return fn(*args)
+
+    def _transaction(self, fn, *args):
         self._sql("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+        try:
+            result = fn(*args)
+            self._sql("COMMIT")
+        except BaseException:
+            # A dead connection cannot roll back (the server already has); keep the real error.
+            if not (self._pg and self._conn.closed):
+                self._sql("ROLLBACK")
+            raise
+        return result
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._run(lambda: self._sql(sql, params).fetchall())
 
     def close(self) -> None:
         """Close the database connection."""
@@ -90,19 +160,25 @@ class EventStore:
 
     def add(self, event: dict) -> bool:
         """Store a verified event; False when its ``event_id`` was already stored."""
-        now = time.time()
-        with self._lock:
-            self._begin()
-            try:
-                new = self._insert(event, now)
-                if new:
-                    self._check_chain(event, now)
-                    if event.get("outcome") == "accepted":
-                        self._check_double_payout(event, now)
-                self._sql("COMMIT")
-            except BaseException:
-                self._sql("ROLLBACK")
-                raise
+        return self._run(self._transaction, self._add, event, time.time())
+
+    def _add(self, event: dict, now: float) -> bool:
+        accepted = event.get("outcome") == "accepted"
+        if self._pg:
+            # READ COMMITTED would let two consumers each miss the other's uncommitted event,
+            # so the same household paid at two terminals would go unflagged. The locks make
+            # the checks below see it; always device first, so two adds cannot deadlock.
+            self._sql(
+                "SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{event['device_id']}"),)
+            )
+            if accepted:
+                claim = f"c:{event.get('household_id')}\x1f{event.get('round_id')}"
+                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(claim),))
+        new = self._insert(event, now)
+        if new:
+            self._check_chain(event, now)
+            if accepted:
+                self._check_double_payout(event, now)
         return new
 
     def _insert(self, ev: dict, now: float) -> bool:
@@ -170,39 +246,29 @@ class EventStore:
 
     def reject(self, topic: str, reason: str, body: bytes) -> None:
         """Keep a message that failed verification, for investigation."""
-        with self._lock:
-            self._sql(
-                "INSERT INTO rejected VALUES (?, ?, ?, ?)",
-                (topic, reason, body[:65536].decode("utf-8", "replace"), time.time()),
-            )
+        row = (topic, reason, body[:65536].decode("utf-8", "replace"), time.time())
+        self._run(self._sql, "INSERT INTO rejected VALUES (?, ?, ?, ?)", row)
 
     # -- reading --------------------------------------------------------------------------
 
     def count(self) -> int:
         """How many distinct events are stored."""
-        with self._lock:
-            return self._sql("SELECT COUNT(*) FROM events").fetchone()[0]
+        return int(self._rows("SELECT COUNT(*) FROM events")[0][0])
 
     def event_ids(self) -> list[str]:
         """Every stored event id (tests and audits)."""
-        with self._lock:
-            return [r[0] for r in self._sql("SELECT event_id FROM events ORDER BY received_at")]
+        return [r[0] for r in self._rows("SELECT event_id FROM events ORDER BY received_at")]
 
     def events(self, device_id: str) -> list[dict]:
         """One device's stored events in seq order (for ``edge.ledger.verify_events``)."""
-        with self._lock:
-            rows = self._sql(
-                "SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,)
-            ).fetchall()
+        rows = self._rows("SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,))
         return [json.loads(r[0]) for r in rows]
 
     def gaps(self) -> dict[str, list[tuple[int, int]]]:
         """Missing sequence ranges per device (sequences start at 1)."""
-        with self._lock:
-            rows = self._sql(
-                "SELECT device_id, seq, LAG(seq) OVER (PARTITION BY device_id ORDER BY seq) "
-                "FROM events"
-            ).fetchall()
+        rows = self._rows(
+            "SELECT device_id, seq, LAG(seq) OVER (PARTITION BY device_id ORDER BY seq) FROM events"
+        )
         out: dict[str, list[tuple[int, int]]] = {}
         for device_id, seq, prev in rows:
             start = 1 if prev is None else prev + 1
@@ -212,16 +278,12 @@ class EventStore:
 
     def devices(self) -> dict[str, str]:
         """Device id -> regency of every device with stored events."""
-        with self._lock:
-            rows = self._sql("SELECT DISTINCT device_id, regency FROM events").fetchall()
+        rows = self._rows("SELECT DISTINCT device_id, regency FROM events")
         return {r[0]: r[1] for r in rows}
 
     def last_seq(self, device_id: str) -> int:
         """Highest stored sequence number of a device (0 when none)."""
-        with self._lock:
-            row = self._sql(
-                "SELECT MAX(seq) FROM events WHERE device_id = ?", (device_id,)
-            ).fetchone()
+        [row] = self._rows("SELECT MAX(seq) FROM events WHERE device_id = ?", (device_id,))
         return int(row[0] or 0)
 
     def anomalies(self, kind: str | None = None) -> list[dict]:
@@ -231,24 +293,21 @@ class EventStore:
         if kind:
             sql += " WHERE kind = ?"
             params = (kind,)
-        with self._lock:
-            rows = self._sql(sql + " ORDER BY at", params).fetchall()
+        rows = self._rows(sql + " ORDER BY at, event_id", params)
         return [
             dict(zip(("kind", "event_id", "device_id", "detail"), r, strict=True)) for r in rows
         ]
 
     def rejected_count(self) -> int:
         """How many messages failed verification."""
-        with self._lock:
-            return self._sql("SELECT COUNT(*) FROM rejected").fetchone()[0]
+        return int(self._rows("SELECT COUNT(*) FROM rejected")[0][0])
 
     def summary(self) -> list[dict]:
         """Accepted payouts per regency and round: count and total amount."""
-        with self._lock:
-            rows = self._sql(
-                "SELECT regency, round_id, COUNT(*), COALESCE(SUM(amount), 0) FROM events "
-                "WHERE outcome = 'accepted' GROUP BY regency, round_id ORDER BY regency, round_id"
-            ).fetchall()
+        rows = self._rows(
+            "SELECT regency, round_id, COUNT(*), COALESCE(SUM(amount), 0) FROM events "
+            "WHERE outcome = 'accepted' GROUP BY regency, round_id ORDER BY regency, round_id"
+        )
         return [
             {"regency": r[0], "round_id": r[1], "count": int(r[2]), "amount": int(r[3])}
             for r in rows
@@ -256,6 +315,5 @@ class EventStore:
 
     def outcome_counts(self) -> dict[str, int]:
         """Events per outcome, every regency together."""
-        with self._lock:
-            rows = self._sql("SELECT outcome, COUNT(*) FROM events GROUP BY outcome").fetchall()
+        rows = self._rows("SELECT outcome, COUNT(*) FROM events GROUP BY outcome")
         return {str(r[0]): int(r[1]) for r in rows}
