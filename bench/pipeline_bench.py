@@ -9,6 +9,7 @@ are kept (in memory, not in the JSON) to score accuracy on the pairs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -124,7 +125,13 @@ def _liveness(store, cfg):
         from edge.vision.liveness import LivenessChecker
     except ModuleNotFoundError:
         return None
+    if "threads" in inspect.signature(LivenessChecker).parameters:
+        return LivenessChecker(store, cfg.liveness, threads=cfg.models.threads)
     return LivenessChecker(store, cfg.liveness)
+
+
+def _takes_mesh(liveness) -> bool:
+    return "mesh" in inspect.signature(liveness.update).parameters
 
 
 def _one_frame(engine, probe, data: bytes, gallery, labels, liveness) -> dict:
@@ -165,7 +172,12 @@ def _one_frame(engine, probe, data: bytes, gallery, labels, liveness) -> dict:
     if liveness is not None:
         liveness.reset()  # one frame per window: the cost of one update
         t3 = time.perf_counter()
-        liveness.update(rgb, res.face)
+        # As the flow does: hand over the engine's face mesh when both sides know about it.
+        mesh = getattr(res, "mesh", None)
+        if mesh is not None and _takes_mesh(liveness):
+            liveness.update(rgb, res.face, mesh=mesh)
+        else:
+            liveness.update(rgb, res.face)
         rec["liveness"] = (time.perf_counter() - t3) * 1000.0
     return rec
 
