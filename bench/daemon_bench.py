@@ -126,7 +126,8 @@ def _cpu_s(pid: int) -> float | None:
 def import_profile(top: int = 8) -> dict:
     """Cumulative import milliseconds of the heaviest modules behind ``edge.app``."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import edge.app"],
+        # edge.__main__ first: it sets the daemon's environment (BLAS threads, escpos cache).
+        [sys.executable, "-X", "importtime", "-c", "import edge.__main__, edge.app"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -159,6 +160,8 @@ def mark(name):
     steps[name] = round((now - t) * 1000, 1)
     t = now
 try:
+    import edge.__main__
+    mark("import edge.__main__ (CLI, environment)")
     import numpy, cv2
     mark("import numpy+cv2")
     import edge.app
