@@ -229,16 +229,23 @@ def video_script(folder: Path) -> None:
     s.pause(2)
 
 
-def run_part(title: str, state: Path, frames: Path, liveness: bool) -> list[Decision]:
-    print(f"\n=== {title} ===")
+def demo_config(state: Path, frames: Path, *, liveness: bool, models_dir: str | None = None):
+    """The embedded defaults, pointed at a pilot's state and a scripted camera folder."""
     cfg = Config()
+    if models_dir:
+        cfg.models.dir = models_dir
     cfg.device.state_dir = str(state)
     cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(frames), FPS
+    # A scripted feed must not lose its few QR frames to a slow first inference.
     cfg.camera.queue_size = 16
     cfg.flow.cooldown_s = 2.0
     cfg.liveness.enabled = liveness
-    cfg.printer.path = str(state / "receipts.bin")
-    app = DemoApp(cfg)
+    return cfg
+
+
+def run_part(title: str, state: Path, frames: Path, liveness: bool) -> list[Decision]:
+    print(f"\n=== {title} ===")
+    app = DemoApp(demo_config(state, frames, liveness=liveness))
     app.run()
     return app.decisions
 

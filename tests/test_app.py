@@ -20,13 +20,7 @@ def photo_run(tmp_path_factory, engine, models_dir):
     root = tmp_path_factory.mktemp("demo")
     state, photos = demo.build_pilot(root, engine, with_shared=False)
     demo.photo_script(root / "frames", photos)
-    cfg = Config()
-    cfg.models.dir = str(models_dir)
-    cfg.device.state_dir = str(state)
-    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(root / "frames"), 10.0
-    cfg.camera.queue_size = 16
-    cfg.flow.cooldown_s = 2.0
-    cfg.liveness.enabled = False
+    cfg = demo.demo_config(state, root / "frames", liveness=False, models_dir=str(models_dir))
     cfg.printer.refusal_slip = True
     app = demo.App(cfg)
     app.run()
@@ -83,12 +77,7 @@ def test_debug_option_keeps_the_aligned_crop(tmp_path, engine, models_dir):
     script = demo.FrameScript(tmp_path / "frames")
     script.shot(demo.qr_frame(demo.encode_claim(demo.ASTRONAUT_HH, demo.ROUND)), 3)
     script.shot(photos[demo.ASTRONAUT_HH], 8)
-    cfg = Config()
-    cfg.models.dir = str(models_dir)
-    cfg.device.state_dir = str(state)
-    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
-    cfg.camera.queue_size = 16
-    cfg.liveness.enabled = False
+    cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
     cfg.flow.store_debug_images = True
     app = demo.App(cfg)
     app.run()
@@ -164,12 +153,7 @@ def test_live_video_accepted_and_held_up_photo_refused(
     refused as a spoof, and neither decision needs staff to do anything."""
     state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=True)
     demo.video_script(tmp_path / "frames")
-    cfg = Config()
-    cfg.models.dir = str(models_dir)
-    cfg.device.state_dir = str(state)
-    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
-    cfg.camera.queue_size = 16
-    cfg.flow.cooldown_s = 2.0
+    cfg = demo.demo_config(state, tmp_path / "frames", liveness=True, models_dir=str(models_dir))
     app = demo.App(cfg)
     app.run()
     assert [str(d.outcome) for d in app.decisions] == ["accepted", "spoof"]

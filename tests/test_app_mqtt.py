@@ -10,24 +10,16 @@ import pytest
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
-from edge.config import Config
 from edge.keys import DeviceIdentity
 from edge.ledger import verify_events
 
 pytestmark = pytest.mark.slow
 
 
-def test_daemon_reports_every_decision(tmp_path: Path, broker, models_dir):
-    cfg = Config()
-    cfg.models.dir = str(models_dir)
-    engine = demo.FaceEngine.from_config(cfg)
+def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_dir):
     state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
     demo.photo_script(tmp_path / "frames", photos)
-    cfg.device.state_dir = str(state)
-    cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(tmp_path / "frames"), 10.0
-    cfg.camera.queue_size = 16
-    cfg.flow.cooldown_s = 2.0
-    cfg.liveness.enabled = False
+    cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
     for key, value in broker.mqtt_config(cfg.device.id).items():
         setattr(cfg.mqtt, key, value)
     spy = Spy(broker, ["bansos/v1/+/+/event", "bansos/v1/+/+/status"])

@@ -66,7 +66,20 @@ def profile_58mm(name: str = ""):
     return profile
 
 
-class SerialTransport(Serial):
+class _QuietClose:
+    """Close without python-escpos' property side effects (reading ``device`` reopens it)."""
+
+    def close(self) -> None:
+        dev = self._device
+        self._device = False
+        if dev:
+            try:
+                dev.close()
+            except OSError:
+                pass
+
+
+class SerialTransport(_QuietClose, Serial):
     """pyserial-backed transport with bounded reads and writes.
 
     python-escpos' ``Serial`` reads 16 bytes per status query, which waits out the whole
@@ -107,17 +120,8 @@ class SerialTransport(Serial):
             return b""
         return first + self.device.read(self.device.in_waiting)
 
-    def close(self) -> None:
-        dev = self._device
-        self._device = False
-        if dev:
-            try:
-                dev.close()
-            except OSError:
-                pass
 
-
-class FileTransport(File):
+class FileTransport(_QuietClose, File):
     """Appends ESC/POS bytes to a file (a spool for the demo, or a /dev/usb/lp0 device)."""
 
     def open(self, raise_not_found: bool = True) -> None:
@@ -129,15 +133,6 @@ class FileTransport(File):
         except OSError as exc:
             self.device = False
             raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from None
-
-    def close(self) -> None:
-        dev = self._device
-        self._device = False
-        if dev:
-            try:
-                dev.close()
-            except OSError:
-                pass
 
 
 class Printer:
