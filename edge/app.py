@@ -135,8 +135,11 @@ class App:
         return household.masked_name if household else None
 
     def _camera_fault(self, faulted: bool) -> None:
+        # Called on the camera thread: the LED follows at the loop's next turn (<= 0.5 s);
+        # central hears of it now rather than at the next periodic health report.
         log.warning("camera %s", "fault" if faulted else "recovered")
-        self._refresh_signal()
+        if self.reporter is not None:
+            self.reporter.publish_health({"reason": "camera fault" if faulted else "camera back"})
 
     def _signal(self, pattern: str) -> None:
         # Only transitions: re-showing a blink pattern every frame would restart it.

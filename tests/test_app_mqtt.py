@@ -47,3 +47,27 @@ def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_di
     assert wait_for(lambda: spy.on("/status") and spy.on("/status")[-1]["state"] == "offline")
     assert spy.on("/status")[0]["state"] == "online"
     spy.close()
+
+
+def test_camera_fault_is_signalled_and_reported(tmp_path: Path, broker, engine, models_dir):
+    """A camera that is not there: the LED says fault and central hears of it at once."""
+    state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
+    cfg = demo.demo_config(state, tmp_path / "gone", liveness=False, models_dir=str(models_dir))
+    for key, value in broker.mqtt_config(cfg.device.id).items():
+        setattr(cfg.mqtt, key, value)
+    spy = Spy(broker, ["bansos/v1/+/+/health"])
+    app = demo.App(cfg, exit_at_end=False)
+    runner = threading.Thread(target=app.run)
+    runner.start()
+    try:
+        # The fault comes before the broker connection; the report made at connection (or the
+        # one queued by the fault, when already connected) names it.
+        reported = wait_for(
+            lambda: any("camera" in h.get("faults", []) for h in spy.on("/health")), timeout=20
+        )
+        assert reported, spy.on("/health")
+        assert wait_for(lambda: app.signals.current == "fault", timeout=5)
+    finally:
+        app.stop_event.set()
+        runner.join(30)
+        spy.close()
