@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from edge import health, sdnotify
-from edge.bundle import BundleStore
+from edge.bundle_store import BundleStore
 from edge.config import Config
 from edge.devices.camera import CameraStream, open_camera
 from edge.devices.printer import make_printer

@@ -21,11 +21,9 @@ import binascii
 import json
 import logging
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -35,7 +33,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import BundleError
-from edge.fsutil import write_atomic
 from edge.keys import (
     DeviceIdentity,
     KeyFileError,
@@ -104,9 +101,9 @@ class Bundle:
             "round_id": self.round_id,
             "point_name": self.point_name,
             "regency": self.regency,
-            "issued_at": _iso(self.issued_at),
-            "valid_from": _iso(self.valid_from),
-            "valid_until": _iso(self.valid_until),
+            "issued_at": format_iso(self.issued_at),
+            "valid_from": format_iso(self.valid_from),
+            "valid_until": format_iso(self.valid_until),
             "model_id": self.model_id,
             "device_id": self.device_id,
             "households": len(self.households),
@@ -115,7 +112,7 @@ class Bundle:
         }
 
 
-def _iso(d: datetime) -> str:
+def format_iso(d: datetime) -> str:
     return d.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -190,9 +187,9 @@ def build_bundle(
         "round_id": round_id,
         "point_name": point_name,
         "regency": regency,
-        "issued_at": _iso(issued_at or datetime.now(UTC)),
-        "valid_from": _iso(valid_from),
-        "valid_until": _iso(valid_until),
+        "issued_at": format_iso(issued_at or datetime.now(UTC)),
+        "valid_from": format_iso(valid_from),
+        "valid_until": format_iso(valid_until),
         "model": {"id": model_id, "sha256": model_sha256},
         "device": {"id": device_id, "bundle_key": fingerprint(device_bundle_public)},
         "households": [
@@ -256,7 +253,7 @@ def read_metadata(blob: bytes) -> dict:
     return meta
 
 
-def _verify_and_open(
+def verify_and_open(
     blob: bytes,
     central_public_pem: bytes,
     identity: DeviceIdentity,
@@ -292,9 +289,9 @@ def _verify_and_open(
             f"bundle templates are for model {model.get('id')}, this terminal runs {model_id}"
         )
     if now < valid_from.timestamp():
-        raise BundleError(f"bundle not valid before {_iso(valid_from)}")
+        raise BundleError(f"bundle not valid before {format_iso(valid_from)}")
     if now > valid_until.timestamp():
-        raise BundleError(f"bundle expired on {_iso(valid_until)}")
+        raise BundleError(f"bundle expired on {format_iso(valid_until)}")
     labels, matrix = _decrypt_templates(b, identity)
     households = {}
     for h in b.get("households", []):
@@ -342,78 +339,3 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
     if matrix.size != len(labels) * DIM:
         raise BundleError("template count does not match its labels")
     return labels, matrix.reshape(len(labels), DIM)
-
-
-class BundleStore:
-    """The installed bundle under ``state_dir/bundles``: verify before use, keep the last good."""
-
-    def __init__(
-        self,
-        state_dir: Path | str,
-        central_public_pem: bytes,
-        identity: DeviceIdentity,
-        model_id: str,
-        model_sha256: str,
-        *,
-        device_id: str | None = None,
-        clock=time.time,
-    ) -> None:
-        self.dir = Path(state_dir) / "bundles"
-        self.path = self.dir / "current.bundle"
-        self._central = central_public_pem
-        self._identity = identity
-        self._model_id = model_id
-        self._model_sha256 = model_sha256
-        self._device_id = device_id
-        self._clock = clock
-        self._current: Bundle | None = None
-        self._expiry_logged = False
-        if self.path.exists():
-            try:
-                self._current = self._verify(self.path.read_bytes())
-                log.info("bundle %s loaded: %s", self._current.bundle_id, self._current.summary())
-            except (BundleError, OSError) as exc:
-                log.warning("installed bundle not usable: %s", exc)
-
-    def _verify(self, blob: bytes) -> Bundle:
-        return _verify_and_open(
-            blob,
-            self._central,
-            self._identity,
-            self._model_id,
-            self._model_sha256,
-            self._clock(),
-            self._device_id,
-        )
-
-    def install(self, blob: bytes) -> Bundle:
-        """Verify ``blob`` and make it the current bundle, or raise BundleError keeping the old."""
-        try:
-            bundle = self._verify(blob)
-            old = self._current
-            if old and old.round_id == bundle.round_id and bundle.issued_at < old.issued_at:
-                # A replayed older bundle could bring back a household central has removed.
-                raise BundleError(
-                    f"bundle issued {_iso(bundle.issued_at)} is older than the installed one "
-                    f"({_iso(old.issued_at)})"
-                )
-        except BundleError as exc:
-            log.warning("bundle refused, keeping the last good one: %s", exc)
-            raise
-        write_atomic(self.path, blob, 0o600)
-        self._current = bundle
-        self._expiry_logged = False
-        log.info("bundle %s installed: %s", bundle.bundle_id, bundle.summary())
-        return bundle
-
-    def current(self) -> Bundle | None:
-        """The installed bundle if it is valid now, else None (an expired bundle pays nobody)."""
-        b = self._current
-        if b is None:
-            return None
-        if not b.is_valid_at(self._clock()):
-            if not self._expiry_logged:
-                log.warning("bundle %s is outside its validity window", b.bundle_id)
-                self._expiry_logged = True
-            return None
-        return b

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from edge.app import App
-from edge.bundle import BundleStore, Household, Member, build_bundle
+from edge.bundle import Household, Member, build_bundle
+from edge.bundle_store import BundleStore
 from edge.claim import encode_claim
 from edge.config import PROJECT_ROOT, Config
 from edge.devices.receipt import render_text

@@ -243,7 +243,7 @@ class Selftest:
         return PASS, f"{audit.count} events verified"
 
     def check_bundle(self) -> tuple[str, str]:
-        from edge.bundle import BundleStore
+        from edge.bundle_store import BundleStore
 
         if self.identity is None or self.engine is None:
             return FAIL, "needs the device key and the models"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.bundle import BundleStore, Household, Member, build_bundle, read_metadata
+from edge.bundle import Household, Member, build_bundle, read_metadata
+from edge.bundle_store import BundleStore
 from edge.errors import BundleError
 from edge.keys import DeviceIdentity, public_pem
 

@@ -223,7 +223,7 @@ def test_build_inspect_install_on_real_faces(engine_cfg, faces_dir, tmp_path, ca
     )
 
     # The installed bundle identifies an unseen photo of household 3's recipient.
-    from edge.bundle import BundleStore
+    from edge.bundle_store import BundleStore
     from edge.cli.payout import embedder_ids
     from edge.enrolment import load_photo
     from edge.vision.pipeline import FaceEngine

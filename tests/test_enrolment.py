@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.bundle import BundleStore, build_bundle
+from edge.bundle import build_bundle
+from edge.bundle_store import BundleStore
 from edge.enrolment import EnrolmentError, enrol, read_csv
 from edge.keys import DeviceIdentity, public_pem
 

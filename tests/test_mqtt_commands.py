@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import BundleStore, Household, Member, build_bundle
+from edge.bundle import Household, Member, build_bundle
+from edge.bundle_store import BundleStore
 from edge.config import Config, parse_config
 from edge.keys import DeviceIdentity
 from edge.ledger import Ledger

@@ -198,7 +198,7 @@ def cmd_bundle_inspect(args) -> int:
 
 
 def cmd_bundle_install(args) -> int:
-    from edge.bundle import BundleStore
+    from edge.bundle_store import BundleStore
     from edge.keys import DeviceIdentity
 
     cfg = load_config(args.config)
