@@ -298,36 +298,27 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
 
     def _find_paid(self, household_id: str, round_id: str) -> dict | None:
+        # A local payout wins over reports from other terminals; among those, the earliest.
         row = self._conn.execute(
-            "SELECT event_id, amount, ts FROM payouts WHERE household_id = ? AND round_id = ?",
-            (household_id, round_id),
+            "SELECT 'local', event_id, amount, ts, ? FROM payouts"
+            " WHERE household_id = ? AND round_id = ?"
+            " UNION ALL SELECT 'remote', event_id, NULL, ts, device_id FROM remote_payouts"
+            " WHERE household_id = ? AND round_id = ?"
+            " ORDER BY 1, 4 LIMIT 1",
+            (self.device_id, household_id, round_id, household_id, round_id),
         ).fetchone()
-        if row:
-            return {
-                "where": "local",
-                "household_id": household_id,
-                "round_id": round_id,
-                "event_id": row[0],
-                "amount": row[1],
-                "ts": row[2],
-                "device_id": self.device_id,
-            }
-        row = self._conn.execute(
-            "SELECT event_id, device_id, ts FROM remote_payouts "
-            "WHERE household_id = ? AND round_id = ? ORDER BY ts LIMIT 1",
-            (household_id, round_id),
-        ).fetchone()
-        if row:
-            return {
-                "where": "remote",
-                "household_id": household_id,
-                "round_id": round_id,
-                "event_id": row[0],
-                "device_id": row[1],
-                "ts": row[2],
-                "amount": None,
-            }
-        return None
+        if row is None:
+            return None
+        where, event_id, amount, ts, device_id = row
+        return {
+            "where": where,
+            "household_id": household_id,
+            "round_id": round_id,
+            "event_id": event_id,
+            "amount": amount,
+            "ts": ts,
+            "device_id": device_id,
+        }
 
     def is_paid(self, household_id: str, round_id: str) -> dict | None:
         """The payout for this household and round (``where`` = local|remote), or None."""
