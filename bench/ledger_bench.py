@@ -1,4 +1,4 @@
-"""Events per second through edge.ledger.Ledger: every record is one durable SQLite commit.
+"""Events per second through edge.ledger.store.Ledger: every record is one durable SQLite commit.
 
 Two kinds of record are timed: a refusal (signed event + outbox row) and an accepted payout
 (the same plus the payout row with its uniqueness check). The ledger lives in a fresh folder
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: Context) -> dict:
     """Commits per second and per-commit milliseconds for refusals and payouts."""
-    ledger_mod = require_module("edge.ledger", "LEDGER")
+    ledger_mod = require_module("edge.ledger.store", "LEDGER")
     keys_mod = require_module("edge.keys", "LEDGER")
     n = 40 if ctx.opts.quick else 500
     ctx.opts.out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ def qr(sec: dict) -> list[str]:
     rows = [
         "| detector (640x480 grey) | no code | with a claim QR | decoded |",
         "|---|---|---|---|",
-        f"| cv2.QRCodeDetector (edge.flow) | {_mp(sec['no_code_ms'])} | {_mp(sec['with_code_ms'])} | {sec['decoded']} |",
+        f"| cv2.QRCodeDetector (edge.payout.flow) | {_mp(sec['no_code_ms'])} | {_mp(sec['with_code_ms'])} | {sec['decoded']} |",
     ]
     a = sec.get("aruco")
     if a:

@@ -24,7 +24,7 @@ from mosquitto import Broker, Pki, wait_for  # noqa: E402
 
 from edge.config import parse_config  # noqa: E402
 from edge.keys import DeviceIdentity  # noqa: E402
-from edge.ledger import Ledger  # noqa: E402
+from edge.ledger.store import Ledger  # noqa: E402
 from edge.mqtt.client import make_client  # noqa: E402
 from edge.mqtt.consumer import Consumer, DeviceRegistry  # noqa: E402
 from edge.mqtt.reporter import Reporter  # noqa: E402

@@ -1,7 +1,7 @@
 """The idle frame of the default "qr" flow: OpenCV's QR detector on a 640x480 camera frame.
 
 While nobody claims, every frame goes through ``cv2.QRCodeDetector.detectAndDecode`` (as
-edge.flow does), so this is the terminal's steady CPU cost when idle. Timed on a frame with a
+edge.payout.flow does), so this is the terminal's steady CPU cost when idle. Timed on a frame with a
 face photo and no code, and on the same frame with an invitation QR pasted in; the same with
 OpenCV's ArUco-based QR detector for comparison.
 """
@@ -44,7 +44,7 @@ def _time(det, grey: np.ndarray, n: int) -> tuple[list[float], bool]:
 
 def run(ctx: Context) -> dict:
     """Milliseconds per idle frame without and with a QR code in view."""
-    claim = require_module("edge.claim", "LEDGER")
+    claim = require_module("edge.payout.claim", "LEDGER")
     n = 20 if ctx.opts.quick else 100
     grey = _frame(ctx)
     det = cv2.QRCodeDetector()
@@ -60,7 +60,7 @@ def run(ctx: Context) -> dict:
     out = {
         "status": "ok",
         "frame": "640x480 grey",
-        "detector": "cv2.QRCodeDetector (as edge.flow)",
+        "detector": "cv2.QRCodeDetector (as edge.payout.flow)",
         "no_code_ms": summarise_ms(empty),
         "with_code_ms": summarise_ms(code),
         "decoded": decoded,

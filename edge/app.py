@@ -1,6 +1,6 @@
 """Wiring: build every part from the config, run the frame loop, stop cleanly.
 
-No decisions are taken here: `edge.flow` decides and records, the devices signal and print,
+No decisions are taken here: `edge.payout.flow` decides and records, the devices signal and print,
 the reporter drains the ledger outbox. This module only connects them and keeps time.
 """
 
@@ -12,17 +12,17 @@ import threading
 import time
 from typing import Any
 
-from edge import health, sdnotify
-from edge.bundle_store import BundleStore
 from edge.config import Config
 from edge.devices.camera import CameraStream, open_camera
 from edge.devices.printer import make_printer
 from edge.devices.signals import make_signals
-from edge.flow import Decision, Outcome, PayoutFlow
+from edge.enrolment.store import BundleStore
 from edge.keys import DeviceIdentity, find_central_public_pem
-from edge.ledger import Ledger
+from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
-from edge.receipts import ReceiptDesk
+from edge.ops import health, sdnotify
+from edge.payout.flow import Decision, Outcome, PayoutFlow
+from edge.payout.receipts import ReceiptDesk
 from edge.vision.pipeline import FaceEngine, embedder_name
 
 log = logging.getLogger(__name__)

@@ -323,7 +323,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         # not to coerce. Python callers constructing sections directly keep lax validation.
         return Config.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc)) from exc
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -334,11 +334,11 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
     return parse_config(data, str(p))
 
 

@@ -24,14 +24,14 @@ import cv2
 import numpy as np
 
 from edge.app import App
-from edge.bundle import Household, Member, build_bundle
-from edge.bundle_store import BundleStore
-from edge.claim import encode_claim
 from edge.config import PROJECT_ROOT, Config
 from edge.devices.receipt import render_text
-from edge.flow import Decision
+from edge.enrolment.bundle import Household, Member, build_bundle
+from edge.enrolment.store import BundleStore
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
-from edge.ledger import verify_events
+from edge.ledger.audit import verify_events
+from edge.payout.claim import encode_claim
+from edge.payout.flow import Decision
 from edge.privacy import mask_id, mask_name
 from edge.vision.pipeline import FaceEngine
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\n(../shared not found: the liveness part with a real video is skipped)")
     identity = DeviceIdentity.load_or_create(state / "keys")
-    from edge.ledger import Ledger
+    from edge.ledger.store import Ledger
 
     with Ledger(state / "ledger.sqlite", identity, Config().device.id, "3171") as ledger:
         events = list(ledger.events())

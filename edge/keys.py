@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import NameOID
 
-from edge.errors import EdgeError
+from edge.errors import KeyFileError
 from edge.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ BUNDLE_KEY_FILE = "bundle_x25519.pem"
 TLS_KEY_FILE = "tls_key.pem"
 TLS_CSR_FILE = "tls.csr"
 CARD_FILE = "device.pub.json"
-
-
-class KeyFileError(EdgeError):
-    """A key file is missing, unreadable or of the wrong kind."""
 
 
 def _pem_private(key) -> bytes:
@@ -60,7 +56,7 @@ def _load_private(path: Path, kind: type):
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: cannot load private key: {exc}") from None
+        raise KeyFileError(f"{path}: cannot load private key: {exc}") from exc
     if not isinstance(key, kind):
         raise KeyFileError(f"{path}: wrong key type {type(key).__name__}")
     return key
@@ -170,14 +166,14 @@ def load_device_public(path: Path | str) -> DevicePublic:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from exc
     if raw.lstrip().startswith(b"{"):
         try:
             card = json.loads(raw)
             pem = card["sign_public_pem"].encode()
             bundle = base64.b64decode(card["bundle_public"]) if card.get("bundle_public") else None
         except (ValueError, KeyError, TypeError) as exc:
-            raise KeyFileError(f"{path}: not a device card: {exc}") from None
+            raise KeyFileError(f"{path}: not a device card: {exc}") from exc
         load_ed25519_public(pem)
         if bundle is not None and len(bundle) != 32:
             raise KeyFileError(f"{path}: bundle_public is not a 32-byte X25519 key")
@@ -193,7 +189,7 @@ def load_ed25519_public(pem: bytes | str) -> ed25519.Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"not a public key PEM: {exc}") from None
+        raise KeyFileError(f"not a public key PEM: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise KeyFileError(f"expected an Ed25519 public key, got {type(key).__name__}")
     return key

@@ -99,10 +99,10 @@ class ModelStore:
         path = directory / MANIFEST
         try:
             doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ModelError(f"models: {path} not found; {REBUILD}") from None
+        except FileNotFoundError as exc:
+            raise ModelError(f"models: {path} not found; {REBUILD}") from exc
         except (OSError, ValueError) as exc:
-            raise ModelError(f"models: {path} is unreadable ({exc}); {REBUILD}") from None
+            raise ModelError(f"models: {path} is unreadable ({exc}); {REBUILD}") from exc
         if not isinstance(doc, dict) or doc.get("version") != MANIFEST_VERSION:
             raise ModelError(
                 f"models: {path} is not a version {MANIFEST_VERSION} manifest; {REBUILD}"
@@ -132,10 +132,10 @@ class ModelStore:
         file = directory / entry["file"]
         try:
             data = file.read_bytes()
-        except FileNotFoundError:
-            raise _fail(name, f"file {file} is missing") from None
+        except FileNotFoundError as exc:
+            raise _fail(name, f"file {file} is missing") from exc
         except OSError as exc:
-            raise _fail(name, f"file {file} is unreadable ({exc.strerror})") from None
+            raise _fail(name, f"file {file} is unreadable ({exc.strerror})") from exc
         if "bytes" in entry and len(data) != entry["bytes"]:
             raise _fail(name, f"file {file} has {len(data)} bytes, manifest says {entry['bytes']}")
         got = hashlib.sha256(data).hexdigest()
@@ -150,8 +150,8 @@ class ModelStore:
     def _get(self, name: str) -> dict:
         try:
             return self._entries[name]
-        except KeyError:
-            raise _fail(name, f"not in {self.directory / MANIFEST}") from None
+        except KeyError as exc:
+            raise _fail(name, f"not in {self.directory / MANIFEST}") from exc
 
     def entry(self, name: str) -> dict:
         """The manifest entry (file, sha256, model_id, source, licence, tensor specs, ...)."""

@@ -376,12 +376,12 @@ def ensure_edge_importable(args: argparse.Namespace, argv: list[str]) -> None:
     """After pip install on a fresh Pi, continue in the virtualenv that now has ``edge``."""
     try:
         import edge.config  # noqa: F401
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
         venv_python = Path(args.root) / VENV / "bin" / "python"
         if os.environ.get(REEXEC_FLAG) or not venv_python.exists():
             raise SystemExit(
                 "provision: the edge package is not importable; install it first"
-            ) from None
+            ) from exc
         os.environ[REEXEC_FLAG] = "1"
         os.execv(str(venv_python), [str(venv_python), __file__, *argv])
 

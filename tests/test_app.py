@@ -8,8 +8,10 @@ import pytest
 from edge import demo
 from edge.config import Config
 from edge.devices.receipt import REFUSAL_WORDS
+from edge.events import verify_receipt_payload
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger, verify_events, verify_receipt_payload
+from edge.ledger.audit import verify_events
+from edge.ledger.store import Ledger
 from tests.escpos_decode import decode
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
 from edge.keys import DeviceIdentity
-from edge.ledger import verify_events
+from edge.ledger.audit import verify_events
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.bundle import Household, Member, build_bundle, read_metadata
-from edge.bundle_store import BundleStore
+from edge.enrolment.bundle import Household, Member, build_bundle, read_metadata
+from edge.enrolment.store import BundleStore
 from edge.errors import BundleError
 from edge.keys import DeviceIdentity, public_pem
 
@@ -124,7 +124,7 @@ def test_templates_not_in_clear_on_disk(tmp_path, central, ident):
 def _refused(tmp_path, central, ident, blob, match, caplog):
     s = store(tmp_path, central, ident)
     good = s.install(make(central, ident))
-    with caplog.at_level(logging.WARNING, logger="edge.bundle"):
+    with caplog.at_level(logging.WARNING, logger="edge.enrolment.bundle"):
         with pytest.raises(BundleError, match=match):
             s.install(blob)
     assert any("bundle refused" in r.getMessage() for r in caplog.records)

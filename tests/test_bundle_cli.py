@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edge.__main__ import main
-from edge.claim import decode_claim
 from edge.config import Config
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger
+from edge.ledger.store import Ledger
+from edge.payout.claim import decode_claim
 
 DEVICE = "edge-cli-0001"
 
@@ -90,7 +90,7 @@ def _ledger_with_events(tmp_path):
 
 
 def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys):
-    from edge.ledger import receipt_payload
+    from edge.events import receipt_payload
 
     ev, events = _ledger_with_events(tmp_path)
     db = tmp_path / "state" / "ledger.sqlite"
@@ -223,9 +223,9 @@ def test_build_inspect_install_on_real_faces(engine_cfg, faces_dir, tmp_path, ca
     )
 
     # The installed bundle identifies an unseen photo of household 3's recipient.
-    from edge.bundle_store import BundleStore
     from edge.cli.payout import embedder_ids
-    from edge.enrolment import load_photo
+    from edge.enrolment.roster import load_photo
+    from edge.enrolment.store import BundleStore
     from edge.vision.pipeline import FaceEngine
 
     ident = DeviceIdentity.load_or_create(tmp_path / "state" / "keys")

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.claim import Claim, ClaimError, decode_claim, encode_claim, render_claim_png
+from edge.errors import ClaimError
+from edge.payout.claim import Claim, decode_claim, encode_claim, render_claim_png
 
 
 def test_round_trip():

@@ -18,9 +18,10 @@ from collections import Counter
 
 import pytest
 
+from edge.errors import AlreadyPaid
 from edge.keys import DeviceIdentity
-from edge.ledger import AlreadyPaid, Ledger
-from edge.ledger_audit import audit_ledger, read_events
+from edge.ledger.audit import audit_ledger, read_events
+from edge.ledger.store import Ledger
 
 KILLS = 25
 DEVICE = "edge-crash-0001"
@@ -28,7 +29,8 @@ DEVICE = "edge-crash-0001"
 CHILD = r"""
 import random, sys
 from edge.keys import DeviceIdentity
-from edge.ledger import AlreadyPaid, Ledger
+from edge.errors import AlreadyPaid
+from edge.ledger.store import Ledger
 
 db, keys, log_path, seed = sys.argv[1:5]
 ident = DeviceIdentity.load_or_create(keys)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.bundle import build_bundle
-from edge.bundle_store import BundleStore
-from edge.enrolment import EnrolmentError, enrol, read_csv
+from edge.enrolment.bundle import build_bundle
+from edge.enrolment.roster import enrol, read_csv
+from edge.enrolment.store import BundleStore
+from edge.errors import EnrolmentError
 from edge.keys import DeviceIdentity, public_pem
 
 HEADER = ["household_id", "member_id", "role", "name", "regency", "photos", "amount"]

@@ -14,8 +14,9 @@ import pytest
 
 from edge.__main__ import main
 from edge.config import load_config
+from edge.enrolment.gallery import GalleryStore
+from edge.errors import GalleryError
 from edge.evaluation import load_image
-from edge.gallery_store import GalleryError, GalleryStore
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.claim import render_claim_png
 from edge.config import Config
-from edge.flow import Outcome, PayoutFlow
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger, verify_events
+from edge.ledger.audit import verify_events
+from edge.ledger.store import Ledger
+from edge.payout.claim import render_claim_png
+from edge.payout.flow import Outcome, PayoutFlow
 from edge.vision.embedder import fuse
 
 ROUND = "2026-12"
@@ -273,8 +274,8 @@ def test_paused_terminal_takes_no_claims(rig, qr_frames):
 
 def test_every_invitation_code_is_read(tmp_path):
     """Sixty different letters, shown once each: none may need a second try."""
-    from edge.claim import encode_claim
     from edge.demo import qr_frame
+    from edge.payout.claim import encode_claim
     from edge.vision.qr import QrReader
 
     reader = QrReader()

@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edge.errors import KeyFileError
 from edge.keys import (
     DeviceIdentity,
-    KeyFileError,
     generate_central_key,
     load_central_private_key,
     load_central_public_key,

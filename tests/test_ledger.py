@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from edge.errors import LedgerError
+from edge.errors import AlreadyPaid, LedgerError
+from edge.events import GENESIS, event_hash, receipt_payload, verify_receipt_payload
 from edge.keys import DeviceIdentity
-from edge.ledger import AlreadyPaid, Ledger, receipt_payload, verify_events, verify_receipt_payload
-from edge.ledger_audit import audit_ledger, read_events
-from edge.ledger_events import GENESIS, event_hash
+from edge.ledger.audit import audit_ledger, read_events, verify_events
+from edge.ledger.store import Ledger
 
 T0 = 1_796_000_000.0  # 2026-11-30
 

@@ -8,10 +8,10 @@ import sqlite3
 
 import pytest
 
+from edge.events import canonical, event_hash
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger, verify_events
-from edge.ledger_audit import audit_ledger, read_event_stream
-from edge.ledger_events import canonical, event_hash
+from edge.ledger.audit import audit_ledger, read_event_stream, verify_events
+from edge.ledger.store import Ledger
 
 T0 = 1_796_000_000.0
 

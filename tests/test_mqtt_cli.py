@@ -12,7 +12,7 @@ from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
 from edge.__main__ import main
 from edge.config import parse_config
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger
+from edge.ledger.store import Ledger
 from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore

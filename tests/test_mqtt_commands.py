@@ -13,14 +13,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import Household, Member, build_bundle
-from edge.bundle_store import BundleStore
 from edge.config import Config, parse_config
+from edge.enrolment.bundle import Household, Member, build_bundle
+from edge.enrolment.store import BundleStore
+from edge.errors import CommandRefused
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger
+from edge.ledger.store import Ledger
 from edge.mqtt.commands import (
     CommandProcessor,
-    CommandRefused,
     apply_config_changes,
     bundle_action,
     bundle_commands,

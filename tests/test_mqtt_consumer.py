@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.__main__ import main
+from edge.events import event_hash
 from edge.keys import DeviceIdentity, write_card
-from edge.ledger import Ledger
-from edge.ledger_events import event_hash
+from edge.ledger.store import Ledger
 from edge.mqtt.client import BrokerSettings
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.schemas import canonical, errors

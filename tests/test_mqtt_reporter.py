@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge.config import parse_config
+from edge.errors import AlreadyPaid
 from edge.keys import DeviceIdentity
-from edge.ledger import AlreadyPaid, Ledger
+from edge.ledger.store import Ledger
 from edge.mqtt.client import make_client
 from edge.mqtt.commands import CommandProcessor, apply_config_changes, sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests

@@ -7,10 +7,11 @@ import copy
 import pytest
 from jsonschema import Draft202012Validator
 
+from edge.errors import PayloadError
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger
+from edge.ledger.store import Ledger
 from edge.mqtt import topics
-from edge.mqtt.schemas import KINDS, PayloadError, errors, parse, schema, validate
+from edge.mqtt.schemas import KINDS, errors, parse, schema, validate
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,9 +8,10 @@ import pytest
 
 from edge.config import Config
 from edge.errors import DeviceError
+from edge.events import verify_receipt_payload
 from edge.keys import DeviceIdentity
-from edge.ledger import Ledger, verify_receipt_payload
-from edge.receipts import ReceiptDesk
+from edge.ledger.store import Ledger
+from edge.payout.receipts import ReceiptDesk
 
 HID = "3171000000000042"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import sdnotify
+from edge.ops import sdnotify
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""`edge selftest` against the fakes (folder camera, mock pins, file printer) and edge.health."""
+"""`edge selftest` against the fakes (folder camera, mock pins, file printer) and edge.ops.health."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from PIL import Image
 
 from edge.__main__ import main
 from edge.config import parse_config
-from edge.health import ClockGuard, Health, collect, cpu_temperature, disk_free, throttled
 from edge.keys import DeviceIdentity
-from edge.selftest import FAIL, PASS, SIGNAL_CYCLE, SKIP, WARN, run_selftest
+from edge.ops.health import ClockGuard, Health, collect, cpu_temperature, disk_free, throttled
+from edge.ops.selftest import FAIL, PASS, SIGNAL_CYCLE, SKIP, WARN, run_selftest
 
 HAVE_MODELSTORE = importlib.util.find_spec("edge.modelstore") is not None
 T2026 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
@@ -96,7 +96,7 @@ def test_missing_parts_fail_clearly_without_crashing(tmp_path, pins):
 
 
 def test_tampered_ledger_fails(tmp_path, pins):
-    from edge.ledger import Ledger
+    from edge.ledger.store import Ledger
 
     cfg = make_cfg(tmp_path)
     identity = provisioned(cfg)
@@ -120,7 +120,7 @@ def test_tampered_ledger_fails(tmp_path, pins):
 
 
 def test_intact_ledger_and_bundle_warning(tmp_path, pins):
-    from edge.ledger import Ledger
+    from edge.ledger.store import Ledger
 
     cfg = make_cfg(tmp_path)
     identity = provisioned(cfg)

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         if exc.name and exc.name.startswith("bench"):
             raise EdgeError(
                 "`edge bench` needs a source checkout with bench/ (make bench)"
-            ) from None
+            ) from exc
         raise
     return bench_main.run_from_args(args)
 

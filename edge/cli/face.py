@@ -62,7 +62,7 @@ def _engine(cfg):
 
 
 def _store(cfg):
-    from edge.gallery_store import GalleryStore
+    from edge.enrolment.gallery import GalleryStore
 
     return GalleryStore(cfg.state_path)
 
@@ -205,7 +205,7 @@ def set_match_threshold(path: str | Path, threshold: float) -> None:
     try:
         parse_config(tomllib.loads(new), str(p))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: edit would not be valid TOML: {exc}") from None
+        raise ConfigError(f"{p}: edit would not be valid TOML: {exc}") from exc
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(new, encoding="utf-8")
     tmp.replace(p)

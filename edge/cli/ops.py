@@ -58,7 +58,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from edge.selftest import run_selftest
+    from edge.ops.selftest import run_selftest
 
     cfg = load_config(args.config)
     report = run_selftest(
@@ -69,7 +69,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from edge.health import collect
+    from edge.ops.health import collect
 
     cfg = load_config(args.config)
     readings = collect(cfg)

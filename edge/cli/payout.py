@@ -97,8 +97,8 @@ def _parse_when(text: str | None) -> datetime:
         return datetime.now(UTC)
     try:
         d = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise EdgeError(f"not an ISO date/time: {text!r}") from None
+    except ValueError as exc:
+        raise EdgeError(f"not an ISO date/time: {text!r}") from exc
     return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
@@ -128,8 +128,8 @@ def embedder_ids(cfg) -> tuple[str, str]:
 
 
 def cmd_bundle_build(args) -> int:
-    from edge.bundle import build_bundle
-    from edge.enrolment import engine_analyse, enrol, read_csv
+    from edge.enrolment.bundle import build_bundle
+    from edge.enrolment.roster import engine_analyse, enrol, read_csv
     from edge.keys import load_central_private_key, load_device_public
     from edge.vision.pipeline import FaceEngine
 
@@ -181,7 +181,7 @@ def cmd_bundle_build(args) -> int:
 
 
 def cmd_bundle_inspect(args) -> int:
-    from edge.bundle import open_envelope, read_metadata
+    from edge.enrolment.bundle import open_envelope, read_metadata
     from edge.keys import load_central_public_key, verify_ed25519
 
     blob = args.file.read_bytes()
@@ -198,7 +198,7 @@ def cmd_bundle_inspect(args) -> int:
 
 
 def cmd_bundle_install(args) -> int:
-    from edge.bundle_store import BundleStore
+    from edge.enrolment.store import BundleStore
     from edge.keys import DeviceIdentity
 
     cfg = load_config(args.config)
@@ -253,9 +253,9 @@ def cmd_central_keygen(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    from edge.events import verify_receipt_payload
     from edge.keys import load_device_public
-    from edge.ledger import verify_events, verify_receipt_payload
-    from edge.ledger_audit import audit_ledger, read_event_stream
+    from edge.ledger.audit import audit_ledger, read_event_stream, verify_events
 
     pem = load_device_public(args.device_pub).sign_public_pem if args.device_pub else None
     if args.receipt is not None:
@@ -285,7 +285,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_claim_qr(args) -> int:
-    from edge.claim import encode_claim, render_claim_png
+    from edge.payout.claim import encode_claim, render_claim_png
 
     render_claim_png(args.household, args.round_id, args.png)
     print(f"{args.png}: {encode_claim(args.household, args.round_id)}")

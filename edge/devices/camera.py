@@ -249,7 +249,7 @@ class Picamera2Camera(Camera):
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
-            raise DeviceError(f"camera: picamera2 is not installed: {exc}") from None
+            raise DeviceError(f"camera: picamera2 is not installed: {exc}") from exc
         try:
             cam = Picamera2()
             config = cam.create_preview_configuration(
@@ -260,7 +260,7 @@ class Picamera2Camera(Camera):
             cam.configure(config)
             cam.start()
         except Exception as exc:  # picamera2 raises RuntimeError/IndexError for no camera
-            raise DeviceError(f"camera: picamera2 cannot start: {exc}") from None
+            raise DeviceError(f"camera: picamera2 cannot start: {exc}") from exc
         self._cam = cam
 
     def read(self) -> Frame | None:
@@ -275,7 +275,7 @@ class Picamera2Camera(Camera):
         except TimeoutError:
             return None  # stalled: CameraStream decides when to reopen
         except Exception as exc:
-            raise DeviceError(f"camera: picamera2 capture failed: {exc}") from None
+            raise DeviceError(f"camera: picamera2 capture failed: {exc}") from exc
         try:
             arr = request.make_array("main")
             meta = request.get_metadata()

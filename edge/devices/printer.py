@@ -107,7 +107,7 @@ class SerialTransport(_QuietClose, Serial):
             )
         except (ValueError, OSError) as exc:  # SerialException is an OSError
             self.device = False
-            raise DeviceError(f"printer: cannot open {self.devfile}: {exc}") from None
+            raise DeviceError(f"printer: cannot open {self.devfile}: {exc}") from exc
 
     def query_status(self, mode: bytes) -> bytes:
         # stale bytes from an earlier, late answer would be read as this answer
@@ -132,7 +132,7 @@ class FileTransport(_QuietClose, File):
             self.device = open(self.devfile, "ab")  # noqa: SIM115
         except OSError as exc:
             self.device = False
-            raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from None
+            raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from exc
 
 
 class Printer:
@@ -261,7 +261,7 @@ class Printer:
                 dev.flush()
         except (OSError, EscposError, ValueError) as exc:
             self._drop()
-            raise DeviceError(f"printer: {what} failed: {exc}") from None
+            raise DeviceError(f"printer: {what} failed: {exc}") from exc
         # paper can run out mid-slip: then the slip is incomplete and must stay pending
         self._check_ready("after")
         log.info("printer: %s printed", what)

@@ -41,7 +41,7 @@ class Receipt:
     """A payout receipt. Only masked personal data ever reaches this object.
 
     ``ts`` is a UTC datetime, an ISO 8601 string (``...Z``) or epoch seconds; it prints in WIB.
-    ``qr_payload`` is the signed record (``edge.ledger.receipt_payload``) printed as a QR code.
+    ``qr_payload`` is the signed record (``edge.events.receipt_payload``) printed as a QR code.
     """
 
     point_name: str

@@ -125,7 +125,7 @@ class GpioSignals(Signals):
         except GPIOZeroError as exc:
             if getattr(self, "led", None) is not None:
                 self.led.close()
-            raise DeviceError(f"signals: cannot use GPIO pins: {exc}") from None
+            raise DeviceError(f"signals: cannot use GPIO pins: {exc}") from exc
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

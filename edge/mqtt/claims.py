@@ -20,7 +20,8 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from edge.mqtt.schemas import PayloadError, canonical, parse
+from edge.errors import PayloadError
+from edge.mqtt.schemas import canonical, parse
 from edge.mqtt.topics import DEFAULT_PREFIX, split
 
 log = logging.getLogger(__name__)

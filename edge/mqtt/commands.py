@@ -27,7 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from edge.mqtt.schemas import PayloadError, canonical, parse, parse_utc, utc_now
+from edge.errors import CommandRefused, PayloadError
+from edge.mqtt.schemas import canonical, parse, parse_utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ DEFAULT_MAX_SKEW_S = 300.0
 CHUNK_BYTES = 128 * 1024
 
 Action = Callable[[dict], dict]
-
-
-class CommandRefused(Exception):
-    """A command that must not run; the message goes to the result topic."""
 
 
 def sign_command(
@@ -124,7 +121,7 @@ def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
         try:
             setattr(getattr(trial, section), field, value)
         except ValueError as exc:
-            raise CommandRefused(f"bad value for {key}: {str(exc).splitlines()[0]}") from None
+            raise CommandRefused(f"bad value for {key}: {str(exc).splitlines()[0]}") from exc
     changed = {}
     for key, value in changes.items():
         section, field = key.split(".", 1)
@@ -135,7 +132,7 @@ def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
 
 
 def bundle_action(bundle_store) -> Action:
-    """The ``bundle`` action for an ``edge.bundle.BundleStore``: install, or refuse and keep
+    """The ``bundle`` action for an ``edge.enrolment.store.BundleStore``: install, or refuse and keep
     the last good bundle (a BundleError becomes a refusal on the result topic)."""
     from edge.errors import BundleError
 
@@ -143,7 +140,7 @@ def bundle_action(bundle_store) -> Action:
         try:
             bundle = bundle_store.install(args["blob"])
         except BundleError as exc:
-            raise CommandRefused(f"bundle refused: {exc}") from None
+            raise CommandRefused(f"bundle refused: {exc}") from exc
         return {
             "bundle_id": bundle.bundle_id,
             "round_id": bundle.round_id,
@@ -238,14 +235,14 @@ class CommandProcessor:
         try:
             cmd = parse("command", payload)
         except PayloadError as exc:
-            raise CommandRefused(f"malformed command: {exc}") from None
+            raise CommandRefused(f"malformed command: {exc}") from exc
         # Echoed in the result so central can match it, even when the command is refused.
         seen["cmd"] = cmd
         body = {k: v for k, v in cmd.items() if k != "sig"}
         try:
             self._key.verify(base64.b64decode(cmd["sig"], validate=True), canonical(body))
-        except (InvalidSignature, binascii.Error, ValueError):
-            raise CommandRefused("bad signature") from None
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise CommandRefused("bad signature") from exc
         if cmd["device_id"] != self.device_id:
             raise CommandRefused("command is for another device")
         if topic_name is not None and cmd["name"] != topic_name:
@@ -277,8 +274,8 @@ class CommandProcessor:
             raise CommandRefused("chunk index out of range")
         try:
             base64.b64decode(args["data"], validate=True)
-        except binascii.Error:
-            raise CommandRefused("chunk data is not base64") from None
+        except binascii.Error as exc:
+            raise CommandRefused("chunk data is not base64") from exc
         row = self._db.execute(
             "SELECT chunks, bundle_id FROM chunks WHERE sha256 = ? LIMIT 1", (args["sha256"],)
         ).fetchone()

@@ -19,11 +19,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.keys import KeyFileError, load_device_public
+from edge.errors import KeyFileError, PayloadError
+from edge.keys import load_device_public
 from edge.mqtt.claims import check_event
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
-from edge.mqtt.schemas import PayloadError, parse
+from edge.mqtt.schemas import parse
 from edge.mqtt.store import EventStore
 from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, shared, split
 

@@ -83,11 +83,11 @@ class EventStore:
         if self._pg:
             try:
                 import psycopg
-            except ImportError:
+            except ImportError as exc:
                 raise RuntimeError(
                     "PostgreSQL DSN given but psycopg is not installed "
                     "(pip install 'bansos-edge[pg]')"
-                ) from None
+                ) from exc
             self._psycopg = psycopg
             self._dsn = dsn
             self._conn = self._connect()
@@ -260,7 +260,7 @@ class EventStore:
         return [r[0] for r in self._rows("SELECT event_id FROM events ORDER BY received_at")]
 
     def events(self, device_id: str) -> list[dict]:
-        """One device's stored events in seq order (for ``edge.ledger.verify_events``)."""
+        """One device's stored events in seq order (for ``edge.ledger.audit.verify_events``)."""
         rows = self._rows("SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,))
         return [json.loads(r[0]) for r in rows]
 

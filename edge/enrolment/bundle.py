@@ -32,14 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edge.errors import BundleError
-from edge.keys import (
-    DeviceIdentity,
-    KeyFileError,
-    fingerprint,
-    load_central_public_key,
-    verify_ed25519,
-)
+from edge.errors import BundleError, KeyFileError
+from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +229,8 @@ def open_envelope(blob: bytes) -> tuple[bytes, bytes | None]:
         sig = _unb64(env["sig"]) if env.get("sig") else None
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-        raise BundleError("not a bundle file (unreadable envelope)") from None
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise BundleError("not a bundle file (unreadable envelope)") from exc
     return body, sig
 
 
@@ -245,8 +239,8 @@ def read_metadata(blob: bytes) -> dict:
     body, sig = open_envelope(blob)
     try:
         meta = json.loads(body)
-    except ValueError:
-        raise BundleError("bundle body is not JSON") from None
+    except ValueError as exc:
+        raise BundleError("bundle body is not JSON") from exc
     tpl = meta.pop("templates", {}) or {}
     meta["template_count"] = len(tpl.get("labels", []))
     meta["signed"] = sig is not None
@@ -268,7 +262,7 @@ def verify_and_open(
     try:
         central = load_central_public_key(central_public_pem)
     except KeyFileError as exc:
-        raise BundleError(f"central public key: {exc}") from None
+        raise BundleError(f"central public key: {exc}") from exc
     if not verify_ed25519(central, sig, body_bytes):
         raise BundleError("bundle signature does not verify: tampered or not signed by central")
     try:
@@ -276,8 +270,8 @@ def verify_and_open(
         dev = b["device"]
         model = b["model"]
         valid_from, valid_until = _parse_iso(b["valid_from"]), _parse_iso(b["valid_until"])
-    except (ValueError, KeyError, TypeError):
-        raise BundleError("signed bundle body is malformed") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError("signed bundle body is malformed") from exc
     if b.get("format") != FORMAT:
         raise BundleError(f"unsupported bundle format {b.get('format')!r}")
     if dev.get("bundle_key") != identity.bundle_fingerprint() or (
@@ -329,12 +323,12 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
         content_key = AESGCM(kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["key"]), aad)
         plain = AESGCM(content_key).decrypt(_unb64(tpl["nonce"]), _unb64(tpl["ciphertext"]), aad)
         labels = [str(x) for x in tpl["labels"]]
-    except InvalidTag:
-        raise BundleError("templates do not decrypt with this device's key") from None
+    except InvalidTag as exc:
+        raise BundleError("templates do not decrypt with this device's key") from exc
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise BundleError("template block is malformed") from None
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BundleError("template block is malformed") from exc
     matrix = np.frombuffer(plain, dtype="<f4").astype(np.float32)
     if matrix.size != len(labels) * DIM:
         raise BundleError("template count does not match its labels")

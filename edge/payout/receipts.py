@@ -13,7 +13,7 @@ from typing import Any
 from edge.config import Config
 from edge.devices.receipt import Receipt, Refusal
 from edge.errors import DeviceError
-from edge.ledger import receipt_payload
+from edge.events import receipt_payload
 from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from edge.bundle import Bundle, format_iso, verify_and_open
+from edge.enrolment.bundle import Bundle, format_iso, verify_and_open
 from edge.errors import BundleError
 from edge.fsutil import write_atomic
 from edge.keys import DeviceIdentity

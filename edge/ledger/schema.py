@@ -1,6 +1,6 @@
 """Ledger storage: the SQLite schema, durability settings and small value types.
 
-Split from :mod:`edge.ledger` so the table layout can be read (and audited) on its own.
+Split from :mod:`edge.ledger.store` so the table layout can be read (and audited) on its own.
 """
 
 from __future__ import annotations
@@ -9,9 +9,6 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from edge.errors import LedgerError
-from edge.privacy import mask_id
 
 # Signing with a clock stuck at 1970 (a Pi without RTC before NTP) would put nonsense
 # timestamps into a signed, append-only record; refuse instead.
@@ -68,18 +65,6 @@ CREATE TRIGGER IF NOT EXISTS payouts_keep_u BEFORE UPDATE ON payouts
 CREATE TRIGGER IF NOT EXISTS payouts_keep_d BEFORE DELETE ON payouts
     BEGIN SELECT RAISE(ABORT, 'payouts are permanent'); END;
 """
-
-
-class AlreadyPaid(LedgerError):
-    """An accepted payout for this household and round exists (here or at another terminal)."""
-
-    def __init__(self, paid: dict) -> None:
-        self.paid = paid
-        where = "here" if paid.get("where") == "local" else f"at {paid.get('device_id')}"
-        super().__init__(
-            f"household {mask_id(paid.get('household_id'))} already paid for round "
-            f"{paid.get('round_id')} {where} ({paid.get('ts')})"
-        )
 
 
 @dataclass(frozen=True)

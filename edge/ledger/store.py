@@ -27,25 +27,23 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.errors import LedgerError
-from edge.keys import DeviceIdentity
-from edge.ledger_events import (
+from edge.errors import AlreadyPaid, LedgerError
+from edge.events import (
     GENESIS,
     OUTCOMES,
     SCHEMA,
-    AuditReport,
     canonical,
     event_hash,
     receipt_payload,
     sign_receipt,
-    verify_events,
     verify_receipt_payload,
 )
-from edge.ledger_schema import (
+from edge.keys import DeviceIdentity
+from edge.ledger.audit import AuditReport, verify_events
+from edge.ledger.schema import (
     MIN_REASONABLE_TS,
     RECEIPT_STATUSES,
     SCHEMA_SQL,
-    AlreadyPaid,
     OutboxItem,
     connect,
     iso_utc,
@@ -90,7 +88,7 @@ class Ledger:
             self._conn.executescript(SCHEMA_SQL)
             self._init_meta()
         except sqlite3.Error as exc:
-            raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from None
+            raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from exc
         log.info("ledger open: %s events, boot session %s", self._head()[0], self.boot_session)
 
     # -- set-up --------------------------------------------------------------------------------
@@ -237,8 +235,8 @@ class Ledger:
                 # Only reachable if the read above raced a writer in another process.
                 paid = self._find_paid(household_id, round_id) if accepted else None
                 if paid:
-                    raise AlreadyPaid(paid) from None
-                raise LedgerError(f"ledger refused the event: {exc}") from None
+                    raise AlreadyPaid(paid) from exc
+                raise LedgerError(f"ledger refused the event: {exc}") from exc
             except BaseException:
                 _rollback(conn)
                 raise
@@ -257,8 +255,8 @@ class Ledger:
             event_id = str(event["event_id"])
             household_id = str(event["household_id"])
             round_id = str(event["round_id"])
-        except (KeyError, TypeError):
-            raise LedgerError("remote payout lacks event_id, household_id or round_id") from None
+        except (KeyError, TypeError) as exc:
+            raise LedgerError("remote payout lacks event_id, household_id or round_id") from exc
         if event.get("outcome") != "accepted":
             raise LedgerError("remote event is not an accepted payout")
         if event.get("device_id") == self.device_id:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.health import collect
+from edge.ops.health import collect
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,8 @@ class Selftest:
         return PASS, f"device key {self.identity.sign_fingerprint()}"
 
     def check_ledger(self) -> tuple[str, str]:
-        from edge.ledger import Ledger
-        from edge.ledger_audit import audit_ledger
+        from edge.ledger.audit import audit_ledger
+        from edge.ledger.store import Ledger
 
         if self.identity is None:
             return FAIL, "no device key to verify with"
@@ -243,7 +243,7 @@ class Selftest:
         return PASS, f"{audit.count} events verified"
 
     def check_bundle(self) -> tuple[str, str]:
-        from edge.bundle_store import BundleStore
+        from edge.enrolment.store import BundleStore
 
         if self.identity is None or self.engine is None:
             return FAIL, "needs the device key and the models"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import DIM, ROLES, Household, Member
-from edge.claim import ClaimError, validate_household_id
-from edge.errors import EdgeError
+from edge.enrolment.bundle import DIM, ROLES, Household, Member
+from edge.errors import ClaimError, EnrolmentError
+from edge.payout.claim import validate_household_id
 from edge.privacy import mask_id, mask_name
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ Analyse = Callable[[np.ndarray], tuple[np.ndarray | None, str]]
 Progress = Callable[[int, int], None]
 REQUIRED_COLUMNS = ("household_id", "member_id", "role", "name", "regency", "photos")
 _MEMBER_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-class EnrolmentError(EdgeError):
-    """The enrolment CSV cannot be used at all (missing file or columns)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ def read_csv(path: Path | str) -> tuple[list[Row], list[ReportLine]]:
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
-        raise EnrolmentError(f"{path}: cannot read: {exc.strerror}") from None
+        raise EnrolmentError(f"{path}: cannot read: {exc.strerror}") from exc
     rows: list[Row] = []
     bad: list[ReportLine] = []
     seen: set[tuple[str, str]] = set()

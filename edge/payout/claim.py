@@ -17,16 +17,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import ClaimError
 
 PREFIX = "BANSOS"
 VERSION = 1
 _ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{2,39}$")
 _ROUND_RE = re.compile(r"^[0-9]{4}-[0-9]{2}[A-Z0-9-]{0,16}$")
-
-
-class ClaimError(EdgeError):
-    """A QR payload that is not a valid invitation of this programme."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.claim import ClaimError, decode_claim
 from edge.config import Config
-from edge.ledger import AlreadyPaid
+from edge.errors import AlreadyPaid, ClaimError
+from edge.payout.claim import decode_claim
 from edge.privacy import mask_id
 from edge.vision.matcher import Gallery
 from edge.vision.qr import QrReader

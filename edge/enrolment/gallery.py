@@ -18,7 +18,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.errors import EdgeError
+from edge.errors import GalleryError
 from edge.fsutil import write_atomic
 from edge.vision.matcher import Gallery
 
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 MAGIC = b"EDGEGAL1"
 GALLERY_FILE = "gallery.enc"
 KEY_FILE = Path("keys") / "template.key"
-
-
-class GalleryError(EdgeError):
-    """The gallery file is unreadable, tampered, or made by another model."""
 
 
 class GalleryStore:
@@ -62,8 +58,8 @@ class GalleryStore:
         nonce = blob[len(MAGIC) : len(MAGIC) + 12]
         try:
             plain = AESGCM(self._key()).decrypt(nonce, blob[len(MAGIC) + 12 :], MAGIC)
-        except InvalidTag:
-            raise GalleryError(f"{self.path}: cannot decrypt (wrong key or tampered)") from None
+        except InvalidTag as exc:
+            raise GalleryError(f"{self.path}: cannot decrypt (wrong key or tampered)") from exc
         return json.loads(plain)
 
     def _write(self, doc: dict) -> None:
