@@ -3,7 +3,3 @@
 The contract (topics, payloads, QoS, trust model) is docs/mqtt.md; the JSON Schemas are in
 ``edge/schemas``. Heavy imports stay in the submodules, so ``import edge.mqtt`` is cheap.
 """
-
-from edge.mqtt.topics import DEFAULT_PREFIX, Topics
-
-__all__ = ["DEFAULT_PREFIX", "Topics"]
