@@ -13,7 +13,6 @@ import os
 import platform
 import time
 import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
@@ -28,6 +27,7 @@ from bench import (
 )
 from bench.common import SECTION_NAMES, Context, Missing, Options
 from bench.data import default_faces_dir, load_photos
+from edge.events import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def run_suite(opts: Options, progress=print) -> dict:
     per_source = opts.photos_per_source or (QUICK_PER_SOURCE if opts.quick else None)
     result: dict = {
         "schema": SCHEMA,
-        "started": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "started": iso_utc(time.time(), "seconds"),
         "mode": "quick" if opts.quick else "full",
         "machine": machine(),
         "faces_dir": str(faces_dir),
@@ -206,7 +206,7 @@ def run_suite(opts: Options, progress=print) -> dict:
         result["sections"][name] = res
         progress(f"[bench] {name}: {res['status']} in {res['seconds']} s")
     result["budgets"] = check_budgets(result["sections"])
-    result["finished"] = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    result["finished"] = iso_utc(time.time(), "seconds")
     return result
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from edge.app import App
 from edge.config import PROJECT_ROOT, Config
 from edge.devices.receipt import render_text
-from edge.enrolment.bundle import Household, Member, build_bundle
+from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
 from edge.ledger.audit import verify_events
@@ -180,20 +180,23 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
             labels.append(f"{hid}/m1")
             vectors.append(template(engine, images))
     now = datetime.now(UTC)
-    blob = build_bundle(
-        central_key=load_central_private_key(root / "central" / "central_private.pem"),
-        device_bundle_public=identity.bundle_public_bytes(),
+    spec = BundleSpec(
         device_id=Config().device.id,
         round_id=ROUND,
         point_name="Kantor Pos Demo",
         regency="3171",
         model_id=engine.model_id,
         model_sha256=engine.model_sha256,
-        households=households,
-        labels=labels,
-        matrix=np.stack(vectors),
         valid_from=now - timedelta(days=1),
         valid_until=now + timedelta(days=30),
+    )
+    blob = build_bundle(
+        spec,
+        households,
+        labels,
+        np.stack(vectors),
+        central_key=load_central_private_key(root / "central" / "central_private.pem"),
+        device_bundle_public=identity.bundle_public_bytes(),
     )
     store = BundleStore(state, central_pub, identity, engine.model_id, engine.model_sha256)
     store.install(blob)

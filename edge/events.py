@@ -1,23 +1,33 @@
-"""The rules of a signed event: canonical form, hash, signature, the receipt record.
+"""The rules of a signed event, in one place.
 
-Pure functions over event dicts, shared by the ledger (which writes events), ``edge audit``
-(which checks a ledger file or an exported stream), MQTT claims sync and the consumer (which
-check what terminals report). Event fields are listed in docs/design.md and docs/ledger.md.
+Canonical form, event hash, the device signature over it, the time format, the list of
+outcomes, the earliest believable clock and the receipt record. Pure functions over event
+dicts, used by the ledger (which writes events), ``edge audit`` (which checks a ledger file or
+an exported stream), MQTT claims sync and the consumer (which check what terminals report),
+signed commands and enrolment bundles (which share the canonical form and the time format).
+Ed25519 itself stays in :mod:`edge.keys`. Event fields are listed in docs/design.md and
+docs/ledger.md.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+from datetime import UTC, datetime
+from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.errors import LedgerError
+from edge.errors import KeyFileError, LedgerError
 from edge.keys import load_ed25519_public, verify_ed25519
 
 SCHEMA = "bansos.event/1"
 GENESIS = "0" * 64
+# Every decision the terminal can record. edge/schemas/event.v1.json, Outcome in
+# edge/payout/flow.py and the slip wording in edge/devices/receipt.py list the same words;
+# tests/test_events.py keeps them in step.
 OUTCOMES = (
     "accepted",
     "no_face",
@@ -33,9 +43,20 @@ OUTCOMES = (
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
 RECEIPT_PREFIX = "BSR1"
 
+# The earliest wall-clock time anything may be signed at: the ledger refuses events and
+# ClockGuard distrusts the clock before it. A Pi has no battery-backed clock and boots at 1970
+# (or at fake-hwclock's last saved time) until NTP answers. Why 2025: this software did not
+# exist before then, so no genuine event is older, and a floor as late as that catches more
+# unset clocks than an earlier one would.
+CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 
-def canonical(obj: dict) -> bytes:
-    """The canonical JSON bytes every hash and signature is computed over."""
+
+def canonical(obj: object) -> bytes:
+    """The canonical JSON bytes every hash and signature is computed over.
+
+    Sorted keys, no spaces, UTF-8 (not ASCII escapes): events, commands, command results and
+    bundle bodies all use it, and central must produce the same bytes to verify them.
+    """
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -43,6 +64,65 @@ def event_hash(event: dict) -> str:
     """sha256 hex of the canonical form without ``hash`` and ``sig``."""
     body = {k: v for k, v in event.items() if k not in ("hash", "sig")}
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+# -- time -------------------------------------------------------------------------------------
+
+
+def iso_utc(t: float | datetime, timespec: str = "milliseconds") -> str:
+    """UTC ISO 8601 with a ``Z``: ``2026-12-01T08:00:00.123Z`` (epoch seconds or a datetime).
+
+    Events, commands and health messages use milliseconds (truncated, not rounded); bundle
+    dates and clock readings use ``timespec="seconds"``. A naive datetime is taken as local
+    time, as :meth:`datetime.astimezone` does.
+    """
+    dt = t.astimezone(UTC) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    return dt.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def parse_iso_utc(text: str) -> datetime:
+    """An aware datetime from ISO 8601 text; no offset means UTC. Raises ValueError."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+# -- signature --------------------------------------------------------------------------------
+
+# The consumer checks every event it receives against a handful of device keys: parse each
+# PEM once.
+_device_key = lru_cache(maxsize=4096)(load_ed25519_public)
+
+
+def _key(device_public: bytes | str | ed25519.Ed25519PublicKey) -> ed25519.Ed25519PublicKey:
+    if isinstance(device_public, ed25519.Ed25519PublicKey):
+        return device_public
+    return _device_key(device_public)
+
+
+def signature_ok(event: dict, device_public: bytes | str | ed25519.Ed25519PublicKey) -> bool:
+    """True when ``sig`` is the device's Ed25519 signature of the event's ``hash``.
+
+    The signed bytes are the hex digest as ASCII (not the raw digest). This does not recompute
+    the hash: use :func:`check_event` for both. An unusable key or signature is just False.
+    """
+    try:
+        key = _key(device_public)
+        sig = base64.b64decode(event.get("sig") or "", validate=True)
+        message = str(event.get("hash") or "").encode()
+    except (KeyFileError, binascii.Error, ValueError, TypeError):
+        return False
+    return verify_ed25519(key, sig, message)
+
+
+def check_event(
+    event: dict, device_public: bytes | str | ed25519.Ed25519PublicKey | None
+) -> str | None:
+    """Why ``event`` is not intact (hash, then signature when a key is given), or None."""
+    if event_hash(event) != event.get("hash"):
+        return "hash does not match the event"
+    if device_public is not None and not signature_ok(event, device_public):
+        return "bad signature"
+    return None
 
 
 def b64(data: bytes) -> str:
@@ -79,6 +159,19 @@ def receipt_message(event: dict) -> bytes:
 def sign_receipt(event: dict, sign) -> str:
     """``receipt_sig`` for an event, with ``sign(bytes) -> bytes`` the device's signer."""
     return b64url(sign(receipt_message(event)))
+
+
+def receipt_signature_ok(
+    event: dict, device_public: bytes | str | ed25519.Ed25519PublicKey
+) -> bool:
+    """True when the event's ``receipt_sig`` is the device's signature of its receipt fields."""
+    try:
+        key = _key(device_public)
+        sig = unb64url(event["receipt_sig"])
+        message = receipt_message(event)
+    except (KeyFileError, LedgerError, KeyError, binascii.Error, ValueError, TypeError):
+        return False
+    return verify_ed25519(key, sig, message)
 
 
 def receipt_payload(event: dict) -> str:

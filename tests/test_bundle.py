@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.enrolment.bundle import Household, Member, build_bundle, read_metadata
+from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle, read_metadata
 from edge.enrolment.store import BundleStore
 from edge.errors import BundleError
 from edge.keys import DeviceIdentity, public_pem
@@ -67,24 +67,26 @@ def templates(seed=0):
 
 def make(central, ident, *, model=MODEL, valid_days=30, issued=NOW - timedelta(hours=1), **kw):
     labels, m = templates()
-    args = dict(
-        central_key=central[0],
-        device_bundle_public=ident.bundle_public_bytes(),
+    spec = dict(
         device_id="edge-test-0001",
         round_id="2026-12",
         point_name="Kantor Pos Menteng",
         regency="3171",
         model_id=model[0],
         model_sha256=model[1],
-        households=households(),
-        labels=labels,
-        matrix=m,
         valid_from=NOW - timedelta(days=1),
         valid_until=NOW + timedelta(days=valid_days),
         issued_at=issued,
     )
-    args.update(kw)
-    return build_bundle(**args)
+    content = dict(households=households(), labels=labels, matrix=m)
+    for key, value in kw.items():
+        (content if key in content else spec)[key] = value
+    return build_bundle(
+        BundleSpec(**spec),
+        **content,
+        central_key=central[0],
+        device_bundle_public=ident.bundle_public_bytes(),
+    )
 
 
 def store(tmp_path, central, ident, clock=None):

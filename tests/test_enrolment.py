@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.enrolment.bundle import build_bundle
+from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv
 from edge.enrolment.store import BundleStore
 from edge.errors import EnrolmentError
@@ -226,20 +226,23 @@ def test_enrolment_to_installed_bundle(enrolment):
     central = ed25519.Ed25519PrivateKey.generate()
     ident = DeviceIdentity.generate()
     now = datetime.now(UTC)
-    blob = build_bundle(
-        central_key=central,
-        device_bundle_public=ident.bundle_public_bytes(),
+    spec = BundleSpec(
         device_id="edge-test-0001",
         round_id="2026-12",
         point_name="Balai Desa",
         regency="3171",
         model_id="m",
         model_sha256="s",
-        households=result.households,
-        labels=result.labels,
-        matrix=result.matrix,
         valid_from=now - timedelta(hours=1),
         valid_until=now + timedelta(days=30),
+    )
+    blob = build_bundle(
+        spec,
+        result.households,
+        result.labels,
+        result.matrix,
+        central_key=central,
+        device_bundle_public=ident.bundle_public_bytes(),
     )
     store = BundleStore(tmp_path / "state", public_pem(central.public_key()), ident, "m", "s")
     bundle = store.install(blob)

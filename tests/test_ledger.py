@@ -140,10 +140,10 @@ def test_ledger_refuses_other_device_or_key(tmp_path, ident):
         Ledger(path, DeviceIdentity.generate(), "edge-test-0001", "3171", clock=FakeClock())
 
 
-def test_clock_before_2024_refused(tmp_path, ident):
+def test_clock_before_the_floor_refused(tmp_path, ident):
     led = Ledger(tmp_path / "l.sqlite", ident, "edge-test-0001", "3171", clock=FakeClock())
     led._clock = FakeClock(86_400.0)  # 1970: Pi booted without RTC or NTP
-    with pytest.raises(LedgerError, match="before 2024-01-01"):
+    with pytest.raises(LedgerError, match="before 2025-01-01"):
         pay(led)
     assert list(led.events()) == []
     led.close()

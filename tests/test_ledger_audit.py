@@ -150,6 +150,23 @@ def test_forged_receipt_signature_in_event(made):
     assert any("seq 1: bad receipt signature" in e for e in errors)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("receipt_sig", "A"), ("receipt_sig", 5), ("household_id", "KPM|1"), ("sig", 5)],
+)
+def test_malformed_signature_fields_are_reported_not_raised(made, field, value):
+    path, ident, conn = made
+    ev = body(conn, 1)
+    ev[field] = value
+    if field != "sig":
+        ev["hash"] = event_hash(ev)
+        ev["sig"] = base64.b64encode(ident.sign(ev["hash"].encode())).decode()
+    put(conn, 1, ev)
+    report = audit_ledger(path, ident.device_public_pem())
+    wanted = "seq 1: bad signature" if field == "sig" else "seq 1: bad receipt signature"
+    assert wanted in report.errors
+
+
 def test_stream_slice_and_swapped_order(made, tmp_path):
     path, ident, conn = made
     events = [body(conn, s) for s in range(1, 7)]

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import Config, parse_config
-from edge.enrolment.bundle import Household, Member, build_bundle
+from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused
+from edge.events import canonical
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
 from edge.mqtt.commands import (
@@ -27,7 +28,7 @@ from edge.mqtt.commands import (
     sign_command,
 )
 from edge.mqtt.reporter import Reporter
-from edge.mqtt.schemas import canonical, errors
+from edge.mqtt.schemas import errors
 
 DEVICE = "edge-a01"
 TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
@@ -261,23 +262,24 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, c
 
     def make(key, bundle_id):
         vec = np.eye(1, 128, dtype=np.float32)
-        return build_bundle(
-            central_key=key,
-            device_bundle_public=identity.bundle_public_bytes(),
+        spec = BundleSpec(
             device_id=DEVICE,
             round_id="2026-11",
             point_name="Titik Salur Uji",
             regency="3171",
             model_id=model[0],
             model_sha256=model[1],
-            households=[
-                Household("KPM-1", "SITI A***", "3171", 300_000, [Member("M1", "recipient")])
-            ],
-            labels=["KPM-1/M1"],
-            matrix=vec,
             valid_from=now - timedelta(days=1),
             valid_until=now + timedelta(days=30),
             bundle_id=bundle_id,
+        )
+        return build_bundle(
+            spec,
+            [Household("KPM-1", "SITI A***", "3171", 300_000, [Member("M1", "recipient")])],
+            ["KPM-1/M1"],
+            vec,
+            central_key=key,
+            device_bundle_public=identity.bundle_public_bytes(),
         )
 
     store = BundleStore(tmp_path, pem(central), identity, *model, device_id=DEVICE)

@@ -9,12 +9,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.__main__ import main
-from edge.events import event_hash
+from edge.events import canonical, event_hash
 from edge.keys import DeviceIdentity, write_card
 from edge.ledger.store import Ledger
 from edge.mqtt.client import BrokerSettings
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
-from edge.mqtt.schemas import canonical, errors
+from edge.mqtt.schemas import errors
 from edge.mqtt.store import EventStore
 
 ROUND = "2026-11"

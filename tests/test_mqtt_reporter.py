@@ -12,13 +12,14 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge.config import parse_config
 from edge.errors import AlreadyPaid
+from edge.events import canonical
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
 from edge.mqtt.client import make_client
 from edge.mqtt.commands import CommandProcessor, apply_config_changes, sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.reporter import Reporter
-from edge.mqtt.schemas import canonical, errors
+from edge.mqtt.schemas import errors
 from edge.mqtt.store import EventStore
 
 REGENCY = "3171"

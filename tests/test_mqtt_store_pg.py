@@ -16,11 +16,11 @@ from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
 
 from edge.__main__ import main
 from edge.config import parse_config
+from edge.events import canonical
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.reporter import Reporter
-from edge.mqtt.schemas import canonical
 from edge.mqtt.store import EventStore
 
 ROUND = "2026-11"

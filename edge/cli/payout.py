@@ -93,13 +93,14 @@ class ProgressBar:
 
 
 def _parse_when(text: str | None) -> datetime:
+    from edge.events import parse_iso_utc
+
     if not text:
         return datetime.now(UTC)
     try:
-        d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso_utc(text)
     except ValueError as exc:
         raise EdgeError(f"not an ISO date/time: {text!r}") from exc
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def central_public_pem(cfg, override: Path | None = None) -> bytes:
@@ -128,7 +129,7 @@ def embedder_ids(cfg) -> tuple[str, str]:
 
 
 def cmd_bundle_build(args) -> int:
-    from edge.enrolment.bundle import build_bundle
+    from edge.enrolment.bundle import BundleSpec, build_bundle
     from edge.enrolment.roster import engine_analyse, enrol, read_csv
     from edge.keys import load_central_private_key, load_device_public
     from edge.vision.pipeline import FaceEngine
@@ -159,20 +160,23 @@ def cmd_bundle_build(args) -> int:
     if not result.households:
         raise BundleError("no household could be enrolled; bundle not written")
     valid_from = _parse_when(args.valid_from)
-    blob = build_bundle(
-        central_key=central,
-        device_bundle_public=device.bundle_public,
+    spec = BundleSpec(
         device_id=device_id,
         round_id=args.round_id,
         point_name=args.point or cfg.device.point_name,
         regency=args.regency or cfg.device.regency,
         model_id=engine.model_id,
         model_sha256=engine.model_sha256,
-        households=result.households,
-        labels=result.labels,
-        matrix=result.matrix,
         valid_from=valid_from,
         valid_until=valid_from + timedelta(days=args.valid_days),
+    )
+    blob = build_bundle(
+        spec,
+        result.households,
+        result.labels,
+        result.matrix,
+        central_key=central,
+        device_bundle_public=device.bundle_public,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(blob)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from edge.events import parse_iso_utc
+
 COLUMNS = 32
 DOTS = 384
 WIB = timezone(timedelta(hours=7), "WIB")
@@ -121,11 +123,7 @@ def to_datetime(ts: datetime | str | float) -> datetime:
         return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
     if isinstance(ts, (int, float)):
         return datetime.fromtimestamp(ts, UTC)
-    text = ts.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return parse_iso_utc(ts.strip())
 
 
 def format_rupiah(amount: int) -> str:

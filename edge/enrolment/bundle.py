@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import BundleError, KeyFileError
+from edge.events import canonical, iso_utc, parse_iso_utc
 from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
 
 log = logging.getLogger(__name__)
@@ -95,24 +96,15 @@ class Bundle:
             "round_id": self.round_id,
             "point_name": self.point_name,
             "regency": self.regency,
-            "issued_at": format_iso(self.issued_at),
-            "valid_from": format_iso(self.valid_from),
-            "valid_until": format_iso(self.valid_until),
+            "issued_at": iso_utc(self.issued_at, "seconds"),
+            "valid_from": iso_utc(self.valid_from, "seconds"),
+            "valid_until": iso_utc(self.valid_until, "seconds"),
             "model_id": self.model_id,
             "device_id": self.device_id,
             "households": len(self.households),
             "members": sum(len(h.members) for h in self.households.values()),
             "templates": len(self._labels),
         }
-
-
-def format_iso(d: datetime) -> str:
-    return d.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _parse_iso(s: str) -> datetime:
-    d = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def _b64(b: bytes) -> str:
@@ -123,35 +115,77 @@ def _unb64(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _wrap_key(epk_raw: bytes, device_raw: bytes, shared: bytes) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=epk_raw + device_raw, info=_WRAP_INFO
     ).derive(shared)
 
 
+@dataclass(frozen=True)
+class BundleSpec:
+    """What a bundle is for: one terminal, one distribution point, one round, one model.
+
+    ``bundle_id`` defaults to a new UUID4 and ``issued_at`` to now; a newer ``issued_at``
+    replaces an installed bundle of the same round.
+    """
+
+    device_id: str
+    round_id: str
+    point_name: str
+    regency: str
+    model_id: str
+    model_sha256: str
+    valid_from: datetime
+    valid_until: datetime
+    bundle_id: str | None = None
+    issued_at: datetime | None = None
+
+
 def build_bundle(
-    *,
-    central_key: ed25519.Ed25519PrivateKey,
-    device_bundle_public: bytes,
-    device_id: str,
-    round_id: str,
-    point_name: str,
-    regency: str,
-    model_id: str,
-    model_sha256: str,
+    spec: BundleSpec,
     households: list[Household],
     labels: list[str],
     matrix: np.ndarray,
-    valid_from: datetime,
-    valid_until: datetime,
-    bundle_id: str | None = None,
-    issued_at: datetime | None = None,
+    *,
+    central_key: ed25519.Ed25519PrivateKey,
+    device_bundle_public: bytes,
 ) -> bytes:
-    """Make a signed bundle whose templates only ``device_bundle_public`` can decrypt."""
+    """Make a signed bundle whose templates only ``device_bundle_public`` can decrypt.
+
+    ``labels[i]`` (``"<household_id>/<member_id>"``) names the member row ``i`` of the Nx128
+    ``matrix`` belongs to.
+    """
+    matrix = _checked_templates(households, labels, matrix)
+    if spec.valid_until <= spec.valid_from:
+        raise BundleError("valid_until must be after valid_from")
+    bundle_id = spec.bundle_id or str(uuid.uuid4())
+    body = {
+        "format": FORMAT,
+        "bundle_id": bundle_id,
+        "round_id": spec.round_id,
+        "point_name": spec.point_name,
+        "regency": spec.regency,
+        "issued_at": iso_utc(spec.issued_at or datetime.now(UTC), "seconds"),
+        "valid_from": iso_utc(spec.valid_from, "seconds"),
+        "valid_until": iso_utc(spec.valid_until, "seconds"),
+        "model": {"id": spec.model_id, "sha256": spec.model_sha256},
+        "device": {"id": spec.device_id, "bundle_key": fingerprint(device_bundle_public)},
+        "households": [_household_body(h) for h in households],
+        "templates": _encrypt_templates(labels, matrix, bundle_id, device_bundle_public),
+    }
+    body_bytes = canonical(body)
+    envelope = {
+        "format": FORMAT,
+        "body": _b64(body_bytes),
+        "sig": _b64(central_key.sign(body_bytes)),
+    }
+    return json.dumps(envelope, indent=1).encode() + b"\n"
+
+
+def _checked_templates(
+    households: list[Household], labels: list[str], matrix: np.ndarray
+) -> np.ndarray:
+    """The template matrix as little-endian float32, or BundleError when it cannot be used."""
     matrix = np.ascontiguousarray(matrix, dtype="<f4")
     if matrix.ndim != 2 or matrix.shape[1] != DIM or matrix.shape[0] != len(labels):
         raise BundleError(f"templates must be {len(labels)}x{DIM}, got {matrix.shape}")
@@ -161,9 +195,23 @@ def build_bundle(
     stray = [lab for lab in labels if lab not in known]
     if stray:
         raise BundleError(f"{len(stray)} template label(s) name no household member")
-    if valid_until <= valid_from:
-        raise BundleError("valid_until must be after valid_from")
-    bundle_id = bundle_id or str(uuid.uuid4())
+    return matrix
+
+
+def _household_body(h: Household) -> dict:
+    return {
+        "household_id": h.household_id,
+        "masked_name": h.masked_name,
+        "regency": h.regency,
+        "amount": int(h.amount),
+        "members": [{"member_id": m.member_id, "role": m.role} for m in h.members],
+    }
+
+
+def _encrypt_templates(
+    labels: list[str], matrix: np.ndarray, bundle_id: str, device_bundle_public: bytes
+) -> dict:
+    """The ``templates`` block: the matrix under a fresh content key wrapped for one device."""
     aad = bundle_id.encode()
     content_key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
@@ -175,48 +223,19 @@ def build_bundle(
     shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(device_bundle_public))
     kek = _wrap_key(epk_raw, device_bundle_public, shared)
     wrap_nonce = os.urandom(12)
-    body = {
-        "format": FORMAT,
-        "bundle_id": bundle_id,
-        "round_id": round_id,
-        "point_name": point_name,
-        "regency": regency,
-        "issued_at": format_iso(issued_at or datetime.now(UTC)),
-        "valid_from": format_iso(valid_from),
-        "valid_until": format_iso(valid_until),
-        "model": {"id": model_id, "sha256": model_sha256},
-        "device": {"id": device_id, "bundle_key": fingerprint(device_bundle_public)},
-        "households": [
-            {
-                "household_id": h.household_id,
-                "masked_name": h.masked_name,
-                "regency": h.regency,
-                "amount": int(h.amount),
-                "members": [{"member_id": m.member_id, "role": m.role} for m in h.members],
-            }
-            for h in households
-        ],
-        "templates": {
-            "labels": list(labels),
-            "dim": DIM,
-            "dtype": "float32-le",
-            "wrap": {
-                "alg": WRAP_ALG,
-                "epk": _b64(epk_raw),
-                "nonce": _b64(wrap_nonce),
-                "key": _b64(AESGCM(kek).encrypt(wrap_nonce, content_key, aad)),
-            },
-            "nonce": _b64(nonce),
-            "ciphertext": _b64(ciphertext),
+    return {
+        "labels": list(labels),
+        "dim": DIM,
+        "dtype": "float32-le",
+        "wrap": {
+            "alg": WRAP_ALG,
+            "epk": _b64(epk_raw),
+            "nonce": _b64(wrap_nonce),
+            "key": _b64(AESGCM(kek).encrypt(wrap_nonce, content_key, aad)),
         },
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(ciphertext),
     }
-    body_bytes = _canonical(body)
-    envelope = {
-        "format": FORMAT,
-        "body": _b64(body_bytes),
-        "sig": _b64(central_key.sign(body_bytes)),
-    }
-    return json.dumps(envelope, indent=1).encode() + b"\n"
 
 
 def open_envelope(blob: bytes) -> tuple[bytes, bytes | None]:
@@ -256,6 +275,11 @@ def verify_and_open(
     now: float,
     device_id: str | None,
 ) -> Bundle:
+    """Verify a bundle for this terminal at time ``now`` and decrypt its templates in memory.
+
+    Raises BundleError naming the first reason it cannot be used: unsigned, not signed by
+    central, malformed, for another device or model, not yet valid or expired.
+    """
     body_bytes, sig = open_envelope(blob)
     if sig is None:
         raise BundleError("bundle is unsigned")
@@ -269,7 +293,7 @@ def verify_and_open(
         b = json.loads(body_bytes)
         dev = b["device"]
         model = b["model"]
-        valid_from, valid_until = _parse_iso(b["valid_from"]), _parse_iso(b["valid_until"])
+        valid_from, valid_until = parse_iso_utc(b["valid_from"]), parse_iso_utc(b["valid_until"])
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError("signed bundle body is malformed") from exc
     if b.get("format") != FORMAT:
@@ -283,31 +307,35 @@ def verify_and_open(
             f"bundle templates are for model {model.get('id')}, this terminal runs {model_id}"
         )
     if now < valid_from.timestamp():
-        raise BundleError(f"bundle not valid before {format_iso(valid_from)}")
+        raise BundleError(f"bundle not valid before {iso_utc(valid_from, 'seconds')}")
     if now > valid_until.timestamp():
-        raise BundleError(f"bundle expired on {format_iso(valid_until)}")
+        raise BundleError(f"bundle expired on {iso_utc(valid_until, 'seconds')}")
     labels, matrix = _decrypt_templates(b, identity)
-    households = {}
-    for h in b.get("households", []):
-        members = [Member(m["member_id"], m["role"]) for m in h.get("members", [])]
-        households[h["household_id"]] = Household(
-            h["household_id"], h["masked_name"], h["regency"], int(h["amount"]), members
-        )
     return Bundle(
         bundle_id=b["bundle_id"],
         round_id=b["round_id"],
         point_name=b["point_name"],
         regency=b["regency"],
-        issued_at=_parse_iso(b["issued_at"]),
+        issued_at=parse_iso_utc(b["issued_at"]),
         valid_from=valid_from,
         valid_until=valid_until,
         model_id=model["id"],
         model_sha256=model["sha256"],
         device_id=dev.get("id", ""),
-        households=households,
+        households=_households(b),
         _labels=labels,
         _matrix=matrix,
     )
+
+
+def _households(body: dict) -> dict[str, Household]:
+    households = {}
+    for h in body.get("households", []):
+        members = [Member(m["member_id"], m["role"]) for m in h.get("members", [])]
+        households[h["household_id"]] = Household(
+            h["household_id"], h["masked_name"], h["regency"], int(h["amount"]), members
+        )
+    return households
 
 
 def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str], np.ndarray]:

@@ -6,8 +6,9 @@ import logging
 import time
 from pathlib import Path
 
-from edge.enrolment.bundle import Bundle, format_iso, verify_and_open
+from edge.enrolment.bundle import Bundle, verify_and_open
 from edge.errors import BundleError
+from edge.events import iso_utc
 from edge.fsutil import write_atomic
 from edge.keys import DeviceIdentity
 
@@ -63,9 +64,9 @@ class BundleStore:
             old = self._current
             if old and old.round_id == bundle.round_id and bundle.issued_at < old.issued_at:
                 # A replayed older bundle could bring back a household central has removed.
+                issued, installed = (iso_utc(b.issued_at, "seconds") for b in (bundle, old))
                 raise BundleError(
-                    f"bundle issued {format_iso(bundle.issued_at)} is older than the installed one "
-                    f"({format_iso(old.issued_at)})"
+                    f"bundle issued {issued} is older than the installed one ({installed})"
                 )
         except BundleError as exc:
             log.warning("bundle refused, keeping the last good one: %s", exc)

@@ -8,16 +8,24 @@ deleting the newest events shows), and SQLite's own integrity check passes.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.errors import KeyFileError, LedgerError
-from edge.events import GENESIS, REQUIRED, SCHEMA, event_hash, receipt_message, unb64url
-from edge.keys import load_ed25519_public, verify_ed25519
+from edge.events import (
+    GENESIS,
+    REQUIRED,
+    SCHEMA,
+    event_hash,
+    receipt_signature_ok,
+    signature_ok,
+)
+from edge.keys import load_ed25519_public
 from edge.privacy import mask_id
 
 
@@ -67,57 +75,85 @@ def verify_events(
     except KeyFileError as exc:
         report.errors.append(f"device public key: {exc}")
         return report
-    sessions: set[str] = set()
-    prev_seq: int | None = None
-    prev_hash: str | None = None
-    seen_ids: set[str] = set()
+    walk = _Walk(from_genesis)
     for ev in events:
         report.count += 1
-        seq = ev.get("seq")
-        where = f"seq {seq}"
+        where = f"seq {ev.get('seq')}"
         missing = [k for k in REQUIRED if k not in ev]
-        if missing or not isinstance(seq, int):
+        if missing or not isinstance(ev.get("seq"), int):
             report.errors.append(f"{where}: malformed event (missing {', '.join(missing)})")
             continue
+        problems = walk.tally(ev, report)
+        problems += walk.identity_problems(ev)
+        problems += _signature_problems(ev, key)
+        problems += walk.link_problems(ev, report)
+        report.errors += [f"{where}: {p}" for p in problems]
+    report.boot_sessions = len(walk.sessions)
+    return report
+
+
+@dataclass
+class _Walk:
+    """What :func:`verify_events` remembers from the events already seen."""
+
+    from_genesis: bool
+    sessions: set[str] = field(default_factory=set)
+    event_ids: set[str] = field(default_factory=set)
+    prev_seq: int | None = None
+    prev_hash: str | None = None
+
+    def tally(self, ev: dict, report: AuditReport) -> list[str]:
+        """Count the event into the report; a stream that should start at genesis must."""
+        problems = []
         if report.first_seq is None:
-            report.first_seq = seq
-            if from_genesis and (seq != 1 or ev.get("prev_hash") != GENESIS):
-                report.errors.append(f"{where}: ledger does not start at seq 1 (head deleted)")
-        report.last_seq = seq
-        sessions.add(str(ev.get("boot_session")))
+            report.first_seq = ev["seq"]
+            if self.from_genesis and (ev["seq"] != 1 or ev.get("prev_hash") != GENESIS):
+                problems.append("ledger does not start at seq 1 (head deleted)")
+        report.last_seq = ev["seq"]
+        self.sessions.add(str(ev.get("boot_session")))
         outcome = str(ev.get("outcome"))
         report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+        return problems
+
+    def identity_problems(self, ev: dict) -> list[str]:
+        """A schema this audit does not know, or an event id used twice."""
+        problems = []
         if ev.get("schema") != SCHEMA:
-            report.errors.append(f"{where}: unknown schema {ev.get('schema')!r}")
-        if ev["event_id"] in seen_ids:
-            report.errors.append(f"{where}: duplicate event_id")
-        seen_ids.add(ev["event_id"])
-        computed = event_hash(ev)
-        if ev.get("hash") != computed:
-            report.errors.append(f"{where}: hash mismatch (event edited)")
-        else:
-            try:
-                sig = base64.b64decode(ev.get("sig") or "", validate=True)
-            except ValueError:
-                sig = b""
-            if not verify_ed25519(key, sig, computed.encode()):
-                report.errors.append(f"{where}: bad signature")
-        if outcome == "accepted" and "receipt_sig" in ev:
-            if not verify_ed25519(key, unb64url(ev["receipt_sig"]), receipt_message(ev)):
-                report.errors.append(f"{where}: bad receipt signature")
-        if prev_seq is not None:
-            if seq <= prev_seq:
-                report.errors.append(f"{where}: out of order after seq {prev_seq}")
-            elif seq != prev_seq + 1:
-                report.gaps.append((prev_seq + 1, seq - 1))
-            if ev.get("prev_hash") != prev_hash:
-                report.errors.append(
-                    f"{where}: chain broken (prev_hash does not match seq {prev_seq}: "
+            problems.append(f"unknown schema {ev.get('schema')!r}")
+        if ev["event_id"] in self.event_ids:
+            problems.append("duplicate event_id")
+        self.event_ids.add(ev["event_id"])
+        return problems
+
+    def link_problems(self, ev: dict, report: AuditReport) -> list[str]:
+        """Order and chain against the previous event; a skipped range goes to ``gaps``."""
+        problems = []
+        seq = ev["seq"]
+        if self.prev_seq is not None:
+            if seq <= self.prev_seq:
+                problems.append(f"out of order after seq {self.prev_seq}")
+            elif seq != self.prev_seq + 1:
+                report.gaps.append((self.prev_seq + 1, seq - 1))
+            if ev.get("prev_hash") != self.prev_hash:
+                problems.append(
+                    f"chain broken (prev_hash does not match seq {self.prev_seq}: "
                     "event deleted, inserted or edited)"
                 )
-        prev_seq, prev_hash = seq, ev.get("hash")
-    report.boot_sessions = len(sessions)
-    return report
+        self.prev_seq, self.prev_hash = seq, ev.get("hash")
+        return problems
+
+
+def _signature_problems(ev: dict, key: Ed25519PublicKey) -> list[str]:
+    """Hash, device signature and (for a payout) receipt signature of one event."""
+    problems = []
+    if event_hash(ev) != ev.get("hash"):
+        problems.append("hash mismatch (event edited)")
+    elif not signature_ok(ev, key):
+        problems.append("bad signature")
+    if str(ev.get("outcome")) == "accepted" and "receipt_sig" in ev:
+        if not receipt_signature_ok(ev, key):
+            problems.append("bad receipt signature")
+    return problems
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-# Signing with a clock stuck at 1970 (a Pi without RTC before NTP) would put nonsense
-# timestamps into a signed, append-only record; refuse instead.
-MIN_REASONABLE_TS = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 RECEIPT_STATUSES = ("pending", "printed")
 
 SCHEMA_SQL = """
@@ -74,11 +70,6 @@ class OutboxItem:
     seq: int
     event_id: str
     payload: bytes
-
-
-def iso_utc(t: float) -> str:
-    """``2026-12-01T08:00:00.123Z``"""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def num(x) -> float | None:

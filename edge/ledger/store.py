@@ -29,11 +29,13 @@ from pathlib import Path
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import (
+    CLOCK_FLOOR,
     GENESIS,
     OUTCOMES,
     SCHEMA,
     canonical,
     event_hash,
+    iso_utc,
     receipt_payload,
     sign_receipt,
     verify_receipt_payload,
@@ -41,12 +43,10 @@ from edge.events import (
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import AuditReport, verify_events
 from edge.ledger.schema import (
-    MIN_REASONABLE_TS,
     RECEIPT_STATUSES,
     SCHEMA_SQL,
     OutboxItem,
     connect,
-    iso_utc,
     num,
 )
 from edge.privacy import mask_id
@@ -133,10 +133,12 @@ class Ledger:
     # -- writing -------------------------------------------------------------------------------
 
     def _check_clock(self, now: float) -> None:
-        if now < MIN_REASONABLE_TS:
+        # Signing with a clock stuck at 1970 (a Pi without RTC before NTP) would put nonsense
+        # timestamps into a signed, append-only record; refuse instead.
+        if now < CLOCK_FLOOR:
             raise LedgerError(
-                f"clock reads {iso_utc(max(now, 0))}, before 2024-01-01: refusing to sign "
-                "events; set the time (NTP or RTC) first"
+                f"clock reads {iso_utc(max(now, 0))}, before {iso_utc(CLOCK_FLOOR, 'seconds')}: "
+                "refusing to sign events; set the time (NTP or RTC) first"
             )
 
     def record(

@@ -10,46 +10,15 @@ double payouts that happened while terminals were cut off from each other.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 from collections.abc import Callable
-from functools import lru_cache
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edge.errors import PayloadError
-from edge.mqtt.schemas import canonical, parse
+from edge.events import check_event
+from edge.mqtt.schemas import parse
 from edge.mqtt.topics import DEFAULT_PREFIX, split
 
 log = logging.getLogger(__name__)
-
-
-def event_hash(event: dict) -> str:
-    """sha256 hex of the canonical form of ``event`` without ``hash`` and ``sig``."""
-    body = {k: v for k, v in event.items() if k not in ("hash", "sig")}
-    return hashlib.sha256(canonical(body)).hexdigest()
-
-
-@lru_cache(maxsize=4096)
-def _public_key(pem: bytes):
-    return load_pem_public_key(pem)
-
-
-def check_event(event: dict, device_public_pem: bytes | None) -> str | None:
-    """Why ``event`` is not intact (hash, then signature when a key is given), or None."""
-    if event_hash(event) != event["hash"]:
-        return "hash does not match the event"
-    if device_public_pem is None:
-        return None
-    try:
-        key = _public_key(device_public_pem)
-        key.verify(base64.b64decode(event["sig"], validate=True), event["hash"].encode("ascii"))
-    except (InvalidSignature, binascii.Error, ValueError, TypeError):
-        return "bad signature"
-    return None
 
 
 class ClaimsSync:

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from edge.errors import CommandRefused, PayloadError
-from edge.mqtt.schemas import canonical, parse, parse_utc, utc_now
+from edge.events import canonical, iso_utc, parse_iso_utc
+from edge.keys import load_ed25519_public, verify_ed25519
+from edge.mqtt.schemas import parse
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def sign_command(
         "id": command_id or str(uuid.uuid4()),
         "device_id": device_id,
         "name": name,
-        "issued_at": utc_now(time.time() if issued_at is None else issued_at),
+        "issued_at": iso_utc(time.time() if issued_at is None else issued_at),
         "args": args,
     }
     body["sig"] = base64.b64encode(key.sign(canonical(body))).decode("ascii")
@@ -173,10 +174,7 @@ class CommandProcessor:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         max_skew_s: float = DEFAULT_MAX_SKEW_S,
     ) -> None:
-        key = load_pem_public_key(central_public_pem)
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("central public key is not Ed25519")
-        self._key = key
+        self._key = load_ed25519_public(central_public_pem)
         self.device_id = device_id
         self._actions = dict(actions)
         self._clock = clock
@@ -240,9 +238,11 @@ class CommandProcessor:
         seen["cmd"] = cmd
         body = {k: v for k, v in cmd.items() if k != "sig"}
         try:
-            self._key.verify(base64.b64decode(cmd["sig"], validate=True), canonical(body))
-        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            sig = base64.b64decode(cmd["sig"], validate=True)
+        except binascii.Error as exc:
             raise CommandRefused("bad signature") from exc
+        if not verify_ed25519(self._key, sig, canonical(body)):
+            raise CommandRefused("bad signature")
         if cmd["device_id"] != self.device_id:
             raise CommandRefused("command is for another device")
         if topic_name is not None and cmd["name"] != topic_name:
@@ -250,7 +250,7 @@ class CommandProcessor:
         if cmd["name"] not in self._actions:
             raise CommandRefused(f"unknown command: {cmd['name']}")
         now = self._clock()
-        issued = parse_utc(cmd["issued_at"])
+        issued = parse_iso_utc(cmd["issued_at"]).timestamp()
         if issued > now + self._max_skew_s:
             raise CommandRefused("command issued in the future")
         if issued < now - self._max_age_s:
@@ -290,7 +290,7 @@ class CommandProcessor:
         self._db.execute("DELETE FROM chunks WHERE at < ?", (horizon,))
         self._db.execute(
             "INSERT INTO seen (id, name, issued, at) VALUES (?, ?, ?, ?)",
-            (cmd["id"], cmd["name"], parse_utc(cmd["issued_at"]), now),
+            (cmd["id"], cmd["name"], parse_iso_utc(cmd["issued_at"]).timestamp(), now),
         )
 
     def _run(self, cmd: dict) -> tuple[str, dict]:
@@ -338,5 +338,5 @@ class CommandProcessor:
             "status": status,
             "error": error[:200] if error else None,
             "result": result or {},
-            "ts": utc_now(self._clock()),
+            "ts": iso_utc(self._clock()),
         }

@@ -20,8 +20,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import KeyFileError, PayloadError
+from edge.events import check_event
 from edge.keys import load_device_public
-from edge.mqtt.claims import check_event
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
 from edge.mqtt.schemas import parse

@@ -20,9 +20,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import ConfigError
+from edge.events import canonical, iso_utc
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
-from edge.mqtt.schemas import canonical, errors, utc_now
+from edge.mqtt.schemas import errors
 from edge.mqtt.topics import Topics, result_topic, split
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class Reporter:
             "schema": "bansos.health/1",
             "device_id": self._cfg.device.id,
             "regency": self._cfg.device.regency,
-            "ts": utc_now(self._clock()),
+            "ts": iso_utc(self._clock()),
             "boot_session": getattr(self._ledger, "boot_session", None),
             "uptime_s": round(time.monotonic() - self._started, 1),
             "outbox_depth": int(self._ledger.outbox_depth()),
@@ -360,7 +361,7 @@ class Reporter:
             "schema": "bansos.status/1",
             "device_id": self._cfg.device.id,
             "state": state,
-            "ts": utc_now(self._clock()),
+            "ts": iso_utc(self._clock()),
         }
         boot = getattr(self._ledger, "boot_session", None)
         if boot:

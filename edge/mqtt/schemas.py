@@ -3,12 +3,12 @@
 Every payload that crosses the broker has a schema: ``event``, ``status``, ``health``,
 ``command`` and ``command_result``. Incoming payloads are validated before anything acts on
 them; outgoing ones are validated in the tests (and health, which the app fills in, at runtime).
+Their canonical form and time format are the event rules of :mod:`edge.events`.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -24,22 +24,6 @@ except ImportError:  # pragma: no cover - fall back to the reference validator
 
 SCHEMA_VERSION = 1
 KINDS = ("event", "status", "health", "command", "command_result")
-
-
-def canonical(obj: Any) -> bytes:
-    """The canonical JSON bytes that are hashed and signed (sorted keys, no spaces, UTF-8)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def utc_now(clock_value: float) -> str:
-    """ISO 8601 UTC with millisecond precision and a ``Z``."""
-    dt = datetime.fromtimestamp(clock_value, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def parse_utc(text: str) -> float:
-    """Seconds since the epoch from an ISO 8601 ``...Z`` timestamp."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 @cache

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from edge.events import canonical
+
 log = logging.getLogger(__name__)
 
 _TABLES = (
@@ -197,7 +199,7 @@ class EventStore:
                 ev.get("amount"),
                 ev["prev_hash"],
                 ev["hash"],
-                json.dumps(ev, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                canonical(ev).decode(),
                 now,
             ),
         )

@@ -17,13 +17,12 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+
+from edge.events import CLOCK_FLOOR, iso_utc
 
 log = logging.getLogger(__name__)
 
-# No terminal of this project signs anything before this date; an earlier clock is unset.
-CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 # systemd-timesyncd touches this file each time it synchronises (timedatectl's NTPSynchronized).
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -34,7 +33,8 @@ THROTTLED_FILE = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Whole seconds: these readings and refusals are read by people.
+    return iso_utc(ts, timespec="seconds")
 
 
 def _boot_id() -> str:

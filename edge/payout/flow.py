@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class Outcome(enum.StrEnum):
-    """Every decision the terminal can take; refusals are recorded like payouts."""
+    """Every decision the terminal can take; refusals are recorded like payouts.
+
+    Named members for :data:`edge.events.OUTCOMES`, which owns the list (the ledger refuses
+    any other word); tests/test_events.py checks that both, the event schema and the slip
+    wording agree. Written out rather than built from the tuple so type checkers see members.
+    """
 
     ACCEPTED = "accepted"
     NO_FACE = "no_face"
