@@ -159,95 +159,111 @@ class Ledger:
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
         household was already paid for this round, here or at another terminal.
         """
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}")
-        accepted = outcome == "accepted"
-        if accepted and not (household_id and round_id and amount is not None):
-            raise ValueError("an accepted payout needs household_id, round_id and amount")
+        accepted = _check_decision(outcome, household_id, round_id, amount)
         now = self._clock()
         self._check_clock(now)
-        ts = iso_utc(now)
+        fields = {
+            "outcome": outcome,
+            "household_id": household_id,
+            "round_id": round_id,
+            "amount": int(amount) if accepted and amount is not None else None,
+            "score": num(score),
+            "threshold": num(threshold),
+            "liveness": num(liveness),
+            "model_id": model_id,
+            "bundle_id": bundle_id,
+        }
         with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if accepted:
-                    paid = self._find_paid(household_id, round_id)
-                    if paid:
-                        raise AlreadyPaid(paid)
-                seq, prev_hash = self._head()
-                seq += 1
-                event = {
-                    "schema": SCHEMA,
-                    "event_id": str(uuid.uuid4()),
-                    "device_id": self.device_id,
-                    "regency": self.regency,
-                    "boot_session": self.boot_session,
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": "decision",
-                    "outcome": outcome,
-                    "household_id": household_id,
-                    "round_id": round_id,
-                    "amount": int(amount) if accepted and amount is not None else None,
-                    "score": num(score),
-                    "threshold": num(threshold),
-                    "liveness": num(liveness),
-                    "model_id": model_id,
-                    "bundle_id": bundle_id,
-                    "prev_hash": prev_hash,
-                }
-                if extra:
-                    event["extra"] = dict(extra)
-                if accepted:
-                    event["receipt_sig"] = sign_receipt(event, self._identity.sign)
-                digest = event_hash(event)
-                event["hash"] = digest
-                event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
-                conn.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        seq,
-                        event["event_id"],
-                        ts,
-                        outcome,
-                        household_id,
-                        round_id,
-                        digest,
-                        canonical(event).decode(),
-                    ),
-                )
-                conn.execute(
-                    "INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event["event_id"])
-                )
-                if accepted:
-                    conn.execute(
-                        "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
-                        (household_id, round_id, event["event_id"], event["amount"], ts),
-                    )
-                    conn.execute(
-                        "INSERT INTO receipts VALUES (?, 'pending', ?)", (event["event_id"], ts)
-                    )
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
-                conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                _rollback(conn)
-                # Only reachable if the read above raced a writer in another process.
-                paid = self._find_paid(household_id, round_id) if accepted else None
-                if paid:
-                    raise AlreadyPaid(paid) from exc
-                raise LedgerError(f"ledger refused the event: {exc}") from exc
-            except BaseException:
-                _rollback(conn)
-                raise
+            event = self._commit(fields, iso_utc(now), extra)
         log.info(
             "recorded seq %s %s household %s round %s",
-            seq,
+            event["seq"],
             outcome,
             mask_id(household_id),
             round_id,
         )
         return event
+
+    def _commit(self, fields: dict, ts: str, extra: dict | None) -> dict:
+        """One transaction: double-payout check, next link of the chain, every row; fsynced."""
+        conn = self._conn
+        accepted = fields["outcome"] == "accepted"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if accepted:
+                paid = self._find_paid(fields["household_id"], fields["round_id"])
+                if paid:
+                    raise AlreadyPaid(paid)
+            seq, prev_hash = self._head()
+            event = self._signed_event(seq + 1, prev_hash, ts, fields, extra)
+            self._insert_event(event)
+            conn.execute("COMMIT")  # synchronous=FULL: on disk before this returns
+        except sqlite3.IntegrityError as exc:
+            _rollback(conn)
+            # Only reachable if the read above raced a writer in another process.
+            paid = self._find_paid(fields["household_id"], fields["round_id"]) if accepted else None
+            if paid:
+                raise AlreadyPaid(paid) from exc
+            raise LedgerError(f"ledger refused the event: {exc}") from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+        return event
+
+    def _signed_event(
+        self, seq: int, prev_hash: str, ts: str, fields: dict, extra: dict | None
+    ) -> dict:
+        """The event linked to ``prev_hash``, with its receipt signature, hash and signature."""
+        event = {
+            "schema": SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "device_id": self.device_id,
+            "regency": self.regency,
+            "boot_session": self.boot_session,
+            "seq": seq,
+            "ts": ts,
+            "kind": "decision",
+            **fields,
+            "prev_hash": prev_hash,
+        }
+        if extra:
+            event["extra"] = dict(extra)
+        if event["outcome"] == "accepted":
+            event["receipt_sig"] = sign_receipt(event, self._identity.sign)
+        digest = event_hash(event)
+        event["hash"] = digest
+        event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
+        return event
+
+    def _insert_event(self, event: dict) -> None:
+        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt."""
+        q = self._conn.execute
+        seq, event_id, ts = event["seq"], event["event_id"], event["ts"]
+        hid, rid = event["household_id"], event["round_id"]
+        q(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                event_id,
+                ts,
+                event["outcome"],
+                hid,
+                rid,
+                event["hash"],
+                canonical(event).decode(),
+            ),
+        )
+        q("INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event_id))
+        if event["outcome"] == "accepted":
+            q(
+                "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
+                (hid, rid, event_id, event["amount"], ts),
+            )
+            q(
+                "INSERT INTO receipts (event_id, status, updated) VALUES (?, 'pending', ?)",
+                (event_id, ts),
+            )
+        q("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
 
     def record_remote_payout(self, event: dict) -> bool:
         """Remember a payout another terminal reported; False if already known (or our own)."""
@@ -416,6 +432,18 @@ class Ledger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_decision(
+    outcome: str, household_id: str | None, round_id: str | None, amount: int | None
+) -> bool:
+    """Refuse an unknown outcome or a payout without its keys; True for a payout."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    accepted = outcome == "accepted"
+    if accepted and not (household_id and round_id and amount is not None):
+        raise ValueError("an accepted payout needs household_id, round_id and amount")
+    return accepted
 
 
 def _load(body: str) -> dict:
