@@ -18,6 +18,7 @@ from pathlib import Path
 from edge.errors import KeyFileError, LedgerError
 from edge.events import GENESIS, REQUIRED, SCHEMA, event_hash, receipt_message, unb64url
 from edge.keys import load_ed25519_public, verify_ed25519
+from edge.ledger.schema import receipt_notes
 from edge.privacy import mask_id
 
 
@@ -209,3 +210,4 @@ def _cross_check(conn: sqlite3.Connection, meta: dict, report: AuditReport) -> N
     devices = [row[0] for row in q("SELECT DISTINCT json_extract(body, '$.device_id') FROM events")]
     if any(d != meta.get("device_id") for d in devices):
         report.errors.append(f"events from other devices in this ledger: {devices}")
+    report.warnings += receipt_notes(conn)  # cut-off slips: noted, not tampering
