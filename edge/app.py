@@ -103,7 +103,7 @@ class App:
         actions = {
             "bundle": bundle_action(self.bundles),
             "config": lambda args: apply_config_changes(self.cfg, args["set"]),
-            "reprint": lambda args: {"printed": self.desk.reprint_last()},
+            "reprint": lambda args: {"printed": self.desk.reprint(args["event_id"])},
         }
         return Reporter.from_config(
             self.cfg, self.ledger, self.identity, actions, health_source=self.health

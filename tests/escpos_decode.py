@@ -119,3 +119,34 @@ def decode(data: bytes, codepage: str = "cp437") -> Decoded:
     if buf:
         flush_line()
     return out
+
+
+@dataclass
+class Slip:
+    """One slip of a spool: what was decoded and whether it came out whole (ends with its cut)."""
+
+    decoded: Decoded
+    whole: bool
+
+    @property
+    def texts(self) -> list[str]:
+        return self.decoded.texts
+
+
+def _decode_cut_off(chunk: bytes) -> Decoded:
+    # A slip cut off mid-command: keep what decodes, dropping the broken command at the end.
+    for end in range(len(chunk), max(len(chunk) - 300, 0), -1):
+        try:
+            return decode(chunk[:end])
+        except (IndexError, ValueError):
+            continue
+    return Decoded()
+
+
+def split_slips(data: bytes) -> list[Slip]:
+    """The slips of a spool in order (each starts with ESC @), including a cut-off last part."""
+    slips = []
+    for part in data.split(b"\x1b@")[1:]:
+        decoded = _decode_cut_off(b"\x1b@" + part)
+        slips.append(Slip(decoded, bool(decoded.order) and decoded.order[-1] == "cut"))
+    return slips

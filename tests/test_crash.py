@@ -1,8 +1,9 @@
-"""Power-cut test: a child pays in a loop and is SIGKILLed at random points, 25 times.
+"""Power-cut tests: a child pays (and prints) in a loop and is SIGKILLed at random points.
 
 Afterwards every payout the child saw committed is in the ledger, no household is paid twice,
 and the signed chain verifies with no gap. The child writes ``paid <household> <event_id>``
-to a log only after :meth:`Ledger.record` returned, i.e. after the fsynced commit.
+to a log only after :meth:`Ledger.record` returned, i.e. after the fsynced commit. With a
+printer, no receipt comes out twice unmarked and every slip cut off by a kill is on record.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import time
 from collections import Counter
 
 import pytest
+from escpos_decode import split_slips
 
+from edge.config import Config, PrinterConfig
+from edge.devices.printer import make_printer
 from edge.errors import AlreadyPaid
+from edge.events import verify_receipt_payload
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import audit_ledger, read_events
 from edge.ledger.store import Ledger
+from edge.payout.receipts import ReceiptDesk
 
 KILLS = 25
 DEVICE = "edge-crash-0001"
@@ -58,6 +64,37 @@ while True:
 """
 
 
+PRINT_KILLS = 20
+
+# The same, with receipts: each payout is printed to a file printer (real ESC/POS bytes) by the
+# real ReceiptDesk; every start first prints what the last run left unprinted.
+PRINTING_CHILD = r"""
+import random, sys
+from edge.config import Config, PrinterConfig
+from edge.devices.printer import make_printer
+from edge.errors import AlreadyPaid
+from edge.keys import DeviceIdentity
+from edge.ledger.store import Ledger
+from edge.payout.receipts import ReceiptDesk
+
+db, keys, spool, log_path, seed = sys.argv[1:6]
+led = Ledger(db, DeviceIdentity.load_or_create(keys), "edge-crash-0001", "3171")
+printer = make_printer(PrinterConfig(kind="file", path=spool), ".")
+desk = ReceiptDesk(Config(), printer, led, lambda hid: "W*** D***")
+rng = random.Random(int(seed))
+log = open(log_path, "a", buffering=1)
+log.write("start\n")
+desk.retry_pending()
+while True:
+    hh = "KPM-3171-%04d-0001" % rng.randrange(5000)
+    try:
+        ev = led.record("accepted", household_id=hh, round_id="2026-12", amount=300000)
+    except AlreadyPaid:
+        continue
+    desk.handle(ev)
+"""
+
+
 def _wait_for_starts(log_path, n, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,28 +104,32 @@ def _wait_for_starts(log_path, n, timeout=20.0):
     return False
 
 
+def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
+    """Start ``script`` with ``args``, log path and run number; SIGKILL it at a random moment
+    after it logged its start; ``kills`` times."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for k in range(kills):
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args), str(log_path), str(k)],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        if not _wait_for_starts(log_path, k + 1):
+            child.kill()
+            pytest.fail(f"child {k} did not start: {child.communicate()[1].decode()[-2000:]}")
+        time.sleep(rng.uniform(0.0, max_sleep))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+
+
 @pytest.mark.slow
 def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path):
     db = tmp_path / "ledger.sqlite"
     keys = tmp_path / "keys"
     log_path = tmp_path / "child.log"
     ident = DeviceIdentity.load_or_create(keys)
-    rng = random.Random(20261201)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    for k in range(KILLS):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db), str(keys), str(log_path), str(k)],
-            env=env,
-            stderr=subprocess.PIPE,
-        )
-        started = _wait_for_starts(log_path, k + 1)
-        if not started:
-            child.kill()
-            pytest.fail(f"child {k} did not start: {child.communicate()[1].decode()[-2000:]}")
-        time.sleep(rng.uniform(0.0, 0.25))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    _run_and_kill(CHILD, (db, keys), log_path, KILLS, random.Random(20261201), 0.25)
 
     committed = {}
     dups = 0
@@ -129,3 +170,44 @@ def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path):
     ev = led.record("no_face")
     assert ev["seq"] == len(events) + 1 and ev["prev_hash"] == events[-1]["hash"]
     led.close()
+
+
+@pytest.mark.slow
+def test_sigkill_while_printing_never_prints_a_second_original(tmp_path):
+    """Kills land mostly mid-slip (the QR is encoded between the header and the code itself).
+    After every restart: no receipt came out twice unmarked, each cut-off slip was counted,
+    and every payout has a whole receipt."""
+    db, keys, spool = tmp_path / "ledger.sqlite", tmp_path / "keys", tmp_path / "receipts.bin"
+    ident = DeviceIdentity.load_or_create(keys)
+    args = (db, keys, spool)
+    _run_and_kill(PRINTING_CHILD, args, tmp_path / "child.log", PRINT_KILLS, random.Random(7), 0.4)
+
+    # The last restart, here: what the last kill left is printed now.
+    with Ledger(db, ident, DEVICE, "3171") as led:
+        printer = make_printer(PrinterConfig(kind="file", path=str(spool)), tmp_path)
+        ReceiptDesk(Config(), printer, led, lambda hid: None).retry_pending()
+        printer.close()
+        assert led.stats()["pending_receipts"] == 0
+        payouts = [e for e in led.events() if e["outcome"] == "accepted"]
+        cuts = {e["event_id"]: led.receipt_state(e["event_id"]).interrupted for e in payouts}
+    assert len(payouts) > PRINT_KILLS, "the child barely ran: the test proves nothing"
+
+    slips = split_slips(spool.read_bytes())
+    cut_off = [s for s in slips if not s.whole]
+    assert len(cut_off) >= 1, "no kill landed mid-slip: the test proves nothing"
+    assert len(cut_off) <= sum(cuts.values()), "a cut-off slip is not on record"
+    whole: dict[str, Counter] = {e["event_id"]: Counter() for e in payouts}
+    pem = ident.device_public_pem()
+    for slip in (s for s in slips if s.whole):
+        [qr] = slip.decoded.qr
+        marked = "** CETAK ULANG **" in slip.texts
+        whole[verify_receipt_payload(qr, pem)["event_id"]][marked] += 1
+    for event_id, printed in whole.items():
+        assert printed[False] <= 1, f"receipt {event_id} printed twice as an original"
+        if cuts[event_id]:
+            assert printed[True] >= 1, f"receipt {event_id} cut off and not printed again"
+        else:
+            assert printed == Counter({False: 1}), f"receipt {event_id}: {printed}"
+    report = audit_ledger(db, pem)
+    assert report.ok, report.summary()
+    assert len(report.warnings) == sum(1 for n in cuts.values() if n)

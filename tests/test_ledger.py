@@ -12,6 +12,7 @@ from edge.errors import AlreadyPaid, LedgerError
 from edge.events import GENESIS, event_hash, receipt_payload, verify_receipt_payload
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import audit_ledger, read_events, verify_events
+from edge.ledger.schema import RECEIPTS_COLUMNS, SCHEMA_SQL, ReceiptState
 from edge.ledger.store import Ledger
 
 T0 = 1_796_000_000.0  # 2026-11-30
@@ -308,3 +309,144 @@ def test_events_match_the_published_json_schema(ledger):
     ledger.record("no_match", household_id="KPM-3171-0001-0002", round_id="2026-12", score=0.1)
     for item in ledger.outbox():
         jsonschema.validate(json.loads(item.payload), schema)
+
+
+# The receipts table as the first release wrote it (ledger layout 1, no ledger_version in meta).
+V1_RECEIPTS = """CREATE TABLE receipts (
+    event_id TEXT PRIMARY KEY REFERENCES events (event_id),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'printed')),
+    updated TEXT NOT NULL
+)"""
+
+
+def make_layout_1(path) -> None:
+    """Turn a ledger file back into layout 1, rows kept, as an older terminal would hold it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    rows = conn.execute("SELECT event_id, status, updated FROM receipts").fetchall()
+    conn.execute("DROP TABLE receipts")
+    conn.execute(V1_RECEIPTS)
+    conn.executemany("INSERT INTO receipts VALUES (?, ?, ?)", rows)
+    conn.execute("DELETE FROM meta WHERE key = 'ledger_version'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def receipts_sql(path) -> str:
+    conn = sqlite3.connect(path)
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'receipts'").fetchone()
+    conn.close()
+    return sql
+
+
+def test_receipt_printing_state_and_cut_off_count(ledger):
+    ev = pay(ledger)
+    assert ledger.receipt_state(ev["event_id"]).status == "pending"
+    ledger.set_receipt(ev["event_id"], "printing")
+    assert ledger.pending_receipts() == [ev]  # not printed yet: still to print
+    state = ledger.note_interrupted(ev["event_id"])
+    assert (state.status, state.interrupted) == ("pending", 1)
+    assert ledger.note_interrupted(ev["event_id"]).interrupted == 1  # only a 'printing' one
+    ledger.set_receipt(ev["event_id"], "printed")
+    assert ledger.receipt_state(ev["event_id"]).interrupted == 1  # the cut stays on record
+    assert ledger.stats()["pending_receipts"] == 0
+    assert ledger.stats()["interrupted_receipts"] == 1
+    assert ledger.receipt_state(ledger.record("no_face")["event_id"]) is None
+    assert ledger.event(ev["event_id"]) == ev and ledger.event("nope") is None
+
+
+def test_a_layout_1_ledger_is_upgraded_in_place(tmp_path, ident):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()) as led:
+        printed, waiting = pay(led), pay(led, hh="KPM-3171-0001-0002")
+        led.set_receipt(printed["event_id"], "printed")
+    make_layout_1(path)
+    assert audit_ledger(path, ident.device_public_pem()).ok  # audit reads either layout
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError):  # the old CHECK knows no 'printing'
+        conn.execute("UPDATE receipts SET status = 'printing'")
+    conn.close()
+
+    with Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()) as led:
+        assert led.receipt_state(printed["event_id"]) == ReceiptState("printed", 0)
+        assert led.receipt_state(waiting["event_id"]) == ReceiptState("pending", 0)
+        led.set_receipt(waiting["event_id"], "printing")
+        assert led.note_interrupted(waiting["event_id"]).interrupted == 1
+        pay(led, hh="KPM-3171-0001-0003")  # new payouts write the new table
+    assert "'printing'" in receipts_sql(path) and "interrupted" in receipts_sql(path)
+    conn = sqlite3.connect(path)
+    assert dict(conn.execute("SELECT key, value FROM meta"))["ledger_version"] == "2"
+    (fk_problems,) = conn.execute("SELECT COUNT(*) FROM pragma_foreign_key_check").fetchone()
+    conn.close()
+    assert fk_problems == 0
+    report = audit_ledger(path, ident.device_public_pem())
+    assert report.ok, report.summary()
+    # Opening again changes nothing: the upgrade runs once.
+    Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()).close()
+    assert "interrupted" in receipts_sql(path)
+
+
+def test_a_failed_upgrade_leaves_the_old_layout_whole(tmp_path, ident):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()) as led:
+        ev = pay(led)
+    make_layout_1(path)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE receipts_v2 (x)")  # in the way of the rebuild
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="receipts_v2"):
+        Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock())
+    assert receipts_sql(path) == V1_RECEIPTS
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT event_id, status FROM receipts").fetchall() == [
+        (ev["event_id"], "pending")
+    ]
+    assert "ledger_version" not in dict(conn.execute("SELECT key, value FROM meta"))
+    conn.close()
+
+
+def test_a_half_made_layout_1_file_is_upgraded_too(tmp_path, ident):
+    """An older release cut off after making its tables, before its first commit of meta."""
+    path = tmp_path / "ledger.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        SCHEMA_SQL.replace(f"CREATE TABLE IF NOT EXISTS receipts {RECEIPTS_COLUMNS}", V1_RECEIPTS)
+    )
+    conn.close()
+    assert receipts_sql(path) == V1_RECEIPTS
+    with Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()) as led:
+        ev = pay(led)
+        led.set_receipt(ev["event_id"], "printing")
+    assert "'printing'" in receipts_sql(path)
+
+
+def test_a_ledger_from_a_newer_release_is_refused_untouched(tmp_path, ident):
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock()).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'ledger_version'")
+    conn.commit()
+    conn.close()
+    before = receipts_sql(path)
+    with pytest.raises(LedgerError, match="version 3 is unknown"):
+        Ledger(path, ident, "edge-test-0001", "3171", clock=FakeClock())
+    assert receipts_sql(path) == before
+
+
+def test_audit_notes_cut_off_receipts(ledger, ident, tmp_path):
+    done, waiting, now = (pay(ledger, hh=f"KPM-3171-0001-000{i}") for i in range(3))
+    for ev in (done, waiting, now):
+        ledger.set_receipt(ev["event_id"], "printing")
+    for ev in (done, waiting):
+        ledger.note_interrupted(ev["event_id"])
+    ledger.set_receipt(done["event_id"], "printed")
+    pay(ledger, hh="KPM-3171-0001-0009")  # pending, never started: nothing to note
+    report = audit_ledger(tmp_path / "ledger.sqlite", ident.device_public_pem())
+    assert report.ok  # a cut-off slip is no tampering: noted, not failed
+    assert report.warnings == [
+        "seq 1: receipt printing cut off 1 time(s); printed again marked CETAK ULANG",
+        "seq 2: receipt printing cut off 1 time(s); not printed since",
+        "seq 3: receipt printing started, not finished",
+    ]
+    assert "warning: seq 2: receipt printing cut off" in report.summary()

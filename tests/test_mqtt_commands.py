@@ -6,18 +6,22 @@ import base64
 import hashlib
 import json
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from escpos_decode import split_slips
+from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
+from edge.app import App
 from edge.config import Config, parse_config
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused
-from edge.events import canonical
+from edge.events import canonical, verify_receipt_payload
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
 from edge.mqtt.commands import (
@@ -304,3 +308,64 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, c
         assert store.current().bundle_id == "b-good"
     finally:
         proc.close()
+
+
+def test_reprint_over_the_broker_prints_that_receipt_marked(tmp_path, broker, central, models_dir):
+    """Central asks the running daemon for one receipt again: the real command path (broker,
+    signature check, the app's action) prints that event's receipt, marked as a reprint, and
+    refuses ids that are no payout of this terminal."""
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True)
+    (state / "keys" / "central_public.pem").write_bytes(pem(central))
+    cfg = Config()
+    cfg.device.state_dir = str(state)
+    cfg.models.dir = str(models_dir)
+    cfg.liveness.enabled = False
+    cfg.camera.kind, cfg.camera.source = "folder", str(tmp_path / "no-frames")
+    for key, value in broker.mqtt_config(cfg.device.id).items():
+        setattr(cfg.mqtt, key, value)
+    identity = DeviceIdentity.load_or_create(state / "keys")
+    with Ledger(state / "ledger.sqlite", identity, cfg.device.id, cfg.device.regency) as ledger:
+        first, latest = (
+            ledger.record("accepted", household_id=hid, round_id="2026-12", amount=300_000)
+            for hid in ("KPM-3171-0001-0001", "KPM-3171-0001-0002")
+        )
+        refusal = ledger.record("no_match", household_id="KPM-3171-0001-0003", score=0.2)
+    unknown = "0b8c1f5e-0000-4000-8000-000000000001"
+
+    app = App(cfg, exit_at_end=False)
+    base = app.reporter.topics.base
+    spy = Spy(broker, [f"{base}/cmd/+/result", f"{base}/health"])
+    runner = threading.Thread(target=app.run)
+    runner.start()
+    try:
+        # The health report made on connection follows the command subscription.
+        assert wait_for(lambda: spy.on("/health"), timeout=20), "daemon never reported"
+        assert wait_for(lambda: app.ledger.pending_receipts() == [], timeout=10)
+        commands = {
+            event_id: sign_command(central, cfg.device.id, "reprint", {"event_id": event_id})
+            for event_id in (first["event_id"], unknown, refusal["event_id"])
+        }
+        for payload in commands.values():
+            spy.publish(app.reporter.topics.command("reprint"), payload)
+        assert wait_for(lambda: len(spy.on("/result")) == 3, timeout=15), spy.on("/result")
+    finally:
+        app.stop_event.set()
+        runner.join(30)
+        spy.close()
+
+    by_id = {r["command_id"]: check_result(r) for r in spy.on("/result")}
+    results = {eid: by_id[json.loads(p)["id"]] for eid, p in commands.items()}
+    assert results[first["event_id"]]["status"] == "applied"
+    assert results[first["event_id"]]["result"] == {"printed": True}
+    assert results[unknown]["status"] == "refused"
+    assert results[unknown]["error"] == f"no event {unknown} in this terminal's ledger"
+    assert results[refusal["event_id"]]["status"] == "refused"
+    assert "not a payout" in results[refusal["event_id"]]["error"]
+
+    slips = split_slips((state / "receipts.bin").read_bytes())
+    assert [s.whole for s in slips] == [True, True, True]  # two originals at start, one copy
+    records = [verify_receipt_payload(s.decoded.qr[0], identity.device_public_pem()) for s in slips]
+    assert [r["event_id"] for r in records] == [e["event_id"] for e in (first, latest, first)]
+    assert ["** CETAK ULANG **" in s.texts for s in slips] == [False, False, True]
+    assert slips[2].texts[1] == "** CETAK ULANG **"  # right under the title

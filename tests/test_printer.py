@@ -11,7 +11,13 @@ import pytest
 from escpos_decode import decode
 
 from edge.config import PrinterConfig
-from edge.devices.printer import PrinterStatus, make_printer
+from edge.devices.printer import (
+    FileTransport,
+    Printer,
+    PrinterStatus,
+    make_printer,
+    profile_58mm,
+)
 from edge.devices.receipt import Line, Refusal, example_receipt, receipt_blocks
 from edge.errors import DeviceError
 
@@ -185,11 +191,9 @@ def test_missing_serial_port_is_offline_not_fatal(tmp_path):
         printer.print_receipt(example_receipt())
 
 
-def test_dummy_refusal_diagnostic_and_reprint():
+def test_dummy_refusal_diagnostic_and_reprint_mark():
     printer = make_printer(PrinterConfig(kind="dummy"), "unused")
     dummy = printer.transport
-    with pytest.raises(DeviceError):
-        printer.reprint_last()
     printer.print_refusal(Refusal("Titik A", "edge-demo-0001", 0.0, "spoof", "e-2"))
     out = decode(dummy.output)
     assert "VERIFIKASI GAGAL" in out.texts
@@ -204,10 +208,47 @@ def test_dummy_refusal_diagnostic_and_reprint():
 
     r = example_receipt()
     printer.print_receipt(r)
-    printer.reprint_last()
+    printer.print_receipt(r, reprint=True)
     out = decode(dummy.output)
     assert out.cuts == 2 and out.qr == [r.qr_payload, r.qr_payload]
     assert out.texts.count("** CETAK ULANG **") == 1
+    # the mark is on the second slip, right under the title
+    second = out.texts[out.texts.index("BUKTI PENYALURAN BANSOS", 1) :]
+    assert second[1] == "** CETAK ULANG **"
+
+
+class FsyncHistory:
+    """Stands in for os.fsync: keeps what the file held each time it was forced to disk."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.synced: list[bytes] = []
+
+    def __call__(self, fd: int) -> None:
+        os.fstat(fd)  # a real, open descriptor
+        self.synced.append(self.path.read_bytes())
+
+
+def test_file_printer_forces_each_whole_slip_to_disk(tmp_path):
+    path = tmp_path / "receipts.bin"
+    history = FsyncHistory(path)
+    transport = FileTransport(devfile=str(path), profile=profile_58mm(), fsync=history)
+    printer = Printer(transport, "file")
+    printer.print_receipt(example_receipt())
+    printer.print_refusal(Refusal("Titik A", "edge-demo-0001", 0.0, "spoof", "e-2"))
+    printer.close()
+    assert len(history.synced) == 2  # once per slip
+    first, both = history.synced
+    assert decode(first).cuts == 1 and decode(first).qr == [example_receipt().qr_payload]
+    assert both.startswith(first) and decode(both).cuts == 2
+    assert both == path.read_bytes()  # nothing written after the last sync
+
+
+def test_file_printer_to_a_device_node_that_cannot_sync(tmp_path):
+    # /dev/null, like /dev/usb/lp0, refuses fsync (EINVAL): the slip still counts as sent.
+    printer = make_printer(PrinterConfig(kind="file", path="/dev/null"), tmp_path)
+    printer.print_receipt(example_receipt())
+    printer.close()
 
 
 def test_file_printer_appends_and_reports_unknown_paper(tmp_path):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from edge.config import Config
-from edge.errors import DeviceError
+from edge.errors import CommandRefused, DeviceError
 from edge.events import verify_receipt_payload
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
@@ -81,17 +82,120 @@ def test_pending_receipt_survives_a_restart(setup):
         fresh = ReceiptDesk(Config(), FlakyPrinter(), reopened, lambda hid: None)
         assert fresh.retry_pending() == 1
         assert fresh.printer.printed[0][0].event_id == event["event_id"]
+        assert fresh.printer.printed[0][1] is False  # never printed before: the original
         assert reopened.pending_receipts() == []
-        assert fresh.reprint_last() is True
-        assert len(fresh.printer.printed) == 2
+        assert fresh.reprint(event["event_id"]) is True
+        assert [(r.event_id, marked) for r, marked in fresh.printer.printed] == [
+            (event["event_id"], False),
+            (event["event_id"], True),
+        ]
 
 
-def test_reprint_after_restart_uses_the_ledger(setup):
+def test_reprint_prints_the_asked_event_marked_as_a_reprint(setup):
     desk, printer, ledger, *_ = setup
-    pay(ledger, "3171000000000001")
+    first = pay(ledger, "3171000000000001")
     latest = pay(ledger, "3171000000000002")
-    assert desk.reprint_last() is True
-    assert printer.printed[-1][0].event_id == latest["event_id"]
+    desk.handle(first)
+    desk.handle(latest)
+    assert desk.reprint(first["event_id"]) is True
+    receipt, marked = printer.printed[-1]
+    assert receipt.event_id == first["event_id"] and marked is True
+    assert receipt.qr_payload == printer.printed[0][0].qr_payload  # the same signed record
+    assert ledger.receipt_state(first["event_id"]).status == "printed"
+
+
+def test_reprint_refuses_an_unknown_event_or_a_refusal(setup):
+    desk, printer, ledger, *_ = setup
+    refusal = ledger.record("no_match", household_id=HID, round_id="2026-12", score=0.1)
+    unknown = "0b8c1f5e-0000-4000-8000-000000000001"
+    with pytest.raises(CommandRefused, match=f"no event {unknown}"):
+        desk.reprint(unknown)
+    with pytest.raises(CommandRefused, match="not a payout"):
+        desk.reprint(refusal["event_id"])
+    assert printer.printed == []
+
+
+def test_reprint_of_a_receipt_still_pending_settles_it(setup):
+    """A marked copy stands in for the original, so no unmarked one follows it later."""
+    desk, printer, ledger, *_ = setup
+    printer.online = False
+    event = pay(ledger)
+    assert desk.handle(event) is False
+    assert desk.reprint(event["event_id"]) is False  # still offline: stays pending
+    assert [e["event_id"] for e in ledger.pending_receipts()] == [event["event_id"]]
+    printer.online = True
+    assert desk.reprint(event["event_id"]) is True
+    assert ledger.pending_receipts() == [] and desk.retry_pending() == 0
+    assert [marked for _, marked in printer.printed] == [True]
+
+
+class PowerCut(BaseException):
+    """The process dies: nothing after it runs (not an error anyone could catch)."""
+
+
+class DyingPrinter(FlakyPrinter):
+    """Loses power after sending part of the next receipt; reads the ledger as it starts."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        super().__init__()
+        self.ledger_path = ledger_path
+        self.seen_status: list[str] = []
+        self.cut_off: list[str] = []
+
+    def print_receipt(self, r, *, reprint: bool = False) -> None:
+        # Another connection sees what a restart would see: the start must be committed.
+        conn = sqlite3.connect(self.ledger_path)
+        (status,) = conn.execute(
+            "SELECT status FROM receipts WHERE event_id = ?", (r.event_id,)
+        ).fetchone()
+        conn.close()
+        self.seen_status.append(status)
+        self.cut_off.append(r.event_id)
+        raise PowerCut
+
+
+def test_power_cut_while_printing_reprints_marked_and_records_the_cut(setup):
+    _, _, ledger, identity, tmp = setup
+    dying = DyingPrinter(tmp / "ledger.sqlite")
+    desk = ReceiptDesk(Config(), dying, ledger, lambda hid: None)
+    event = pay(ledger)
+    with pytest.raises(PowerCut):
+        desk.handle(event)
+    assert dying.seen_status == ["printing"]  # on disk before the first byte went out
+    ledger.close()
+
+    with Ledger(tmp / "ledger.sqlite", identity, "edge-test-0001", "3171") as reopened:
+        printer = FlakyPrinter()
+        restarted = ReceiptDesk(Config(), printer, reopened, lambda hid: None)
+        assert [e["event_id"] for e in reopened.pending_receipts()] == [event["event_id"]]
+        assert restarted.retry_pending() == 1
+        [(receipt, marked)] = printer.printed
+        assert receipt.event_id == event["event_id"]
+        assert marked is True, "a second unmarked original of a cut-off slip"
+        state = reopened.receipt_state(event["event_id"])
+        assert state.status == "printed" and state.interrupted == 1
+        assert reopened.stats()["interrupted_receipts"] == 1
+        assert restarted.retry_pending() == 0  # printed once, not again at every retry
+
+
+def test_a_cut_during_the_reprint_itself_is_counted_again(setup):
+    _, _, ledger, identity, tmp = setup
+    path = tmp / "ledger.sqlite"
+    event = pay(ledger)
+    with pytest.raises(PowerCut):  # the original is cut off
+        ReceiptDesk(Config(), DyingPrinter(path), ledger, lambda h: None).handle(event)
+    ledger.close()
+    with Ledger(path, identity, "edge-test-0001", "3171") as second_boot:
+        desk = ReceiptDesk(Config(), DyingPrinter(path), second_boot, lambda h: None)
+        with pytest.raises(PowerCut):  # and so is the reprint at the next start
+            desk.retry_pending()
+        assert second_boot.receipt_state(event["event_id"]).interrupted == 1
+    with Ledger(path, identity, "edge-test-0001", "3171") as third_boot:
+        printer = FlakyPrinter()
+        assert ReceiptDesk(Config(), printer, third_boot, lambda h: None).retry_pending() == 1
+        assert [marked for _, marked in printer.printed] == [True]
+        state = third_boot.receipt_state(event["event_id"])
+        assert state.status == "printed" and state.interrupted == 2
 
 
 def test_refusal_slip_only_when_configured(setup):

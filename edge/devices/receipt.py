@@ -38,6 +38,11 @@ REFUSAL_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Under the title of every slip printed again (a staff or central reprint, or after a slip was
+# cut off by a power loss): the QR is the same signed record, so the mark tells copies apart.
+REPRINT_MARK = "** CETAK ULANG **"
+
+
 @dataclass(frozen=True)
 class Receipt:
     """A payout receipt. Only masked personal data ever reaches this object.
@@ -201,7 +206,7 @@ def receipt_blocks(r: Receipt, reprint: bool = False) -> list[Block]:
     """The payout receipt as blocks, top to bottom (the printer adds the cut)."""
     blocks: list[Block] = _header("BUKTI PENYALURAN BANSOS", r.point_name, r.ts)
     if reprint:
-        blocks.insert(1, Line("** CETAK ULANG **", align="center", bold=True))
+        blocks.insert(1, Line(REPRINT_MARK, align="center", bold=True))
     blocks += [
         *_field("Tahap", r.round_id),
         *_field("Nama", r.masked_name),

@@ -26,6 +26,7 @@ from edge.events import (
     signature_ok,
 )
 from edge.keys import load_ed25519_public
+from edge.ledger.schema import receipt_notes
 from edge.privacy import mask_id
 
 
@@ -245,3 +246,4 @@ def _cross_check(conn: sqlite3.Connection, meta: dict, report: AuditReport) -> N
     devices = [row[0] for row in q("SELECT DISTINCT json_extract(body, '$.device_id') FROM events")]
     if any(d != meta.get("device_id") for d in devices):
         report.errors.append(f"events from other devices in this ledger: {devices}")
+    report.warnings += receipt_notes(conn)  # cut-off slips: noted, not tampering

@@ -9,9 +9,23 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-RECEIPT_STATUSES = ("pending", "printed")
+from edge.errors import LedgerError
 
-SCHEMA_SQL = """
+# pending: to print; printing: committed before the first byte goes out, so a slip cut off by a
+# power loss is found at the next start; printed: came out whole.
+RECEIPT_STATUSES = ("pending", "printing", "printed")
+# meta "ledger_version": the table layout. Absent means 1 (receipts were pending or printed).
+LEDGER_VERSION = 2
+
+# One definition for new ledgers and for the migration that rebuilds an older table.
+RECEIPTS_COLUMNS = """(
+    event_id TEXT PRIMARY KEY REFERENCES events (event_id),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'printing', 'printed')),
+    updated TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0 CHECK (interrupted >= 0)
+)"""
+
+SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -47,11 +61,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
-CREATE TABLE IF NOT EXISTS receipts (
-    event_id TEXT PRIMARY KEY REFERENCES events (event_id),
-    status TEXT NOT NULL CHECK (status IN ('pending', 'printed')),
-    updated TEXT NOT NULL
-);
+CREATE TABLE IF NOT EXISTS receipts {RECEIPTS_COLUMNS};
 CREATE TRIGGER IF NOT EXISTS events_append_only_u BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_d BEFORE DELETE ON events
@@ -61,6 +71,15 @@ CREATE TRIGGER IF NOT EXISTS payouts_keep_u BEFORE UPDATE ON payouts
 CREATE TRIGGER IF NOT EXISTS payouts_keep_d BEFORE DELETE ON payouts
     BEGIN SELECT RAISE(ABORT, 'payouts are permanent'); END;
 """
+
+
+@dataclass(frozen=True)
+class ReceiptState:
+    """Where a payout receipt stands: ``status`` (one of ``RECEIPT_STATUSES``) and how many
+    times its printing was cut off by a stop (each cut-off slip is on paper, incomplete)."""
+
+    status: str
+    interrupted: int
 
 
 @dataclass(frozen=True)
@@ -85,3 +104,80 @@ def connect(path: Path | str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def layout_version(conn: sqlite3.Connection, meta: dict[str, str]) -> int:
+    """The layout a ledger file has: ``meta`` says, else the receipts table shows it.
+
+    A file written before versions were kept has no ``ledger_version``; neither has one whose
+    first start was cut short after the tables were made, so the table itself decides.
+    """
+    if "ledger_version" in meta:
+        try:
+            return int(meta["ledger_version"])
+        except ValueError as exc:
+            raise LedgerError(
+                f"meta ledger_version {meta['ledger_version']!r} is no number"
+            ) from exc
+    return 2 if _has_column(conn, "receipts", "interrupted") else 1
+
+
+def _receipts_printing_state(conn: sqlite3.Connection) -> None:
+    # SQLite cannot alter a CHECK constraint: the table is rebuilt under its own name. No other
+    # table refers to receipts, so foreign keys stay on and nothing else has to move.
+    conn.execute(f"CREATE TABLE receipts_v2 {RECEIPTS_COLUMNS}")
+    conn.execute(
+        "INSERT INTO receipts_v2 (event_id, status, updated)"
+        " SELECT event_id, status, updated FROM receipts"
+    )
+    conn.execute("DROP TABLE receipts")
+    conn.execute("ALTER TABLE receipts_v2 RENAME TO receipts")
+
+
+# version -> the step that brings a ledger from it to the next version
+MIGRATIONS = {1: _receipts_printing_state}
+
+
+def migrate(conn: sqlite3.Connection, version: int) -> int:
+    """Bring a ledger from ``version`` to ``LEDGER_VERSION`` inside the caller's transaction.
+
+    Forward only: a file from a newer release (or with a version this code does not know) is
+    refused rather than written in a layout its own software would not expect.
+    """
+    if not 1 <= version <= LEDGER_VERSION:
+        raise LedgerError(
+            f"ledger layout version {version} is unknown to this software (knows 1 to "
+            f"{LEDGER_VERSION}): update the software rather than downgrade a ledger"
+        )
+    while version < LEDGER_VERSION:
+        MIGRATIONS[version](conn)
+        version += 1
+    return version
+
+
+def receipt_notes(conn: sqlite3.Connection) -> list[str]:
+    """One line per payout whose receipt printing was cut off (for ``edge audit``).
+
+    Works on a read-only file of any layout version: before version 2 nothing was noted.
+    """
+    if not _has_column(conn, "receipts", "interrupted"):
+        return []
+    rows = conn.execute(
+        "SELECT e.seq, r.interrupted, r.status FROM receipts r"
+        " JOIN events e ON e.event_id = r.event_id"
+        " WHERE r.interrupted > 0 OR r.status = 'printing' ORDER BY e.seq"
+    ).fetchall()
+    notes = []
+    for seq, cuts, status in rows:
+        if status == "printing":
+            # Either being printed as the file was read or cut off by a stop not yet recovered.
+            earlier = f" ({cuts} earlier cut(s))" if cuts else ""
+            notes.append(f"seq {seq}: receipt printing started, not finished{earlier}")
+            continue
+        after = "printed again marked CETAK ULANG" if status == "printed" else "not printed since"
+        notes.append(f"seq {seq}: receipt printing cut off {cuts} time(s); {after}")
+    return notes

@@ -7,8 +7,10 @@ One file (``state_dir/ledger.sqlite``, WAL, ``synchronous=FULL``) with:
   payout for the same household and round cannot be written, whatever the code above does;
 - ``remote_payouts``: payouts other terminals reported (claims sync), consulted before paying;
 - ``outbox``: events not yet acknowledged by the broker;
-- ``receipts``: whether an accepted payout's receipt has been printed;
-- ``meta``: device id, regency, the device's public key and the head sequence number.
+- ``receipts``: whether an accepted payout's receipt is pending, printing or printed, and how
+  often its printing was cut off;
+- ``meta``: device id, regency, the device's public key, the head sequence number and the
+  layout version (older files are upgraded when opened).
 
 An accepted payout, its event, its outbox row and its pending receipt are written in one
 transaction that is on disk (fsync) before :meth:`Ledger.record` returns, so the LED turns
@@ -36,30 +38,20 @@ from edge.events import (
     canonical,
     event_hash,
     iso_utc,
-    receipt_payload,
     sign_receipt,
-    verify_receipt_payload,
 )
 from edge.keys import DeviceIdentity
-from edge.ledger.audit import AuditReport, verify_events
 from edge.ledger.schema import (
     RECEIPT_STATUSES,
     SCHEMA_SQL,
     OutboxItem,
+    ReceiptState,
     connect,
+    layout_version,
+    migrate,
     num,
 )
 from edge.privacy import mask_id
-
-__all__ = [
-    "AlreadyPaid",
-    "AuditReport",
-    "Ledger",
-    "OutboxItem",
-    "receipt_payload",
-    "verify_events",
-    "verify_receipt_payload",
-]
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +101,36 @@ class Ledger:
                         "head_seq": "0",
                     }
                     self._conn.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
-                elif meta.get("device_id") != self.device_id:
-                    raise LedgerError(
-                        f"{self.path}: ledger belongs to device {meta.get('device_id')}, "
-                        f"not {self.device_id}"
-                    )
-                elif meta.get("device_public_pem") != pem:
-                    raise LedgerError(
-                        f"{self.path}: ledger was signed with another device key; "
-                        "restore the keys or start a new ledger"
-                    )
+                else:
+                    self._check_owner(meta, pem)
+                self._upgrade(meta)
                 self._conn.execute("COMMIT")
             except BaseException:
                 _rollback(self._conn)
                 raise
+
+    def _check_owner(self, meta: dict[str, str], pem: str) -> None:
+        if meta.get("device_id") != self.device_id:
+            raise LedgerError(
+                f"{self.path}: ledger belongs to device {meta.get('device_id')}, "
+                f"not {self.device_id}"
+            )
+        if meta.get("device_public_pem") != pem:
+            raise LedgerError(
+                f"{self.path}: ledger was signed with another device key; "
+                "restore the keys or start a new ledger"
+            )
+
+    def _upgrade(self, meta: dict[str, str]) -> None:
+        # In the opening transaction: a power cut mid-upgrade leaves the old layout, whole.
+        found = layout_version(self._conn, meta)
+        version = migrate(self._conn, found)
+        if meta.get("ledger_version") != str(version):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('ledger_version', ?)", (str(version),)
+            )
+        if found != version and meta:
+            log.info("ledger layout upgraded from version %s to %s", found, version)
 
     def _head(self) -> tuple[int, str]:
         row = self._conn.execute(
@@ -161,95 +169,111 @@ class Ledger:
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
         household was already paid for this round, here or at another terminal.
         """
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}")
-        accepted = outcome == "accepted"
-        if accepted and not (household_id and round_id and amount is not None):
-            raise ValueError("an accepted payout needs household_id, round_id and amount")
+        accepted = _check_decision(outcome, household_id, round_id, amount)
         now = self._clock()
         self._check_clock(now)
-        ts = iso_utc(now)
+        fields = {
+            "outcome": outcome,
+            "household_id": household_id,
+            "round_id": round_id,
+            "amount": int(amount) if accepted and amount is not None else None,
+            "score": num(score),
+            "threshold": num(threshold),
+            "liveness": num(liveness),
+            "model_id": model_id,
+            "bundle_id": bundle_id,
+        }
         with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if accepted:
-                    paid = self._find_paid(household_id, round_id)
-                    if paid:
-                        raise AlreadyPaid(paid)
-                seq, prev_hash = self._head()
-                seq += 1
-                event = {
-                    "schema": SCHEMA,
-                    "event_id": str(uuid.uuid4()),
-                    "device_id": self.device_id,
-                    "regency": self.regency,
-                    "boot_session": self.boot_session,
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": "decision",
-                    "outcome": outcome,
-                    "household_id": household_id,
-                    "round_id": round_id,
-                    "amount": int(amount) if accepted and amount is not None else None,
-                    "score": num(score),
-                    "threshold": num(threshold),
-                    "liveness": num(liveness),
-                    "model_id": model_id,
-                    "bundle_id": bundle_id,
-                    "prev_hash": prev_hash,
-                }
-                if extra:
-                    event["extra"] = dict(extra)
-                if accepted:
-                    event["receipt_sig"] = sign_receipt(event, self._identity.sign)
-                digest = event_hash(event)
-                event["hash"] = digest
-                event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
-                conn.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        seq,
-                        event["event_id"],
-                        ts,
-                        outcome,
-                        household_id,
-                        round_id,
-                        digest,
-                        canonical(event).decode(),
-                    ),
-                )
-                conn.execute(
-                    "INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event["event_id"])
-                )
-                if accepted:
-                    conn.execute(
-                        "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
-                        (household_id, round_id, event["event_id"], event["amount"], ts),
-                    )
-                    conn.execute(
-                        "INSERT INTO receipts VALUES (?, 'pending', ?)", (event["event_id"], ts)
-                    )
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
-                conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                _rollback(conn)
-                # Only reachable if the read above raced a writer in another process.
-                paid = self._find_paid(household_id, round_id) if accepted else None
-                if paid:
-                    raise AlreadyPaid(paid) from exc
-                raise LedgerError(f"ledger refused the event: {exc}") from exc
-            except BaseException:
-                _rollback(conn)
-                raise
+            event = self._commit(fields, iso_utc(now), extra)
         log.info(
             "recorded seq %s %s household %s round %s",
-            seq,
+            event["seq"],
             outcome,
             mask_id(household_id),
             round_id,
         )
         return event
+
+    def _commit(self, fields: dict, ts: str, extra: dict | None) -> dict:
+        """One transaction: double-payout check, next link of the chain, every row; fsynced."""
+        conn = self._conn
+        accepted = fields["outcome"] == "accepted"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if accepted:
+                paid = self._find_paid(fields["household_id"], fields["round_id"])
+                if paid:
+                    raise AlreadyPaid(paid)
+            seq, prev_hash = self._head()
+            event = self._signed_event(seq + 1, prev_hash, ts, fields, extra)
+            self._insert_event(event)
+            conn.execute("COMMIT")  # synchronous=FULL: on disk before this returns
+        except sqlite3.IntegrityError as exc:
+            _rollback(conn)
+            # Only reachable if the read above raced a writer in another process.
+            paid = self._find_paid(fields["household_id"], fields["round_id"]) if accepted else None
+            if paid:
+                raise AlreadyPaid(paid) from exc
+            raise LedgerError(f"ledger refused the event: {exc}") from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+        return event
+
+    def _signed_event(
+        self, seq: int, prev_hash: str, ts: str, fields: dict, extra: dict | None
+    ) -> dict:
+        """The event linked to ``prev_hash``, with its receipt signature, hash and signature."""
+        event = {
+            "schema": SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "device_id": self.device_id,
+            "regency": self.regency,
+            "boot_session": self.boot_session,
+            "seq": seq,
+            "ts": ts,
+            "kind": "decision",
+            **fields,
+            "prev_hash": prev_hash,
+        }
+        if extra:
+            event["extra"] = dict(extra)
+        if event["outcome"] == "accepted":
+            event["receipt_sig"] = sign_receipt(event, self._identity.sign)
+        digest = event_hash(event)
+        event["hash"] = digest
+        event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
+        return event
+
+    def _insert_event(self, event: dict) -> None:
+        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt."""
+        q = self._conn.execute
+        seq, event_id, ts = event["seq"], event["event_id"], event["ts"]
+        hid, rid = event["household_id"], event["round_id"]
+        q(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                event_id,
+                ts,
+                event["outcome"],
+                hid,
+                rid,
+                event["hash"],
+                canonical(event).decode(),
+            ),
+        )
+        q("INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event_id))
+        if event["outcome"] == "accepted":
+            q(
+                "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
+                (hid, rid, event_id, event["amount"], ts),
+            )
+            q(
+                "INSERT INTO receipts (event_id, status, updated) VALUES (?, 'pending', ?)",
+                (event_id, ts),
+            )
+        q("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
 
     def record_remote_payout(self, event: dict) -> bool:
         """Remember a payout another terminal reported; False if already known (or our own)."""
@@ -364,8 +388,20 @@ class Ledger:
                 last = seq
                 yield _load(body)
 
+    def event(self, event_id: str) -> dict | None:
+        """The event with this id, or None if this ledger has none."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT body FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return _load(row[0]) if row else None
+
     def set_receipt(self, event_id: str, status: str) -> None:
-        """Record whether the receipt of an event is still to print or printed."""
+        """Record where the receipt of an event stands: pending, printing or printed.
+
+        Each call is its own fsynced commit: ``printing`` is on disk before the caller sends the
+        first byte to the printer, so a slip cut off by a power loss is found at restart.
+        """
         if status not in RECEIPT_STATUSES:
             raise ValueError(f"receipt status must be one of {RECEIPT_STATUSES}")
         now = iso_utc(self._clock())
@@ -375,23 +411,52 @@ class Ledger:
             ).fetchone():
                 raise LedgerError(f"no event {event_id}")
             self._conn.execute(
-                "INSERT INTO receipts VALUES (?, ?, ?) "
+                "INSERT INTO receipts (event_id, status, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (event_id) DO UPDATE SET status = excluded.status, "
                 "updated = excluded.updated",
                 (event_id, status, now),
             )
 
-    def pending_receipts(self) -> list[dict]:
-        """Events whose receipt has not been printed yet (e.g. paper ran out), oldest first."""
+    def receipt_state(self, event_id: str) -> ReceiptState | None:
+        """Where this event's receipt stands, or None if it has no receipt."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT status, interrupted FROM receipts WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return ReceiptState(*row) if row else None
+
+    def note_interrupted(self, event_id: str) -> ReceiptState:
+        """A receipt left ``printing`` by a process that died: count the cut-off slip and make
+        the receipt pending again (to be printed marked as a reprint)."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE receipts SET status = 'pending', interrupted = interrupted + 1, "
+                "updated = ? WHERE event_id = ? AND status = 'printing'",
+                (iso_utc(self._clock()), event_id),
+            )
+        state = self.receipt_state(event_id)
+        if state is None:
+            raise LedgerError(f"no receipt for event {event_id}")
+        return state
+
+    def receipts_to_print(self) -> list[tuple[dict, ReceiptState]]:
+        """Events whose receipt is not printed yet (pending, or cut off while printing) with
+        where each stands, oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT e.body FROM receipts r JOIN events e ON e.event_id = r.event_id "
-                "WHERE r.status = 'pending' ORDER BY e.seq"
+                "SELECT e.body, r.status, r.interrupted FROM receipts r "
+                "JOIN events e ON e.event_id = r.event_id "
+                "WHERE r.status IN ('pending', 'printing') ORDER BY e.seq"
             ).fetchall()
-        return [_load(body) for (body,) in rows]
+        return [(_load(body), ReceiptState(status, cuts)) for body, status, cuts in rows]
+
+    def pending_receipts(self) -> list[dict]:
+        """Events whose receipt has not been printed yet (e.g. paper ran out), oldest first."""
+        return [event for event, _ in self.receipts_to_print()]
 
     def stats(self) -> dict:
-        """Counts for health reports: events, payouts, outbox depth, pending receipts."""
+        """Counts for health reports: events, payouts, outbox depth, receipts not yet printed
+        and receipts whose printing was cut off at least once."""
         with self._lock:
             q = self._conn.execute
             return {
@@ -400,7 +465,10 @@ class Ledger:
                 "remote_payouts": q("SELECT COUNT(*) FROM remote_payouts").fetchone()[0],
                 "outbox": q("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0],
                 "pending_receipts": q(
-                    "SELECT COUNT(*) FROM receipts WHERE status = 'pending'"
+                    "SELECT COUNT(*) FROM receipts WHERE status != 'printed'"
+                ).fetchone()[0],
+                "interrupted_receipts": q(
+                    "SELECT COUNT(*) FROM receipts WHERE interrupted > 0"
                 ).fetchone()[0],
             }
 
@@ -418,6 +486,18 @@ class Ledger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_decision(
+    outcome: str, household_id: str | None, round_id: str | None, amount: int | None
+) -> bool:
+    """Refuse an unknown outcome or a payout without its keys; True for a payout."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    accepted = outcome == "accepted"
+    if accepted and not (household_id and round_id and amount is not None):
+        raise ValueError("an accepted payout needs household_id, round_id and amount")
+    return accepted
 
 
 def _load(body: str) -> dict:
