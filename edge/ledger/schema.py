@@ -5,11 +5,14 @@ Split from :mod:`edge.ledger.store` so the table layout can be read (and audited
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import LedgerError
+
+log = logging.getLogger(__name__)
 
 # pending: to print; printing: committed before the first byte goes out, so a slip cut off by a
 # power loss is found at the next start; printed: came out whole.
@@ -181,3 +184,30 @@ def receipt_notes(conn: sqlite3.Connection) -> list[str]:
         after = "printed again marked CETAK ULANG" if status == "printed" else "not printed since"
         notes.append(f"seq {seq}: receipt printing cut off {cuts} time(s); {after}")
     return notes
+
+
+def init_meta(conn: sqlite3.Connection, path: Path, fresh: dict[str, str]) -> None:
+    """Inside the caller's transaction: write ``fresh`` into an empty ``meta`` table, or check
+    that an existing ledger belongs to this device and key; then bring its layout up to date.
+
+    The upgrade shares the opening transaction, so a power cut mid-upgrade leaves the old
+    layout whole.
+    """
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    if not meta:
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", fresh.items())
+    elif meta.get("device_id") != fresh["device_id"]:
+        raise LedgerError(
+            f"{path}: ledger belongs to device {meta.get('device_id')}, not {fresh['device_id']}"
+        )
+    elif meta.get("device_public_pem") != fresh["device_public_pem"]:
+        raise LedgerError(
+            f"{path}: ledger was signed with another device key; "
+            "restore the keys or start a new ledger"
+        )
+    found = layout_version(conn, meta)
+    version = migrate(conn, found)
+    if meta.get("ledger_version") != str(version):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_version', ?)", (str(version),))
+    if found != version and meta:
+        log.info("ledger layout upgraded from version %s to %s", found, version)

@@ -41,14 +41,13 @@ from edge.events import (
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
+from edge.ledger.receipts import ReceiptRows
+from edge.ledger.remote import RemotePayouts
 from edge.ledger.schema import (
-    RECEIPT_STATUSES,
     SCHEMA_SQL,
     OutboxItem,
-    ReceiptState,
     connect,
-    layout_version,
-    migrate,
+    init_meta,
     num,
 )
 from edge.privacy import mask_id
@@ -56,7 +55,7 @@ from edge.privacy import mask_id
 log = logging.getLogger(__name__)
 
 
-class Ledger:
+class Ledger(ReceiptRows, RemotePayouts):
     """Durable, tamper-evident record of every decision on this terminal. Thread-safe."""
 
     def __init__(
@@ -90,47 +89,22 @@ class Ledger:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
-                if not meta:
-                    rows = {
+                init_meta(
+                    self._conn,
+                    self.path,
+                    {
                         "schema": SCHEMA,
                         "device_id": self.device_id,
                         "regency": self.regency,
                         "device_public_pem": pem,
                         "created": iso_utc(self._clock()),
                         "head_seq": "0",
-                    }
-                    self._conn.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
-                else:
-                    self._check_owner(meta, pem)
-                self._upgrade(meta)
+                    },
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 _rollback(self._conn)
                 raise
-
-    def _check_owner(self, meta: dict[str, str], pem: str) -> None:
-        if meta.get("device_id") != self.device_id:
-            raise LedgerError(
-                f"{self.path}: ledger belongs to device {meta.get('device_id')}, "
-                f"not {self.device_id}"
-            )
-        if meta.get("device_public_pem") != pem:
-            raise LedgerError(
-                f"{self.path}: ledger was signed with another device key; "
-                "restore the keys or start a new ledger"
-            )
-
-    def _upgrade(self, meta: dict[str, str]) -> None:
-        # In the opening transaction: a power cut mid-upgrade leaves the old layout, whole.
-        found = layout_version(self._conn, meta)
-        version = migrate(self._conn, found)
-        if meta.get("ledger_version") != str(version):
-            self._conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('ledger_version', ?)", (str(version),)
-            )
-        if found != version and meta:
-            log.info("ledger layout upgraded from version %s to %s", found, version)
 
     def _head(self) -> tuple[int, str]:
         row = self._conn.execute(
@@ -275,50 +249,6 @@ class Ledger:
             )
         q("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
 
-    def record_remote_payout(self, event: dict) -> bool:
-        """Remember a payout another terminal reported; False if already known (or our own)."""
-        try:
-            event_id = str(event["event_id"])
-            household_id = str(event["household_id"])
-            round_id = str(event["round_id"])
-        except (KeyError, TypeError) as exc:
-            raise LedgerError("remote payout lacks event_id, household_id or round_id") from exc
-        if event.get("outcome") != "accepted":
-            raise LedgerError("remote event is not an accepted payout")
-        if event.get("device_id") == self.device_id:
-            return False
-        with self._lock:
-            if self._conn.execute(
-                "SELECT 1 FROM events WHERE event_id = ?", (event_id,)
-            ).fetchone():
-                return False
-            cur = self._conn.execute(
-                "INSERT OR IGNORE INTO remote_payouts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    household_id,
-                    round_id,
-                    event.get("device_id"),
-                    event.get("ts"),
-                    iso_utc(self._clock()),
-                    canonical(event).decode(),
-                ),
-            )
-            added = cur.rowcount == 1
-            local = self._conn.execute(
-                "SELECT event_id FROM payouts WHERE household_id = ? AND round_id = ?",
-                (household_id, round_id),
-            ).fetchone()
-        if added and local:
-            # Both terminals paid while partitioned: central flags the conflict; we keep both.
-            log.warning(
-                "household %s round %s paid here and at %s",
-                mask_id(household_id),
-                round_id,
-                event.get("device_id"),
-            )
-        return added
-
     # -- reading -------------------------------------------------------------------------------
 
     def _find_paid(self, household_id: str, round_id: str) -> dict | None:
@@ -395,64 +325,6 @@ class Ledger:
                 "SELECT body FROM events WHERE event_id = ?", (event_id,)
             ).fetchone()
         return _load(row[0]) if row else None
-
-    def set_receipt(self, event_id: str, status: str) -> None:
-        """Record where the receipt of an event stands: pending, printing or printed.
-
-        Each call is its own fsynced commit: ``printing`` is on disk before the caller sends the
-        first byte to the printer, so a slip cut off by a power loss is found at restart.
-        """
-        if status not in RECEIPT_STATUSES:
-            raise ValueError(f"receipt status must be one of {RECEIPT_STATUSES}")
-        now = iso_utc(self._clock())
-        with self._lock:
-            if not self._conn.execute(
-                "SELECT 1 FROM events WHERE event_id = ?", (event_id,)
-            ).fetchone():
-                raise LedgerError(f"no event {event_id}")
-            self._conn.execute(
-                "INSERT INTO receipts (event_id, status, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT (event_id) DO UPDATE SET status = excluded.status, "
-                "updated = excluded.updated",
-                (event_id, status, now),
-            )
-
-    def receipt_state(self, event_id: str) -> ReceiptState | None:
-        """Where this event's receipt stands, or None if it has no receipt."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT status, interrupted FROM receipts WHERE event_id = ?", (event_id,)
-            ).fetchone()
-        return ReceiptState(*row) if row else None
-
-    def note_interrupted(self, event_id: str) -> ReceiptState:
-        """A receipt left ``printing`` by a process that died: count the cut-off slip and make
-        the receipt pending again (to be printed marked as a reprint)."""
-        with self._lock:
-            self._conn.execute(
-                "UPDATE receipts SET status = 'pending', interrupted = interrupted + 1, "
-                "updated = ? WHERE event_id = ? AND status = 'printing'",
-                (iso_utc(self._clock()), event_id),
-            )
-        state = self.receipt_state(event_id)
-        if state is None:
-            raise LedgerError(f"no receipt for event {event_id}")
-        return state
-
-    def receipts_to_print(self) -> list[tuple[dict, ReceiptState]]:
-        """Events whose receipt is not printed yet (pending, or cut off while printing) with
-        where each stands, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT e.body, r.status, r.interrupted FROM receipts r "
-                "JOIN events e ON e.event_id = r.event_id "
-                "WHERE r.status IN ('pending', 'printing') ORDER BY e.seq"
-            ).fetchall()
-        return [(_load(body), ReceiptState(status, cuts)) for body, status, cuts in rows]
-
-    def pending_receipts(self) -> list[dict]:
-        """Events whose receipt has not been printed yet (e.g. paper ran out), oldest first."""
-        return [event for event, _ in self.receipts_to_print()]
 
     def stats(self) -> dict:
         """Counts for health reports: events, payouts, outbox depth, receipts not yet printed
