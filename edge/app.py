@@ -17,7 +17,7 @@ from edge.devices.camera import CameraStream, open_camera
 from edge.devices.printer import make_printer
 from edge.devices.signals import make_signals
 from edge.enrolment.store import BundleStore
-from edge.keys import DeviceIdentity, find_central_public_pem
+from edge.keys import DeviceIdentity, load_central_public_pem
 from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
@@ -57,7 +57,7 @@ class App:
         self.ledger = Ledger(
             state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
         )
-        central = find_central_public_pem(cfg)
+        central = load_central_public_pem(cfg.bundle.central_public_key)
         if central is None:
             log.warning("no central public key configured: enrolment bundles cannot be verified")
         self.bundles = BundleStore(

@@ -238,7 +238,8 @@ def demo_config(state: Path, frames: Path, *, liveness: bool, models_dir: str | 
     cfg = Config()
     if models_dir:
         cfg.models.dir = models_dir
-    cfg.device.state_dir = str(state)
+    cfg.device.state_dir = state
+    cfg.bundle.central_public_key = state / "keys" / "central_public.pem"
     cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(frames), FPS
     # A scripted feed must not lose its few QR frames to a slow first inference.
     cfg.camera.queue_size = 16

@@ -256,21 +256,23 @@ def make_tls_key_and_csr(keys_dir: Path | str, device_id: str) -> bytes:
     return pem
 
 
-def find_central_public_pem(cfg, override: Path | str | None = None) -> bytes | None:
-    """Central's public key (signs bundles and commands), or None when none is configured.
+def load_central_public_pem(
+    path: Path | None, *, key: str = "bundle.central_public_key"
+) -> bytes | None:
+    """Central's public key PEM (signs bundles and commands) from the file ``path``.
 
-    Looked up in order: ``override`` (a command-line path), ``bundle.central_public_key`` in the
-    config (a PEM file path, or the PEM text itself), then ``state_dir/keys/central_public.pem``
-    where provisioning puts it.
+    ``None`` (nothing configured) gives ``None``: the caller warns and runs without verifying
+    bundles or commands. A configured file that cannot be read or is not an Ed25519 public key
+    raises KeyFileError naming ``key`` (the config key or option that named the file).
     """
-    candidates = [Path(override)] if override else []
-    value = cfg.bundle.central_public_key
-    if value:
-        if value.lstrip().startswith("-----BEGIN"):
-            return value.encode()
-        candidates.append(Path(value))
-    candidates.append(cfg.state_path / "keys" / "central_public.pem")
-    for path in candidates:
-        if path.is_file():
-            return path.read_bytes()
-    return None
+    if path is None:
+        return None
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        load_ed25519_public(pem)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{key}: {path}: {exc}") from exc
+    return pem

@@ -10,6 +10,7 @@ import pytest
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
+from edge.config import MqttConfig
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
 
@@ -20,8 +21,8 @@ def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_di
     state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
     demo.photo_script(tmp_path / "frames", photos)
     cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
-    for key, value in broker.mqtt_config(cfg.device.id).items():
-        setattr(cfg.mqtt, key, value)
+    # The whole section at once: key by key, `enabled` would meet TLS without its files.
+    cfg.mqtt = MqttConfig(**broker.mqtt_config(cfg.device.id))
     spy = Spy(broker, ["bansos/v1/+/+/event", "bansos/v1/+/+/status"])
     app = demo.App(cfg, exit_at_end=False)
     runner = threading.Thread(target=app.run)
@@ -53,8 +54,8 @@ def test_camera_fault_is_signalled_and_reported(tmp_path: Path, broker, engine, 
     """A camera that is not there: the LED says fault and central hears of it at once."""
     state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
     cfg = demo.demo_config(state, tmp_path / "gone", liveness=False, models_dir=str(models_dir))
-    for key, value in broker.mqtt_config(cfg.device.id).items():
-        setattr(cfg.mqtt, key, value)
+    # The whole section at once: key by key, `enabled` would meet TLS without its files.
+    cfg.mqtt = MqttConfig(**broker.mqtt_config(cfg.device.id))
     spy = Spy(broker, ["bansos/v1/+/+/health"])
     app = demo.App(cfg, exit_at_end=False)
     runner = threading.Thread(target=app.run)

@@ -116,15 +116,16 @@ def test_layout_of_a_provisioned_card(tmp_path, kit):
     assert config.stat().st_mode & 0o777 == 0o640
     cfg = load_config(config)
     assert (cfg.device.id, cfg.device.regency) == ("edge-3171-0007", "3171")
-    assert cfg.device.state_dir == "/var/lib/edge" and cfg.models.dir == "/opt/edge/models"
+    assert cfg.device.state_dir == Path("/var/lib/edge")
+    assert cfg.models.dir == Path("/opt/edge/models")
     assert (cfg.mqtt.enabled, cfg.mqtt.host, cfg.mqtt.port) == (True, "mqtt.bansos.example", 8883)
-    assert cfg.mqtt.key_file == "/var/lib/edge/keys/tls_key.pem"
+    assert cfg.mqtt.key_file == Path("/var/lib/edge/keys/tls_key.pem")
     assert (cfg.printer.kind, cfg.printer.port) == ("serial", "/dev/ttyUSB0")
     sig = cfg.signals
     assert (sig.kind, sig.red_pin, sig.green_pin, sig.blue_pin, sig.buzzer_pin) == (
         "gpiozero", 5, 6, 13, 19
     )  # fmt: skip
-    assert cfg.bundle.central_public_key == "/etc/edge/central_public.pem"
+    assert cfg.bundle.central_public_key == Path("/etc/edge/central_public.pem")
     central = root / "etc/edge/central_public.pem"
     assert central.read_bytes() == (kit / "central.key.pub").read_bytes()
 

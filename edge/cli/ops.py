@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from edge.config import dump_effective, dump_toml, load_config
+from edge.config import dump_effective, dump_toml, explain, json_schema, load_config
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validate a config file and print the effective config (secrets hidden)",
     )
     p.add_argument("file", nargs="?", help="config TOML (default: --config)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show = p.add_mutually_exclusive_group()
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show.add_argument(
+        "--explain",
+        action="store_true",
+        help="print every key with its type, default and description, and the rules across "
+        "keys (reads no file)",
+    )
+    show.add_argument(
+        "--schema", action="store_true", help="print the config's JSON Schema (reads no file)"
+    )
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser(
@@ -40,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.explain:
+        print(explain(), end="")
+        return 0
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+        return 0
     path = args.file or args.config
     if path is None:
         print("edge check-config: no file given; showing the embedded defaults", file=sys.stderr)

@@ -104,10 +104,13 @@ def _parse_when(text: str | None) -> datetime:
 
 
 def central_public_pem(cfg, override: Path | None = None) -> bytes:
-    """Central's public key: ``--central-pub``, config, or ``state_dir/keys/central_public.pem``."""
-    from edge.keys import find_central_public_pem
+    """Central's public key: the ``--central-pub`` file, else ``bundle.central_public_key``."""
+    from edge.keys import load_central_public_pem
 
-    pem = find_central_public_pem(cfg, override)
+    if override is not None:
+        pem = load_central_public_pem(override, key="--central-pub")
+    else:
+        pem = load_central_public_pem(cfg.bundle.central_public_key)
     if pem is None:
         raise BundleError(
             "no central public key: set bundle.central_public_key or pass --central-pub"

@@ -123,6 +123,14 @@ def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
             setattr(getattr(trial, section), field, value)
         except ValueError as exc:
             raise CommandRefused(f"bad value for {key}: {str(exc).splitlines()[0]}") from exc
+    from edge.config import revalidate
+    from edge.errors import ConfigError
+
+    try:
+        # A key's own section is checked on assignment; rules across sections only here.
+        revalidate(trial, "config command")
+    except ConfigError as exc:
+        raise CommandRefused(" ".join(str(exc).split())) from exc
     changed = {}
     for key, value in changes.items():
         section, field = key.split(".", 1)

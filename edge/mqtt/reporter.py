@@ -19,7 +19,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.errors import ConfigError
 from edge.events import canonical, iso_utc
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
@@ -109,17 +108,14 @@ class Reporter:
         """The reporter the daemon runs: commands enabled when central's public key is known.
 
         ``actions`` are the app's command actions (``bundle``, ``config``, ``reprint``);
-        ``health`` and ``resend`` are the reporter's own. Central's key is found as
-        ``edge.keys.find_central_public_pem`` says; without it every command is ignored
-        (nothing to verify with). A configured key file that cannot be read is a ConfigError.
+        ``health`` and ``resend`` are the reporter's own. Central's key is the file
+        ``bundle.central_public_key``; without it every command is ignored (nothing to verify
+        with). A configured key file that cannot be read is a KeyFileError.
         """
-        from edge.keys import find_central_public_pem
+        from edge.keys import load_central_public_pem
 
         commands = None
-        value = cfg.bundle.central_public_key
-        pem = find_central_public_pem(cfg)
-        if value and pem is None:
-            raise ConfigError(f"bundle.central_public_key: cannot read {value}")
+        pem = load_central_public_pem(cfg.bundle.central_public_key)
         if pem is not None:
             from edge.mqtt.commands import CommandProcessor
 

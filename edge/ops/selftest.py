@@ -247,9 +247,9 @@ class Selftest:
 
         if self.identity is None or self.engine is None:
             return FAIL, "needs the device key and the models"
-        from edge.keys import find_central_public_pem
+        from edge.keys import load_central_public_pem
 
-        central = find_central_public_pem(self.cfg)
+        central = load_central_public_pem(self.cfg.bundle.central_public_key)
         if central is None:
             self.report.facts["bundle"] = "-"
             return WARN, "no central public key: bundles cannot be verified"
