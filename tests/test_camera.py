@@ -12,12 +12,12 @@ import pytest
 from edge.config import CameraConfig
 from edge.devices.camera import (
     Camera,
-    CameraStream,
     FolderCamera,
     OpenCVCamera,
     fit_within,
     open_camera,
 )
+from edge.devices.camera_stream import CameraStream
 from edge.errors import DeviceError
 
 

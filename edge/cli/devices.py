@@ -59,7 +59,8 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 
 def cmd_camera_test(args: argparse.Namespace) -> int:
-    from edge.devices.camera import CameraStream, open_camera
+    from edge.devices.camera import open_camera
+    from edge.devices.camera_stream import CameraStream
 
     cfg = load_config(args.config).camera
     camera = open_camera(cfg)
