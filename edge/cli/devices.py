@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    from edge.devices.receipt import Refusal, example_receipt, render_png, render_text
+    from edge.devices.receipt import Refusal, example_receipt, render_text
 
     sample = example_receipt()
     item = sample
@@ -53,6 +53,8 @@ def cmd_receipt(args: argparse.Namespace) -> int:
     if args.text:
         print(render_text(item, reprint=args.reprint), end="")
     if args.png:
+        from edge.devices.receipt_png import render_png  # Pillow only when an image is wanted
+
         path = render_png(item, args.png, reprint=args.reprint)
         print(f"wrote {path}")
     return 0
