@@ -203,9 +203,10 @@ class LivenessChecker:
 
     def __init__(self, models, cfg, threads: int = 1) -> None:
         self.cfg = getattr(cfg, "liveness", cfg)
-        self._mesh_model = _model_bytes(models, "landmarks")
-        if self._mesh_model is None:
+        mesh_model = _model_bytes(models, "landmarks")
+        if mesh_model is None:
             raise ValueError("liveness needs the face landmark model ('landmarks')")
+        self._mesh_model = mesh_model
         self._threads = threads
         self._mesh: FaceMesh | None = None
         v2, v1se = _model_bytes(models, "pad_v2"), _model_bytes(models, "pad_v1se")
@@ -243,10 +244,10 @@ class LivenessChecker:
         if mesh is not None:
             # The caller's mesh was confirmed by its own presence test; z units cancel out in
             # the parallax measure, so any scale will do.
-            mesh = Mesh(points=np.asarray(mesh, np.float32), presence=1.0, scale=1.0)
+            found = Mesh(points=np.asarray(mesh, np.float32), presence=1.0, scale=1.0)
         else:
-            mesh = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
-        if mesh.presence < c.min_mesh_presence:
+            found = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
+        if found.presence < c.min_mesh_presence:
             self._skipped += 1
             return
         crop = face_crop(rgb, box)
@@ -264,8 +265,8 @@ class LivenessChecker:
             pad = self.pad.score(rgb, box).real
         self._frames.append(
             _Frame(
-                mesh=mesh,
-                ear=eye_aspect_ratio(mesh.points),
+                mesh=found,
+                ear=eye_aspect_ratio(found.points),
                 grey=grey,
                 pad=pad,
                 moire=moire_peak(crop),
