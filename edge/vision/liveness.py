@@ -318,43 +318,47 @@ class LivenessChecker:
             signals["still"] = 1.0
             return LivenessResult(score=0.0, live=False, signals=signals, frames=n)
 
+        temporal = self._temporal(signals)
+        pads = [f.pad for f in fr if f.pad is not None]
+        pad = float(np.median(pads)) if pads else None
+        signals.update(pad=float("nan") if pad is None else pad, pad_frames=float(len(pads)))
+        cues = _image_cues(fr, c, signals)
+        # Temporal evidence is required; PAD and the cues only scale it down (PAD gently, since
+        # it is weak and can be wrong about real faces too).
+        score = temporal * (1.0 if pad is None else pad**c.pad_weight) * cues**c.cue_weight
+        live = score >= c.threshold
+        log.debug("liveness score %.3f over %d frames (live=%s)", score, n, live)
+        return LivenessResult(score=score, live=live, signals=signals, frames=n)
+
+    def _temporal(self, signals: dict[str, float]) -> float:
+        """Evidence of a live head over time: 3D motion of the mesh or a blink, in [0, 1]."""
+        c, fr = self.cfg, self._frames
         par = [plane_parallax(fr[i].mesh, fr[j].mesh) for i, j in self._pairs()]
         parallax = float(np.percentile(par, 80)) if par else 0.0
         s_motion = _logistic(parallax, c.parallax_centre, c.parallax_width)
         blinks = count_blinks([f.ear for f in fr], c.blink_drop)
         s_blink = 1.0 if blinks else 0.0
         temporal = 1.0 - (1.0 - s_motion) * (1.0 - s_blink)
-
-        pads = [f.pad for f in fr if f.pad is not None]
-        pad = float(np.median(pads)) if pads else None
-
-        moire = float(np.median([f.moire for f in fr]))
-        chroma = float(np.median([f.chroma for f in fr]))
-        glare = float(np.median([f.glare for f in fr]))
-        spoof_cues = max(
-            _logistic(moire, c.moire_centre, c.moire_width),
-            1.0 - _logistic(chroma, c.chroma_centre, c.chroma_width),
-            0.5 * _logistic(glare, c.glare_centre, c.glare_centre / 4),
-        )
-        cues = 1.0 - spoof_cues
-
-        # Temporal evidence is required; PAD and the cues only scale it down (PAD gently, since
-        # it is weak and can be wrong about real faces too).
-        score = temporal * (1.0 if pad is None else pad**c.pad_weight) * cues**c.cue_weight
-
         signals.update(
             parallax=parallax,
             motion=s_motion,
             blinks=float(blinks),
             ear_median=float(np.median([f.ear for f in fr])),
             temporal=temporal,
-            pad=float("nan") if pad is None else pad,
-            pad_frames=float(len(pads)),
-            moire=moire,
-            chroma=chroma,
-            glare=glare,
-            cues=cues,
         )
-        live = score >= c.threshold
-        log.debug("liveness score %.3f over %d frames (live=%s)", score, n, live)
-        return LivenessResult(score=score, live=live, signals=signals, frames=n)
+        return temporal
+
+
+def _image_cues(fr: list[_Frame], c, signals: dict[str, float]) -> float:
+    """1 minus the strongest sign of a screen or a print (moire, flat colour, glare)."""
+    moire = float(np.median([f.moire for f in fr]))
+    chroma = float(np.median([f.chroma for f in fr]))
+    glare = float(np.median([f.glare for f in fr]))
+    spoof_cues = max(
+        _logistic(moire, c.moire_centre, c.moire_width),
+        1.0 - _logistic(chroma, c.chroma_centre, c.chroma_width),
+        0.5 * _logistic(glare, c.glare_centre, c.glare_centre / 4),
+    )
+    cues = 1.0 - spoof_cues
+    signals.update(moire=moire, chroma=chroma, glare=glare, cues=cues)
+    return cues
