@@ -26,6 +26,7 @@ test: models
 lint: setup
 	$(BIN)/ruff check edge models tests bench provisioning
 	$(BIN)/ruff format --check edge models tests bench provisioning
+	$(BIN)/mypy edge
 
 bench: models
 	$(BIN)/python -m bench

@@ -32,45 +32,7 @@ def run(ctx: Context) -> dict:
             Path(work) / "ledger.sqlite", identity, "edge-bench-0001", "3171"
         )
         try:
-            refusal = _time_records(
-                n,
-                lambda i: ledger.record(
-                    "no_match",
-                    household_id=f"KPM-3171-{i:08d}",
-                    round_id="R-BENCH",
-                    score=0.31,
-                    threshold=0.6,
-                    liveness=0.9,
-                    model_id="bench",
-                    bundle_id="bench",
-                ),
-            )
-            payout = _time_records(
-                n,
-                lambda i: ledger.record(
-                    "accepted",
-                    household_id=f"KPM-3171-{i:08d}",
-                    round_id="R-BENCH",
-                    amount=600_000,
-                    score=0.82,
-                    threshold=0.6,
-                    liveness=0.95,
-                    model_id="bench",
-                    bundle_id="bench",
-                ),
-            )
-            depth = ledger.outbox_depth()
-            # Draining the outbox as the reporter does after each PUBACK.
-            t0 = time.perf_counter()
-            drained = 0
-            while True:
-                items = ledger.outbox(limit=100)
-                if not items:
-                    break
-                for item in items:
-                    ledger.mark_sent(item.event_id)
-                    drained += 1
-            drain_s = time.perf_counter() - t0
+            figures = _measure(ledger, n)
         finally:
             ledger.close()
         db_bytes = sum(p.stat().st_size for p in Path(work).glob("ledger.sqlite*"))
@@ -79,12 +41,49 @@ def run(ctx: Context) -> dict:
     return {
         "status": "ok",
         "events": n,
-        "refusal": refusal,
-        "payout": payout,
-        "outbox_depth_before_drain": depth,
-        "mark_sent_per_s": round(drained / drain_s, 1) if drain_s > 0 else None,
+        **figures,
         "db_bytes_per_event": round(db_bytes / max(2 * n, 1), 1),
     }
+
+
+def _measure(ledger, n: int) -> dict:
+    """``n`` refusals, then ``n`` payouts, then the outbox drained, on one open ledger."""
+    common = {"round_id": "R-BENCH", "threshold": 0.6, "model_id": "bench", "bundle_id": "bench"}
+
+    def refusal(i: int) -> None:
+        ledger.record(
+            "no_match", household_id=f"KPM-3171-{i:08d}", score=0.31, liveness=0.9, **common
+        )
+
+    def payout(i: int) -> None:
+        ledger.record(
+            "accepted",
+            household_id=f"KPM-3171-{i:08d}",
+            amount=600_000,
+            score=0.82,
+            liveness=0.95,
+            **common,
+        )
+
+    figures = {"refusal": _time_records(n, refusal), "payout": _time_records(n, payout)}
+    figures["outbox_depth_before_drain"] = ledger.outbox_depth()
+    drained, drain_s = _drain(ledger)
+    figures["mark_sent_per_s"] = round(drained / drain_s, 1) if drain_s > 0 else None
+    return figures
+
+
+def _drain(ledger) -> tuple[int, float]:
+    """Empty the outbox as the reporter does after each PUBACK: (events, seconds)."""
+    t0 = time.perf_counter()
+    drained = 0
+    while True:
+        items = ledger.outbox(limit=100)
+        if not items:
+            break
+        for item in items:
+            ledger.mark_sent(item.event_id)
+            drained += 1
+    return drained, time.perf_counter() - t0
 
 
 def _time_records(n: int, record) -> dict:

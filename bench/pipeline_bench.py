@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -195,64 +196,87 @@ def run_variant(
     """
     timed = set(photos) if timed is None else timed
     probe, wrapped = instrument(engine)
-    clock = StageClock()
+    tally = _Tally()
     vectors: dict[str, np.ndarray | None] = {}
     per_photo: dict[str, tuple[float, str]] = {}
-    counts = {"photos": 0, "no_face": 0, "quality_fail": 0, "embedded": 0}
-    series: dict[str, list[float]] = {k: [] for k in ("embedded", "all", "e2e", "capture")}
     try:
         # One untimed frame so lazy set-up (first invoke, XNNPACK packing) is not charged.
         first = _decode(next(iter(data.values())))
         if first is not None:
             engine.analyse(first)
         for rel in photos:
-            runs = [_one_frame(engine, probe, data[rel], gallery, labels, liveness)]
-            if rel in timed:
-                for _ in range(repeats - 1):
-                    runs.append(_one_frame(engine, probe, data[rel], gallery, labels, liveness))
+            n = max(repeats, 1) if rel in timed else 1
+            runs = [
+                _one_frame(engine, probe, data[rel], gallery, labels, liveness) for _ in range(n)
+            ]
             rec = runs[0]
-            status = rec["status"]
-            counts["photos"] += 1
-            counts[status] += 1
-            per_photo[rel] = (rec["decode"] + rec.get("analyse", 0.0), status)
-            res = rec["res"]
-            vec = None if res is None else res.embedding
-            if res is not None and vec is None:
-                # The terminal would wait for a better frame; a still photo has no other one,
-                # so accuracy is scored on the embedding of the crop it has (not timed).
-                vec = _embed_untimed(engine, res.aligned)
-            vectors[rel] = vec
-            if rel not in timed:
-                continue
-            best = min(runs, key=lambda r: r["decode"] + r.get("analyse", 0.0))
-            for stage in STAGES:
-                if stage in best:
-                    clock.add(stage, best[stage])
-            if "analyse" in best:
-                series["all"].append(best["analyse"])
-            if status == "embedded":
-                series["embedded"].append(best["analyse"])
-                e2e = best["decode"] + best["analyse"] + best["match"]
-                series["e2e"].append(e2e)
-                if "liveness" in best:
-                    series["capture"].append(e2e + best["liveness"])
+            tally.count(rec["status"])
+            per_photo[rel] = (_frame_ms(rec), rec["status"])
+            vectors[rel] = _vector(engine, rec["res"])
+            if rel in timed:
+                tally.add(min(runs, key=_frame_ms), rec["status"])
     finally:
         probe.restore()
-    summary = clock.summary()
-    figures = {
-        "counts": counts,
-        "timed_photos": len(timed & set(photos)),
-        "repeats": repeats,
-        "stages_ms": {s: summary[s] for s in STAGES if s in summary},
-        # What the budget is about: detect + align + quality + embed of a face that is embedded.
-        "analyse_ms_embedded": summarise_ms(series["embedded"]),
-        "analyse_ms_all_frames": summarise_ms(series["all"]),
-        "end_to_end_ms": summarise_ms(series["e2e"]),
-        # A frame during capture: decode + analyse + liveness update + match.
-        "capture_frame_ms": summarise_ms(series["capture"]),
-        "instrumented": wrapped,
-    }
-    return figures, vectors, per_photo
+    return tally.figures(len(timed & set(photos)), repeats, wrapped), vectors, per_photo
+
+
+def _frame_ms(rec: dict) -> float:
+    return rec["decode"] + rec.get("analyse", 0.0)
+
+
+def _vector(engine, res) -> np.ndarray | None:
+    """The embedding accuracy is scored on: the frame's own, else that of its aligned crop.
+
+    The terminal would wait for a better frame; a still photo has no other one, so a face that
+    failed the quality gates is embedded anyway (not timed).
+    """
+    if res is None:
+        return None
+    if res.embedding is not None:
+        return res.embedding
+    return _embed_untimed(engine, res.aligned)
+
+
+class _Tally:
+    """Photo counts by outcome and the timings of the timed photos' best runs."""
+
+    def __init__(self) -> None:
+        self.clock = StageClock()
+        self.counts = {"photos": 0, "no_face": 0, "quality_fail": 0, "embedded": 0}
+        self.series: dict[str, list[float]] = {k: [] for k in ("embedded", "all", "e2e", "capture")}
+
+    def count(self, status: str) -> None:
+        self.counts["photos"] += 1
+        self.counts[status] += 1
+
+    def add(self, best: dict, status: str) -> None:
+        for stage in STAGES:
+            if stage in best:
+                self.clock.add(stage, best[stage])
+        if "analyse" in best:
+            self.series["all"].append(best["analyse"])
+        if status == "embedded":
+            self.series["embedded"].append(best["analyse"])
+            e2e = best["decode"] + best["analyse"] + best["match"]
+            self.series["e2e"].append(e2e)
+            if "liveness" in best:
+                self.series["capture"].append(e2e + best["liveness"])
+
+    def figures(self, timed_photos: int, repeats: int, instrumented) -> dict:
+        summary = self.clock.summary()
+        return {
+            "counts": self.counts,
+            "timed_photos": timed_photos,
+            "repeats": repeats,
+            "stages_ms": {s: summary[s] for s in STAGES if s in summary},
+            # What the budget is about: detect + align + quality + embed of an embedded face.
+            "analyse_ms_embedded": summarise_ms(self.series["embedded"]),
+            "analyse_ms_all_frames": summarise_ms(self.series["all"]),
+            "end_to_end_ms": summarise_ms(self.series["e2e"]),
+            # A frame during capture: decode + analyse + liveness update + match.
+            "capture_frame_ms": summarise_ms(self.series["capture"]),
+            "instrumented": instrumented,
+        }
 
 
 def _embed_untimed(engine, aligned: np.ndarray) -> np.ndarray | None:
@@ -273,37 +297,29 @@ def run(ctx: Context) -> dict:
     models_dir = Path(cfg0.models.dir)
     store = load_store(models_dir)
     photos = ctx.photos
-    data = {rel: photos.path(rel).read_bytes() for rel in photos.photos}
     gallery, labels = _match_gallery()
     float_bytes, float_from = _float_model(store, models_dir)
-    # (name, embedder, float model bytes, config changes, thread settings)
     threads_all = [1] if ctx.opts.cores <= 1 else [1, ctx.opts.cores]
-    variants = [
-        ("int8", "int8", None, {}, threads_all),
-        ("dynamic", "dynamic", None, {}, threads_all),
-    ]
-    if float_bytes is not None:
-        if _config_knows_float(cfg0):
-            variants.append(("float", "float", None, {}, threads_all))
-        else:  # an older config: swap the float model into the engine's embedder
-            variants.append(("float", "dynamic", float_bytes, {}, threads_all))
-    if not ctx.opts.quick:
-        # What the optional steps cost and buy: one thread only, int8.
-        # The mirrored second view, toggled from whatever the config says.
-        flip = cfg0.vision.flip_view
-        name = "int8-noflip" if flip else "int8-flip"
-        variants.append((name, "int8", None, {"flip_view": not flip}, [1]))
-        if getattr(cfg0.vision, "mesh_align", False):
-            variants.append(("int8-nomesh", "int8", None, {"mesh_align": False}, [1]))
     # Timing runs on a spread subset of each source, best of a few runs per photo; accuracy
     # (one-thread variants) embeds every photo once.
     timed = set(photos.photos) if ctx.opts.quick else _timing_subset(photos, TIMED_PER_SOURCE)
-    repeats = 1 if ctx.opts.quick else REPEATS
+    bench = _Bench(
+        pipeline,
+        store,
+        cfg0,
+        photos.photos,
+        {rel: photos.path(rel).read_bytes() for rel in photos.photos},
+        gallery,
+        labels,
+        timed,
+        repeats=1 if ctx.opts.quick else REPEATS,
+        pin=ctx.opts.pin,
+    )
     out: dict = {
         "status": "ok",
         "photos": len(photos.photos),
         "timed_photos": len(timed),
-        "repeats": repeats,
+        "repeats": bench.repeats,
         "flip_view": cfg0.vision.flip_view,
         "threads": threads_all,
         "pinned": ctx.opts.pin,
@@ -317,34 +333,83 @@ def run(ctx: Context) -> dict:
         "(dynamic-range is the closest: int8 weights, float activations)",
         "variants": {},
     }
-    for name, kind, override, vision, threads_list in variants:
-        for threads in threads_list:
-            cfg = cfg0.model_copy(deep=True)
-            cfg.models.embedder = kind
-            cfg.models.threads = threads
-            for key, value in vision.items():
-                setattr(cfg.vision, key, value)
-            old = _pin(threads == 1 and ctx.opts.pin)
-            try:
-                engine = pipeline.FaceEngine(store, cfg)
-                if override is not None and not _replace_embedder(
-                    engine, override, threads, cfg.vision.flip_view
-                ):
-                    raise Missing("float embedder: FaceEngine holds no Embedder part to swap")
-                live = _liveness(store, cfg) if name == "int8" else None
-                todo = photos.photos if threads == 1 else [p for p in photos.photos if p in timed]
-                figures, vectors, per_photo = run_variant(
-                    engine, todo, data, gallery, labels, live, timed, repeats
-                )
-            finally:
-                os.sched_setaffinity(0, old)
-            key = f"{name}/{threads}t"
+    for variant in _variants(cfg0, float_bytes, threads_all, ctx.opts.quick):
+        for threads in variant.threads:
+            figures, vectors, per_photo = bench.measure(variant, threads)
+            key = f"{variant.name}/{threads}t"
             out["variants"][key] = figures
             log.info(
                 "%s: analyse median %.1f ms", key, figures["analyse_ms_all_frames"]["median"] or -1
             )
             if threads == 1:
-                ctx.vectors[f"ours:{name}"] = vectors
-                ctx.per_photo[f"ours:{name}"] = per_photo
-            del engine
+                ctx.vectors[f"ours:{variant.name}"] = vectors
+                ctx.per_photo[f"ours:{variant.name}"] = per_photo
     return out
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """One engine set-up to measure, at each of ``threads``."""
+
+    name: str
+    embedder: str  # cfg.models.embedder
+    threads: list[int]
+    vision: dict = field(default_factory=dict)  # cfg.vision changes
+    override: bytes | None = None  # a model swapped into the engine's embedder
+
+
+def _variants(cfg0, float_bytes: bytes | None, threads_all: list[int], quick: bool):
+    """int8 and dynamic-range always, float when there is one, the optional steps unless quick."""
+    variants = [_Variant("int8", "int8", threads_all), _Variant("dynamic", "dynamic", threads_all)]
+    if float_bytes is not None:
+        if _config_knows_float(cfg0):
+            variants.append(_Variant("float", "float", threads_all))
+        else:  # an older config: swap the float model into the engine's embedder
+            variants.append(_Variant("float", "dynamic", threads_all, override=float_bytes))
+    if not quick:
+        # What the optional steps cost and buy: one thread only, int8.
+        # The mirrored second view, toggled from whatever the config says.
+        flip = cfg0.vision.flip_view
+        name = "int8-noflip" if flip else "int8-flip"
+        variants.append(_Variant(name, "int8", [1], {"flip_view": not flip}))
+        if getattr(cfg0.vision, "mesh_align", False):
+            variants.append(_Variant("int8-nomesh", "int8", [1], {"mesh_align": False}))
+    return variants
+
+
+@dataclass
+class _Bench:
+    """What every variant is measured on: models, base config, photos and the match gallery."""
+
+    pipeline: object  # the edge.vision.pipeline module
+    store: object
+    cfg0: object
+    photos: list[str]
+    data: dict[str, bytes]
+    gallery: object
+    labels: list[str]
+    timed: set[str]
+    repeats: int
+    pin: bool
+
+    def measure(self, variant: _Variant, threads: int) -> tuple[dict, dict, dict]:
+        """``run_variant`` on a fresh engine; one-thread runs pinned to one core if asked."""
+        cfg = self.cfg0.model_copy(deep=True)
+        cfg.models.embedder = variant.embedder
+        cfg.models.threads = threads
+        for key, value in variant.vision.items():
+            setattr(cfg.vision, key, value)
+        old = _pin(threads == 1 and self.pin)
+        try:
+            engine = self.pipeline.FaceEngine(self.store, cfg)
+            if variant.override is not None and not _replace_embedder(
+                engine, variant.override, threads, cfg.vision.flip_view
+            ):
+                raise Missing("float embedder: FaceEngine holds no Embedder part to swap")
+            live = _liveness(self.store, cfg) if variant.name == "int8" else None
+            todo = self.photos if threads == 1 else [p for p in self.photos if p in self.timed]
+            return run_variant(
+                engine, todo, self.data, self.gallery, self.labels, live, self.timed, self.repeats
+            )
+        finally:
+            os.sched_setaffinity(0, old)

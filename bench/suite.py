@@ -165,41 +165,15 @@ def run_suite(opts: Options, progress=print) -> dict:
         "faces_dir": str(faces_dir),
         "sections": {},
     }
-    try:
-        ctx.photos = load_photos(faces_dir, per_source)
-        result["photos"] = {
-            "count": len(ctx.photos.photos),
-            "pairs": len(ctx.photos.pairs),
-            "per_source": {
-                s: sum(v == s for v in ctx.photos.source.values()) for s in ctx.photos.sources()
-            },
-        }
-    except FileNotFoundError as exc:
-        ctx.photos = None
-        result["photos"] = {"count": 0, "reason": str(exc)}
+    result["photos"] = _load_photos(ctx, faces_dir, per_source)
     wanted = opts.sections or list(SECTION_NAMES)
     for name, fn, what in SECTIONS:
         if name not in wanted:
             continue
         progress(f"[bench] {name}: {what} ...")
         t0 = time.monotonic()
-        try:
-            if ctx.photos is None and name in ("pipeline", "facerec", "compare", "daemon"):
-                raise Missing(result["photos"]["reason"])
-            res = fn(ctx)
-        except Missing as exc:
-            res = {"status": "missing", "reason": str(exc)}
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith(("edge", "bench")):
-                raise
-            res = {"status": "missing", "reason": f"module {exc.name} not there yet"}
-        except Exception as exc:  # one broken part must not hide the figures of the others
-            log.debug("section %s failed", name, exc_info=True)
-            last = traceback.extract_tb(exc.__traceback__)[-1]
-            res = {
-                "status": "error",
-                "reason": f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})",
-            }
+        no_photos = result["photos"].get("reason") if ctx.photos is None else None
+        res = _run_section(ctx, name, fn, no_photos)
         res["seconds"] = round(time.monotonic() - t0, 1)
         # Others share this machine: the load says how much to trust the figures.
         res["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -208,6 +182,43 @@ def run_suite(opts: Options, progress=print) -> dict:
     result["budgets"] = check_budgets(result["sections"])
     result["finished"] = iso_utc(time.time(), "seconds")
     return result
+
+
+def _load_photos(ctx: Context, faces_dir: Path, per_source: int | None) -> dict:
+    """Set ``ctx.photos`` (None when the folder is not there); the result's photos figures."""
+    try:
+        ctx.photos = load_photos(faces_dir, per_source)
+    except FileNotFoundError as exc:
+        ctx.photos = None
+        return {"count": 0, "reason": str(exc)}
+    return {
+        "count": len(ctx.photos.photos),
+        "pairs": len(ctx.photos.pairs),
+        "per_source": {
+            s: sum(v == s for v in ctx.photos.source.values()) for s in ctx.photos.sources()
+        },
+    }
+
+
+def _run_section(ctx: Context, name: str, fn, no_photos: str | None) -> dict:
+    """One section's result; a missing part or a failure becomes a status with a reason."""
+    try:
+        if no_photos is not None and name in ("pipeline", "facerec", "compare", "daemon"):
+            raise Missing(no_photos)
+        return fn(ctx)
+    except Missing as exc:
+        return {"status": "missing", "reason": str(exc)}
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("edge", "bench")):
+            raise
+        return {"status": "missing", "reason": f"module {exc.name} not there yet"}
+    except Exception as exc:  # one broken part must not hide the figures of the others
+        log.debug("section %s failed", name, exc_info=True)
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        return {
+            "status": "error",
+            "reason": f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})",
+        }
 
 
 def write_json(result: dict, path: Path | None, out_dir: Path) -> Path:

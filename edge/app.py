@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from edge.config import Config
-from edge.devices.camera import CameraStream, open_camera
+from edge.devices.camera import open_camera
+from edge.devices.camera_stream import CameraStream
 from edge.devices.printer import make_printer
 from edge.devices.signals import make_signals
 from edge.enrolment.store import BundleStore

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,23 +69,53 @@ def _embedders_key() -> str:
 
 def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str]:
     """Float (fused PReLU) and int8 MobileFaceNet, checked against each other on real faces."""
-    from models import crops as crops_mod
-    from models.evaluate import agreement, embed, time_models
-
     key = _embedders_key()
-    int8 = entries.get("embedder_int8")
-    fresh = mf.fresh(int8, out, key) and mf.fresh(entries.get("embedder_float"), out, key)
-    upgrade = (
-        fresh
-        and int8.get("calibration", {}).get("alignment") == "centre-crop"
-        and _vision_available()
-    )
-    if fresh and not upgrade:
+    if not _int8_needs_build(entries, out, key):
         return []
-    if upgrade:
-        mf.progress("edge.vision is available now: recalibrating on aligned crops")
     python = buildenv.ensure(progress=mf.progress)
     dynamic = fetch.mobilefacenet(mfn_path)
+    crops = _aligned_crops(entries, out, dynamic)
+    float_data, int8_data, counts = _quantize(python, work, dynamic, crops.calib)
+    agree = _check_int8(float_data, int8_data, dynamic, crops.held_out)
+    calibration = {
+        "alignment": crops.method,
+        "faces_dir": str(crops.faces),
+        "calibration_crops": int(len(crops.calib)),
+        "held_out_crops": int(len(crops.held_out)),
+        "build_venv": buildenv.installed(),
+        **counts,
+    }
+    _write_float_and_int8(entries, out, key, float_data, int8_data, calibration)
+    entries["embedder_int8"]["agreement"] = agree
+    return ["embedder_float", "embedder_int8"]
+
+
+def _int8_needs_build(entries: dict, out: Path, key: str) -> bool:
+    """Missing, stale, or calibrated on centre crops while edge.vision can now align faces."""
+    int8 = entries.get("embedder_int8")
+    fresh = mf.fresh(int8, out, key) and mf.fresh(entries.get("embedder_float"), out, key)
+    if not fresh:
+        return True
+    if int8.get("calibration", {}).get("alignment") == "centre-crop" and _vision_available():
+        mf.progress("edge.vision is available now: recalibrating on aligned crops")
+        return True
+    return False
+
+
+@dataclass
+class _Crops:
+    """Aligned 112x112 crops: ``calib`` to calibrate int8 ranges, ``held_out`` to check them."""
+
+    calib: np.ndarray
+    held_out: np.ndarray
+    method: str  # how the crops were aligned: edge.vision's pipeline or "centre-crop"
+    faces: Path
+
+
+def _aligned_crops(entries: dict, out: Path, dynamic: bytes) -> _Crops:
+    """Two disjoint sets of crops from the labelled photos, aligned as the terminal aligns."""
+    from models import crops as crops_mod
+
     faces = crops_mod.faces_dir()
     calib_paths, agree_paths = crops_mod.photo_split(faces, CROPS_PER_SPLIT)
     aligner, method = crops_mod.make_aligner(
@@ -105,6 +136,13 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
         aligner, method = crops_mod.centre_crop, "centre-crop"
         calib = crops_mod.aligned_crops(calib_paths, aligner)
         held_out = crops_mod.aligned_crops(agree_paths, aligner)
+    return _Crops(calib, held_out, method, faces)
+
+
+def _quantize(
+    python: Path, work: Path, dynamic: bytes, calib: np.ndarray
+) -> tuple[bytes, bytes, dict]:
+    """(float, int8, op counts): the quantizer runs in the build venv on files in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     calib_file = work / "calibration_crops.npy"
     np.save(calib_file, calib)
@@ -113,7 +151,12 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
     float_tmp, int8_tmp = work / "float.tflite", work / "int8.tflite"
     mf.progress(f"quantizing MobileFaceNet to int8 in {buildenv.VENV.name} ({len(calib)} crops)")
     counts = buildenv.quantize(python, src, calib_file, float_tmp, int8_tmp)
-    float_data, int8_data = float_tmp.read_bytes(), int8_tmp.read_bytes()
+    return float_tmp.read_bytes(), int8_tmp.read_bytes(), counts
+
+
+def _check_int8(float_data: bytes, int8_data: bytes, dynamic: bytes, held_out) -> dict:
+    """The int8 file's agreement with float on held-out faces; refuse it if it is off or slow."""
+    from models.evaluate import agreement, embed, time_models
 
     mf.progress(f"checking int8 against float on {len(held_out)} held-out aligned crops")
     ref = embed(float_data, held_out)
@@ -139,25 +182,23 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
         f"int8 vs float cosine mean {agree['cosine_mean']:.4f} min {agree['cosine_min']:.4f}; "
         f"ms int8 {ms['int8']} float {ms['float']} dynamic {ms['dynamic']}"
     )
-    calibration = {
-        "alignment": method,
-        "faces_dir": str(faces),
-        "calibration_crops": int(len(calib)),
-        "held_out_crops": int(len(held_out)),
-        "build_venv": buildenv.installed(),
-        **counts,
-    }
+    return agree
+
+
+_INT8_DESCRIPTION = (
+    "static int8 calibrated by this build: int8 weights and activations in every "
+    "convolution and add, int8 input; the 33 PRELU and the final "
+    "L2_NORMALIZATION stay float between QUANTIZE/DEQUANTIZE (ai-edge-quantizer "
+    "0.10.0 has no int8 recipe for them), so the output is a float32 unit vector"
+)
+
+
+def _write_float_and_int8(
+    entries: dict, out: Path, key: str, float_data: bytes, int8_data: bytes, calibration: dict
+) -> None:
     for name, data, prefix, desc in (
         ("embedder_float", float_data, "mobilefacenet-float", "float32, PReLU fused"),
-        (
-            "embedder_int8",
-            int8_data,
-            "mobilefacenet-int8",
-            "static int8 calibrated by this build: int8 weights and activations in every "
-            "convolution and add, int8 input; the 33 PRELU and the final "
-            "L2_NORMALIZATION stay float between QUANTIZE/DEQUANTIZE (ai-edge-quantizer "
-            "0.10.0 has no int8 recipe for them), so the output is a float32 unit vector",
-        ),
+        ("embedder_int8", int8_data, "mobilefacenet-int8", _INT8_DESCRIPTION),
     ):
         mf.write(out, EMBEDDER_FILES[name], data)
         entries[name] = mf.entry(
@@ -169,5 +210,3 @@ def build_int8(entries: dict, out: Path, mfn_path: Path, work: Path) -> list[str
             **_mobilefacenet_fields(),
             calibration=calibration,
         )
-    entries["embedder_int8"]["agreement"] = agree
-    return ["embedder_float", "embedder_int8"]

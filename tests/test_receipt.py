@@ -18,9 +18,9 @@ from edge.devices.receipt import (
     example_receipt,
     format_rupiah,
     format_wib,
-    render_png,
     render_text,
 )
+from edge.devices.receipt_png import render_png
 
 
 @pytest.mark.parametrize(

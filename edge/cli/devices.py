@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from edge.config import load_config
 from edge.errors import DeviceError
+
+if TYPE_CHECKING:
+    from edge.devices.camera import Frame
+    from edge.devices.receipt import Receipt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,10 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    from edge.devices.receipt import Refusal, example_receipt, render_png, render_text
+    from edge.devices.receipt import Refusal, example_receipt, render_text
 
     sample = example_receipt()
-    item = sample
+    item: Receipt | Refusal = sample
     if args.refusal:
         item = Refusal(
             sample.point_name, sample.device_id, sample.ts, args.refusal, sample.event_id
@@ -53,20 +58,23 @@ def cmd_receipt(args: argparse.Namespace) -> int:
     if args.text:
         print(render_text(item, reprint=args.reprint), end="")
     if args.png:
+        from edge.devices.receipt_png import render_png  # Pillow only when an image is wanted
+
         path = render_png(item, args.png, reprint=args.reprint)
         print(f"wrote {path}")
     return 0
 
 
 def cmd_camera_test(args: argparse.Namespace) -> int:
-    from edge.devices.camera import CameraStream, open_camera
+    from edge.devices.camera import open_camera
+    from edge.devices.camera_stream import CameraStream
 
     cfg = load_config(args.config).camera
     camera = open_camera(cfg)
     faults: list[bool] = []
     stream = CameraStream(camera, cfg.queue_size, faults.append, stall_s=cfg.stall_s)
     wait = max(5.0, 2 * cfg.stall_s)
-    got = []
+    got: list[Frame] = []
     with stream:
         while len(got) < args.frames:
             frame = stream.get(wait)

@@ -2,7 +2,8 @@
 
 Every source gives ``Frame``s with an RGB uint8 HxWx3 image, a timestamp in seconds on the
 monotonic clock, and a running index. ``open_camera`` picks the source from config without
-opening it; ``CameraStream`` (in ``camera_stream``) opens it, retries it and queues frames.
+opening it; ``edge.devices.camera_stream.CameraStream`` opens it, retries it and queues frames
+(the stream depends on this module, never the other way round).
 
 Contract of a source: ``open()`` raises ``DeviceError`` when the camera is not there; ``read()``
 returns a ``Frame``, or ``None`` when no frame is ready (then ``finished`` tells whether a file
@@ -20,12 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.devices.camera_stream import CameraStream
 from edge.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Camera", "CameraStream", "FolderCamera", "Frame", "OpenCVCamera", "open_camera"]
+__all__ = ["Camera", "FolderCamera", "Frame", "OpenCVCamera", "open_camera"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

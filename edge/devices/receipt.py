@@ -1,8 +1,9 @@
 """Receipt layout for a 58 mm printer (32 columns, 384 dots), in Bahasa Indonesia.
 
 One layout feeds three renderers: the ESC/POS printer (``edge.devices.printer``), plain text
-(``render_text``, exactly the columns the paper shows) and a PNG (``render_png``, for docs and
-for a screen). The layout is a list of blocks so the three cannot drift apart.
+(``render_text``, exactly the columns the paper shows) and a PNG (``receipt_png.render_png``,
+for docs and for a screen). The layout is a list of blocks so the three cannot drift apart; this
+module stays free of Pillow.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 from edge.events import parse_iso_utc
 
@@ -281,15 +281,6 @@ def blocks_to_text(blocks: list[Block]) -> str:
 def render_text(item: Receipt | Refusal, reprint: bool = False) -> str:
     """The slip as 32-column text, line for line what the printer prints."""
     return blocks_to_text(blocks_for(item, reprint=reprint))
-
-
-def render_png(item: Receipt | Refusal, path: str | Path, reprint: bool = False) -> Path:
-    """Draw the slip as a 384-px wide image (paper width at 203 dpi) with its QR code."""
-    from edge.devices.receipt_png import draw_blocks  # Pillow only when an image is wanted
-
-    path = Path(path)
-    draw_blocks(blocks_for(item, reprint=reprint)).save(path)
-    return path
 
 
 def example_receipt() -> Receipt:

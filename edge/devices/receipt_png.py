@@ -1,4 +1,8 @@
-"""Draw receipt blocks onto a 384-px image, the way a 58 mm thermal printer lays them out."""
+"""Draw receipt blocks onto a 384-px image, the way a 58 mm thermal printer lays them out.
+
+Kept apart from ``receipt`` so that the layout (used by the printer on every payout) never
+imports Pillow; this module depends on the layout, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,19 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from edge.devices.receipt import COLUMNS, DOTS, Block, Line, Qr, _place, qr_dot_size, qr_matrix
+from edge.devices.receipt import (
+    COLUMNS,
+    DOTS,
+    Block,
+    Line,
+    Qr,
+    Receipt,
+    Refusal,
+    _place,
+    blocks_for,
+    qr_dot_size,
+    qr_matrix,
+)
 
 CELL_W = DOTS // COLUMNS  # 12 dots: font A on a 58 mm head
 CELL_H = 24
@@ -68,3 +84,10 @@ def draw_blocks(blocks: list[Block]) -> Image.Image:
         page.paste(p, (0, y))
         y += p.height
     return page
+
+
+def render_png(item: Receipt | Refusal, path: str | Path, reprint: bool = False) -> Path:
+    """Draw the slip as a 384-px wide image (paper width at 203 dpi) with its QR code."""
+    path = Path(path)
+    draw_blocks(blocks_for(item, reprint=reprint)).save(path)
+    return path

@@ -194,41 +194,15 @@ def enrol(
     photos_dir = Path(photos_dir)
     total = sum(len(r.photos) for r in rows)
     done = 0
-    labels: list[str] = []
-    vectors: list[np.ndarray] = []
-    owners: list[str] = []  # household of each enrolled vector, for the 1:N check
+    templates = _Templates()
     report: list[ReportLine] = []
     enrolled_members: dict[str, list[Row]] = {}
     for row in rows:
         good = 0
         for i, name in enumerate(row.photos, start=1):
-            photo = f"#{i}"
             vec = _analyse_photo(photos_dir, name, analyse, load)
-            if isinstance(vec, str):
-                line = ReportLine(row.household_id, row.member_id, photo, "refused", vec)
-            else:
-                dup = _duplicate_of(vec, vectors, owners, row.household_id, duplicate_threshold)
-                if dup:
-                    other, score = dup
-                    line = ReportLine(
-                        row.household_id,
-                        row.member_id,
-                        photo,
-                        "duplicate",
-                        f"face already enrolled under household {other} (score {score:.2f})",
-                    )
-                    log.warning(
-                        "duplicate face: %s matches %s at %.2f",
-                        mask_id(row.household_id),
-                        mask_id(other),
-                        score,
-                    )
-                else:
-                    labels.append(f"{row.household_id}/{row.member_id}")
-                    vectors.append(vec)
-                    owners.append(row.household_id)
-                    good += 1
-                    line = ReportLine(row.household_id, row.member_id, photo, "enrolled", "ok")
+            line = _enrol_photo(row, f"#{i}", vec, templates, duplicate_threshold)
+            good += line.status == "enrolled"
             report.append(line)
             done += 1
             if progress:
@@ -239,6 +213,61 @@ def enrol(
             report.append(
                 ReportLine(row.household_id, row.member_id, "-", "refused", "no usable photo")
             )
+    households = _households(enrolled_members, amount, default_regency, report)
+    return EnrolmentResult(households, templates.labels, templates.matrix(), report)
+
+
+@dataclass
+class _Templates:
+    """The faces enrolled so far: a label, a unit vector and the owning household each."""
+
+    labels: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)  # for the 1:N duplicate check
+
+    def add(self, row: Row, vec: np.ndarray) -> None:
+        self.labels.append(f"{row.household_id}/{row.member_id}")
+        self.vectors.append(vec)
+        self.owners.append(row.household_id)
+
+    def matrix(self) -> np.ndarray:
+        if not self.vectors:
+            return np.zeros((0, DIM), np.float32)
+        return np.stack(self.vectors).astype(np.float32)
+
+
+def _enrol_photo(
+    row: Row, photo: str, vec: np.ndarray | str, templates: _Templates, threshold: float
+) -> ReportLine:
+    """Enrol one analysed photo (``vec``, or the reason it was refused) unless it is a duplicate."""
+    if isinstance(vec, str):
+        return ReportLine(row.household_id, row.member_id, photo, "refused", vec)
+    dup = _duplicate_of(vec, templates.vectors, templates.owners, row.household_id, threshold)
+    if dup:
+        other, score = dup
+        log.warning(
+            "duplicate face: %s matches %s at %.2f",
+            mask_id(row.household_id),
+            mask_id(other),
+            score,
+        )
+        reason = f"face already enrolled under household {other} (score {score:.2f})"
+        return ReportLine(row.household_id, row.member_id, photo, "duplicate", reason)
+    templates.add(row, vec)
+    return ReportLine(row.household_id, row.member_id, photo, "enrolled", "ok")
+
+
+def _households(
+    enrolled_members: dict[str, list[Row]],
+    amount: int,
+    default_regency: str,
+    report: list[ReportLine],
+) -> list[Household]:
+    """One household per id with an enrolled member, named after its recipient if enrolled.
+
+    A household whose recipient has no usable photo is kept (its representative may collect)
+    but noted in ``report``.
+    """
     households = []
     for hid, members in enrolled_members.items():
         recipient = next((m for m in members if m.role == "recipient"), None)
@@ -256,8 +285,7 @@ def enrol(
                 members=[Member(m.member_id, m.role) for m in members],
             )
         )
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, DIM), np.float32)
-    return EnrolmentResult(households, labels, matrix, report)
+    return households
 
 
 def _analyse_photo(folder: Path, name: str, analyse: Analyse, load) -> np.ndarray | str:

@@ -21,10 +21,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.ops.health import collect
+
+if TYPE_CHECKING:
+    from edge.keys import DeviceIdentity
+    from edge.modelstore import ModelStore
+    from edge.vision.pipeline import FaceEngine
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +96,9 @@ class Selftest:
         self.pin_factory = pin_factory
         self.report = SelftestReport(cfg.device.id)
         self._given_store = store  # an already loaded ModelStore (tests, the daemon)
-        self.store = None
-        self.identity = None
-        self.engine = None
+        self.store: ModelStore | None = None
+        self.identity: DeviceIdentity | None = None
+        self.engine: FaceEngine | None = None
 
     def run(self) -> SelftestReport:
         steps: list[tuple[str, Callable[[], tuple[str, str]]]] = [
@@ -142,11 +147,8 @@ class Selftest:
             store = ModelStore.load(self.cfg.models.dir)
         self.store = store
         name = "embedder_int8" if self.cfg.models.embedder == "int8" else "embedder_dynamic"
-        self.report.facts["model"] = self.store.model_id(name)
-        return (
-            PASS,
-            f"{len(self.store.names())} models verified, embedder {self.store.model_id(name)}",
-        )
+        self.report.facts["model"] = store.model_id(name)
+        return PASS, f"{len(store.names())} models verified, embedder {store.model_id(name)}"
 
     def _camera_config(self, tmp: Path):
         """The configured camera; the default folder camera gets a public test portrait."""
@@ -223,8 +225,8 @@ class Selftest:
         if not (keys / SIGN_KEY_FILE).is_file():
             # Never create keys here: a terminal without keys was not provisioned.
             return FAIL, f"no device key in {keys}: run provisioning"
-        self.identity = DeviceIdentity.load_or_create(keys)
-        return PASS, f"device key {self.identity.sign_fingerprint()}"
+        self.identity = identity = DeviceIdentity.load_or_create(keys)
+        return PASS, f"device key {identity.sign_fingerprint()}"
 
     def check_ledger(self) -> tuple[str, str]:
         from edge.ledger.audit import audit_ledger

@@ -98,7 +98,7 @@ def eye_aspect_ratio(points: np.ndarray) -> float:
 
     def one(idx: tuple[int, ...]) -> float:
         p = points[list(idx), :2].astype(np.float64)
-        width = np.linalg.norm(p[0] - p[3])
+        width = float(np.linalg.norm(p[0] - p[3]))
         opening = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
         return float(opening / (2.0 * max(width, 1e-6)))
 

@@ -203,9 +203,10 @@ class LivenessChecker:
 
     def __init__(self, models, cfg, threads: int = 1) -> None:
         self.cfg = getattr(cfg, "liveness", cfg)
-        self._mesh_model = _model_bytes(models, "landmarks")
-        if self._mesh_model is None:
+        mesh_model = _model_bytes(models, "landmarks")
+        if mesh_model is None:
             raise ValueError("liveness needs the face landmark model ('landmarks')")
+        self._mesh_model = mesh_model
         self._threads = threads
         self._mesh: FaceMesh | None = None
         v2, v1se = _model_bytes(models, "pad_v2"), _model_bytes(models, "pad_v1se")
@@ -243,10 +244,10 @@ class LivenessChecker:
         if mesh is not None:
             # The caller's mesh was confirmed by its own presence test; z units cancel out in
             # the parallax measure, so any scale will do.
-            mesh = Mesh(points=np.asarray(mesh, np.float32), presence=1.0, scale=1.0)
+            found = Mesh(points=np.asarray(mesh, np.float32), presence=1.0, scale=1.0)
         else:
-            mesh = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
-        if mesh.presence < c.min_mesh_presence:
+            found = self.mesh.run(rgb, box, np.asarray(face.keypoints, np.float32))
+        if found.presence < c.min_mesh_presence:
             self._skipped += 1
             return
         crop = face_crop(rgb, box)
@@ -264,8 +265,8 @@ class LivenessChecker:
             pad = self.pad.score(rgb, box).real
         self._frames.append(
             _Frame(
-                mesh=mesh,
-                ear=eye_aspect_ratio(mesh.points),
+                mesh=found,
+                ear=eye_aspect_ratio(found.points),
                 grey=grey,
                 pad=pad,
                 moire=moire_peak(crop),
@@ -317,43 +318,47 @@ class LivenessChecker:
             signals["still"] = 1.0
             return LivenessResult(score=0.0, live=False, signals=signals, frames=n)
 
+        temporal = self._temporal(signals)
+        pads = [f.pad for f in fr if f.pad is not None]
+        pad = float(np.median(pads)) if pads else None
+        signals.update(pad=float("nan") if pad is None else pad, pad_frames=float(len(pads)))
+        cues = _image_cues(fr, c, signals)
+        # Temporal evidence is required; PAD and the cues only scale it down (PAD gently, since
+        # it is weak and can be wrong about real faces too).
+        score = temporal * (1.0 if pad is None else pad**c.pad_weight) * cues**c.cue_weight
+        live = score >= c.threshold
+        log.debug("liveness score %.3f over %d frames (live=%s)", score, n, live)
+        return LivenessResult(score=score, live=live, signals=signals, frames=n)
+
+    def _temporal(self, signals: dict[str, float]) -> float:
+        """Evidence of a live head over time: 3D motion of the mesh or a blink, in [0, 1]."""
+        c, fr = self.cfg, self._frames
         par = [plane_parallax(fr[i].mesh, fr[j].mesh) for i, j in self._pairs()]
         parallax = float(np.percentile(par, 80)) if par else 0.0
         s_motion = _logistic(parallax, c.parallax_centre, c.parallax_width)
         blinks = count_blinks([f.ear for f in fr], c.blink_drop)
         s_blink = 1.0 if blinks else 0.0
         temporal = 1.0 - (1.0 - s_motion) * (1.0 - s_blink)
-
-        pads = [f.pad for f in fr if f.pad is not None]
-        pad = float(np.median(pads)) if pads else None
-
-        moire = float(np.median([f.moire for f in fr]))
-        chroma = float(np.median([f.chroma for f in fr]))
-        glare = float(np.median([f.glare for f in fr]))
-        spoof_cues = max(
-            _logistic(moire, c.moire_centre, c.moire_width),
-            1.0 - _logistic(chroma, c.chroma_centre, c.chroma_width),
-            0.5 * _logistic(glare, c.glare_centre, c.glare_centre / 4),
-        )
-        cues = 1.0 - spoof_cues
-
-        # Temporal evidence is required; PAD and the cues only scale it down (PAD gently, since
-        # it is weak and can be wrong about real faces too).
-        score = temporal * (1.0 if pad is None else pad**c.pad_weight) * cues**c.cue_weight
-
         signals.update(
             parallax=parallax,
             motion=s_motion,
             blinks=float(blinks),
             ear_median=float(np.median([f.ear for f in fr])),
             temporal=temporal,
-            pad=float("nan") if pad is None else pad,
-            pad_frames=float(len(pads)),
-            moire=moire,
-            chroma=chroma,
-            glare=glare,
-            cues=cues,
         )
-        live = score >= c.threshold
-        log.debug("liveness score %.3f over %d frames (live=%s)", score, n, live)
-        return LivenessResult(score=score, live=live, signals=signals, frames=n)
+        return temporal
+
+
+def _image_cues(fr: list[_Frame], c, signals: dict[str, float]) -> float:
+    """1 minus the strongest sign of a screen or a print (moire, flat colour, glare)."""
+    moire = float(np.median([f.moire for f in fr]))
+    chroma = float(np.median([f.chroma for f in fr]))
+    glare = float(np.median([f.glare for f in fr]))
+    spoof_cues = max(
+        _logistic(moire, c.moire_centre, c.moire_width),
+        1.0 - _logistic(chroma, c.chroma_centre, c.chroma_width),
+        0.5 * _logistic(glare, c.glare_centre, c.glare_centre / 4),
+    )
+    cues = 1.0 - spoof_cues
+    signals.update(moire=moire, chroma=chroma, glare=glare, cues=cues)
+    return cues
