@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from edge.errors import CommandRefused, PayloadError
+from edge.errors import CommandRefused, KeyFileError, PayloadError
 from edge.events import canonical, iso_utc, parse_iso_utc
 from edge.keys import load_ed25519_public, verify_ed25519
 from edge.mqtt.schemas import parse
@@ -63,9 +63,7 @@ def sign_command(
     command_id: str | None = None,
 ) -> bytes:
     """Build and sign one command for ``device_id`` (central side and tests)."""
-    key = central_private_key
-    if isinstance(key, bytes):
-        key = load_pem_private_key(key, password=None)
+    key = _signing_key(central_private_key)
     body = {
         "schema": "bansos.command/1",
         "id": command_id or str(uuid.uuid4()),
@@ -76,6 +74,15 @@ def sign_command(
     }
     body["sig"] = base64.b64encode(key.sign(canonical(body))).decode("ascii")
     return canonical(body)
+
+
+def _signing_key(key: Ed25519PrivateKey | bytes) -> Ed25519PrivateKey:
+    if isinstance(key, Ed25519PrivateKey):
+        return key
+    loaded = load_pem_private_key(key, password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise KeyFileError(f"expected an Ed25519 private key, got {type(loaded).__name__}")
+    return loaded
 
 
 def bundle_commands(
@@ -236,6 +243,15 @@ class CommandProcessor:
     # -- checks ---------------------------------------------------------------------------
 
     def _check(self, topic_name: str | None, payload: bytes, seen: dict) -> dict:
+        # The order is the contract: a command is refused for the first rule it breaks.
+        cmd = self._check_signed(payload, seen)
+        self._check_addressed(cmd, topic_name)
+        self._check_fresh(cmd)
+        self._check_args(cmd["name"], cmd["args"])
+        return cmd
+
+    def _check_signed(self, payload: bytes, seen: dict) -> dict:
+        """The parsed command when it is well formed and signed by central."""
         if b'"sig"' not in payload:
             raise CommandRefused("unsigned command")
         try:
@@ -251,12 +267,19 @@ class CommandProcessor:
             raise CommandRefused("bad signature") from exc
         if not verify_ed25519(self._key, sig, canonical(body)):
             raise CommandRefused("bad signature")
+        return cmd
+
+    def _check_addressed(self, cmd: dict, topic_name: str | None) -> None:
+        """Refuse a command for another terminal, on the wrong topic, or with no action here."""
         if cmd["device_id"] != self.device_id:
             raise CommandRefused("command is for another device")
         if topic_name is not None and cmd["name"] != topic_name:
             raise CommandRefused("command name does not match its topic")
         if cmd["name"] not in self._actions:
             raise CommandRefused(f"unknown command: {cmd['name']}")
+
+    def _check_fresh(self, cmd: dict) -> None:
+        """Refuse a command from the future, past its age limit, or already seen."""
         now = self._clock()
         issued = parse_iso_utc(cmd["issued_at"]).timestamp()
         if issued > now + self._max_skew_s:
@@ -265,17 +288,19 @@ class CommandProcessor:
             raise CommandRefused("command expired")
         if self._db.execute("SELECT 1 FROM seen WHERE id = ?", (cmd["id"],)).fetchone():
             raise CommandRefused("replayed command")
-        if cmd["name"] == "config":
-            bad = sorted(set(cmd["args"]["set"]) - ALLOWED_CONFIG_KEYS)
+
+    def _check_args(self, name: str, args: dict) -> None:
+        """Refuse arguments the schema allows but this terminal will not act on."""
+        if name == "config":
+            bad = sorted(set(args["set"]) - ALLOWED_CONFIG_KEYS)
             if bad:
                 raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
-        if cmd["name"] == "bundle":
-            self._check_chunk(cmd["args"])
-        if cmd["name"] == "resend":
-            span = cmd["args"]["to_seq"] - cmd["args"]["from_seq"]
+        if name == "bundle":
+            self._check_chunk(args)
+        if name == "resend":
+            span = args["to_seq"] - args["from_seq"]
             if not 0 <= span < MAX_RESEND:
                 raise CommandRefused(f"resend range must hold 1..{MAX_RESEND} events")
-        return cmd
 
     def _check_chunk(self, args: dict) -> None:
         if args["chunk"] >= args["chunks"]:
