@@ -14,8 +14,10 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
 
 from escpos.capabilities import Profile, get_profile
 from escpos.constants import QR_ECLEVEL_M
@@ -67,8 +69,15 @@ def profile_58mm(name: str = ""):
     return profile
 
 
+class _Stream(Protocol):
+    def close(self) -> None: ...
+
+
 class _QuietClose:
     """Close without python-escpos' property side effects (reading ``device`` reopens it)."""
+
+    # python-escpos' convention: False when closed, None while opening, else the open stream
+    _device: Literal[False] | None | _Stream
 
     def close(self) -> None:
         dev = self._device
@@ -129,7 +138,9 @@ class FileTransport(_QuietClose, File):
     fake with history).
     """
 
-    def __init__(self, *args, fsync=os.fsync, **kwargs) -> None:
+    _device: Literal[False] | None | BinaryIO
+
+    def __init__(self, *args, fsync: Callable[[int], None] = os.fsync, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fsync = fsync
 
@@ -152,9 +163,9 @@ class FileTransport(_QuietClose, File):
         try:
             Path(self.devfile).parent.mkdir(parents=True, exist_ok=True)
             # append: python-escpos' "wb" would erase earlier receipts at every start
-            self.device = open(self.devfile, "ab")  # noqa: SIM115
+            self._device = open(self.devfile, "ab")  # noqa: SIM115
         except OSError as exc:
-            self.device = False
+            self._device = False
             raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from exc
 
 
@@ -195,11 +206,12 @@ class Printer:
         self._open = True
         return True
 
-    def _ensure_open(self) -> None:
+    def _ensure_open(self) -> Escpos:
         if self.transport is None:
             raise DeviceError("printer: none configured (printer.kind = none)")
         if not self._open and not self.open():
             raise DeviceError("printer: not connected")
+        return self.transport
 
     def status(self) -> PrinterStatus:
         """Ask the printer whether it is online and has paper; bounded by the serial timeout."""
@@ -244,8 +256,7 @@ class Printer:
             except (OSError, EscposError):
                 pass
 
-    def _emit(self, blocks: list[Block]) -> None:
-        p = self.transport
+    def _emit(self, p: Escpos, blocks: list[Block]) -> None:
         p.hw("INIT")  # ESC @: whatever a half-printed earlier slip left set is cleared
         style = ("left", False, False)
         for b in blocks:
@@ -274,14 +285,14 @@ class Printer:
             self._print_blocks(blocks, what)
 
     def _print_blocks(self, blocks: list[Block], what: str) -> None:
-        self._ensure_open()
+        transport = self._ensure_open()
         self._check_ready("before")
         try:
-            self._emit(blocks)
-            if isinstance(self.transport, FileTransport):
-                self.transport.sync()
+            self._emit(transport, blocks)
+            if isinstance(transport, FileTransport):
+                transport.sync()
             else:
-                dev = self.transport._device  # not .device: that property reopens as a side effect
+                dev = transport._device  # not .device: that property reopens as a side effect
                 if dev and hasattr(dev, "flush"):
                     dev.flush()  # serial: waits until every byte has left the port
         except (OSError, EscposError, ValueError) as exc:

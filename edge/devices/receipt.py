@@ -204,7 +204,7 @@ def _footer(device_id: str, event_id: str) -> list[Line]:
 
 def receipt_blocks(r: Receipt, reprint: bool = False) -> list[Block]:
     """The payout receipt as blocks, top to bottom (the printer adds the cut)."""
-    blocks: list[Block] = _header("BUKTI PENYALURAN BANSOS", r.point_name, r.ts)
+    blocks: list[Block] = [*_header("BUKTI PENYALURAN BANSOS", r.point_name, r.ts)]
     if reprint:
         blocks.insert(1, Line(REPRINT_MARK, align="center", bold=True))
     blocks += [
