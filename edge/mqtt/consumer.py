@@ -172,7 +172,8 @@ class Consumer:
         # stays unacknowledged and the broker delivers it again after a reconnect.
         for attempt in range(3):
             try:
-                self.handle(msg.topic, msg.payload)
+                # paho types the payload bytes | bytearray; bytes() of bytes is the same object
+                self.handle(msg.topic, bytes(msg.payload))
             except Exception:
                 log.exception(
                     "could not store an event from %s (attempt %d)", msg.topic, attempt + 1
@@ -186,29 +187,32 @@ class Consumer:
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Verify and store one event: ``stored``, ``duplicate`` or ``rejected: <why>``."""
-        problem = None
-        event = None
-        where = split(topic, self._prefix)
         try:
             event = parse("event", payload)
         except PayloadError as exc:
-            problem = str(exc)
-        if event is not None:
-            if where is None or (where[0], where[1]) != (event["regency"], event["device_id"]):
-                problem = "event does not belong to the topic it came on"
-            else:
-                key = self._registry.get(event["device_id"])
-                problem = "unknown device" if key is None else check_event(event, key)
+            return self._reject(topic, str(exc), payload)
+        problem = self._problem(topic, event)
         if problem:
-            self.rejected += 1
-            log.warning("rejected a message on %s: %s", topic, problem)
-            self._store.reject(topic, problem, payload)
-            return f"rejected: {problem}"
+            return self._reject(topic, problem, payload)
         if self._store.add(event):
             self.stored += 1
             return "stored"
         self.duplicates += 1
         return "duplicate"
+
+    def _problem(self, topic: str, event: dict) -> str | None:
+        """Why a well-formed event may not be stored: wrong topic, unknown device, not intact."""
+        where = split(topic, self._prefix)
+        if where is None or (where[0], where[1]) != (event["regency"], event["device_id"]):
+            return "event does not belong to the topic it came on"
+        key = self._registry.get(event["device_id"])
+        return "unknown device" if key is None else check_event(event, key)
+
+    def _reject(self, topic: str, problem: str, payload: bytes) -> str:
+        self.rejected += 1
+        log.warning("rejected a message on %s: %s", topic, problem)
+        self._store.reject(topic, problem, payload)
+        return f"rejected: {problem}"
 
 
 def resend_requests(
