@@ -14,9 +14,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from edge.vision.pipeline import FaceEngine, FaceResult
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +89,21 @@ def metrics(genuine: np.ndarray, impostor: np.ndarray, fars=FARS) -> dict:
     """EER, and TAR and threshold at each FAR, for genuine and impostor score arrays."""
     gen = np.asarray(genuine, np.float64)
     e, e_thr = eer(gen, impostor)
-    out = {
+    tar: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    for far in fars:
+        t = threshold_at_far(impostor, far)
+        thresholds[str(far)] = t
+        known = len(gen) and t == t  # no impostors: no threshold, no TAR
+        tar[str(far)] = float((gen >= t).mean()) if known else float("nan")
+    return {
         "genuine": int(len(gen)),
         "impostor": int(len(impostor)),
         "eer": e,
         "eer_threshold": e_thr,
-        "tar_at_far": {},
-        "threshold_at_far": {},
+        "tar_at_far": tar,
+        "threshold_at_far": thresholds,
     }
-    for far in fars:
-        t = threshold_at_far(impostor, far)
-        out["threshold_at_far"][str(far)] = t
-        known = len(gen) and t == t  # no impostors: no threshold, no TAR
-        out["tar_at_far"][str(far)] = float((gen >= t).mean()) if known else float("nan")
-    return out
 
 
 class Progress:
@@ -125,8 +130,28 @@ class Progress:
         self.stream.flush()
 
 
+def _analyse_timed(
+    engine: FaceEngine, rgb: np.ndarray, repeat: int
+) -> tuple[FaceResult, dict[str, float]] | None:
+    """The analysis of one image and its fastest stage times over ``repeat`` runs; None when a
+    run finds no face."""
+    timed: tuple[FaceResult, dict[str, float]] | None = None
+    for _ in range(max(1, repeat)):
+        res = engine.analyse(rgb)
+        if res is None:
+            return None
+        if res.embedding is None:
+            t = time.perf_counter()
+            res.embedding = engine.embed_aligned(res.aligned)
+            res.timings_ms["embed"] = (time.perf_counter() - t) * 1000
+        run = {s: res.timings_ms[s] for s in _STAGES}
+        best = run if timed is None else {s: min(timed[1][s], run[s]) for s in _STAGES}
+        timed = (res, best)
+    return timed
+
+
 def embed_images(
-    engine, paths: list[str], images_dir: Path, progress: bool = True, repeat: int = 1
+    engine: FaceEngine, paths: list[str], images_dir: Path, progress: bool = True, repeat: int = 1
 ) -> dict:
     """Analyse each image once: embeddings (rows, NaN where no face), flags and stage times.
 
@@ -136,8 +161,10 @@ def embed_images(
     stolen by other processes on a shared machine.
     """
     emb = np.full((len(paths), engine.dim), np.nan, np.float32)
-    no_face, quality_failed, unreadable = [], [], []
-    times = {s: [] for s in _STAGES}
+    no_face: list[str] = []
+    quality_failed: list[str] = []
+    unreadable: list[str] = []
+    times: dict[str, list[float]] = {s: [] for s in _STAGES}
     bar = Progress(len(paths), "embedding") if progress else None
     for i, rel in enumerate(paths):
         try:
@@ -147,20 +174,11 @@ def embed_images(
             unreadable.append(rel)
             no_face.append(rel)
             continue
-        best = None
-        for _ in range(max(1, repeat)):
-            res = engine.analyse(rgb)
-            if res is None:
-                break
-            if res.embedding is None:
-                t = time.perf_counter()
-                res.embedding = engine.embed_aligned(res.aligned)
-                res.timings_ms["embed"] = (time.perf_counter() - t) * 1000
-            run = {s: res.timings_ms[s] for s in _STAGES}
-            best = run if best is None else {s: min(best[s], run[s]) for s in _STAGES}
-        if res is None:
+        timed = _analyse_timed(engine, rgb, repeat)
+        if timed is None:
             no_face.append(rel)
         else:
+            res, best = timed
             if not res.quality.ok:
                 quality_failed.append(rel)
             emb[i] = res.embedding
