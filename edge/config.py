@@ -715,7 +715,7 @@ def dump_toml(data: dict[str, Any], _prefix: str = "") -> str:
 
 # -- self-description: `edge check-config --explain` and `--schema` -----------------------------
 
-_TYPE_NAMES = {
+_TYPE_NAMES: dict[object, str] = {
     str: "string",
     int: "integer",
     float: "number",
@@ -761,7 +761,7 @@ def _type_text(field: FieldInfo) -> str:
     if get_origin(ann) is Literal:
         text = "one of " + ", ".join(json.dumps(v) for v in get_args(ann))
     else:
-        text = _TYPE_NAMES.get(ann, getattr(ann, "__name__", str(ann)))
+        text = _TYPE_NAMES.get(ann) or str(getattr(ann, "__name__", ann))
     extra = _range_text(field)
     return text + (f", {extra}" if extra else "") + (", optional" if optional else "")
 

@@ -202,8 +202,9 @@ def load_central_public_key(pem: bytes | str) -> ed25519.Ed25519PublicKey:
 
 def verify_ed25519(public_pem: bytes | ed25519.Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
     """True when ``sig`` is a valid Ed25519 signature of ``data``."""
-    key = public_pem if isinstance(public_pem, ed25519.Ed25519PublicKey) else None
-    if key is None:
+    if isinstance(public_pem, ed25519.Ed25519PublicKey):
+        key = public_pem
+    else:
         key = load_ed25519_public(public_pem)
     try:
         key.verify(sig, data)

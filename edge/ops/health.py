@@ -184,9 +184,11 @@ def cpu_temperature(root: Path = THERMAL_ROOT) -> float | None:
     zones.sort(key=lambda z: _read(z / "type") not in ("cpu-thermal", "x86_pkg_temp"))
     for zone in zones:
         raw = _read(zone / "temp")
+        if raw is None:
+            continue
         try:
             return int(raw) / 1000.0
-        except (TypeError, ValueError):
+        except ValueError:
             continue
     return None
 
