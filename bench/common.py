@@ -6,6 +6,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bench.data import PhotoSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,11 +58,18 @@ class Context:
     """Options plus results that later sections reuse (vectors are kept out of the JSON)."""
 
     opts: Options
-    photos: object = None  # bench.data.PhotoSet once loaded
-    vectors: dict[str, dict[str, object]] = field(default_factory=dict)  # system -> path -> vec
+    photos: PhotoSet | None = None  # None when the faces folder is not there
+    # system -> path -> vector (None: no face found in that photo)
+    vectors: dict[str, dict[str, np.ndarray | None]] = field(default_factory=dict)
     # system -> path -> (milliseconds from encoded bytes to embedding, "embedded" | "no_face" | ...)
     per_photo: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    def need_photos(self) -> PhotoSet:
+        """The test photos; Missing when none were found (the suite skips such sections first)."""
+        if self.photos is None:
+            raise Missing("no test photos loaded")
+        return self.photos
 
 
 def require_module(name: str, owner: str):

@@ -17,7 +17,7 @@ REFERENCE = "facerec"
 
 def accuracy(ctx: Context, system: str) -> dict:
     """EER and TAR@FAR per source and over all pairs (within-source pairs only, pooled)."""
-    photos = ctx.photos
+    photos = ctx.need_photos()
     vectors = ctx.vectors[system]
     metric = "neg_l2" if system == REFERENCE else "cosine"
     out = {}
@@ -42,7 +42,7 @@ def speed(ctx: Context, system: str) -> dict:
     ours, theirs = ctx.per_photo[system], ctx.per_photo[REFERENCE]
     common = [p for p in ours if p in theirs]
     both = [p for p in common if ours[p][1] == "embedded" and theirs[p][1] == "embedded"]
-    res = {}
+    res: dict[str, dict[str, float | None]] = {}
     for name, sel in (("all_photos", common), ("both_embedded", both)):
         if not sel:
             res[name] = {"photos": 0}
@@ -63,7 +63,12 @@ def run(ctx: Context) -> dict:
     """Accuracy of every system measured, and ours/theirs ratios for each of our embedders."""
     if not ctx.vectors:
         raise Missing("no embeddings: the pipeline and face_recognition sections did not run")
-    out: dict = {"status": "ok", "pairs": len(ctx.photos.pairs), "accuracy": {}, "ratios": {}}
+    out: dict = {
+        "status": "ok",
+        "pairs": len(ctx.need_photos().pairs),
+        "accuracy": {},
+        "ratios": {},
+    }
     for system in sorted(ctx.vectors):
         out["accuracy"][system] = accuracy(ctx, system)
     if REFERENCE not in ctx.vectors:

@@ -70,7 +70,7 @@ def _children_cpu_s() -> float:
 def run(ctx: Context) -> dict:
     """Seconds per photo and per stage for face_recognition; keeps its encodings for scoring."""
     py = ensure_venv(ctx.opts.bench_venv, ctx.opts.install)
-    photos = ctx.photos
+    photos = ctx.need_photos()
     ctx.opts.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ctx.opts.out_dir) as tmp:
         req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
@@ -93,8 +93,9 @@ def run(ctx: Context) -> dict:
                 f"face_recognition worker failed ({proc.returncode}): {' | '.join(tail)}"
             )
         result = json.loads(res.read_text())
-    vectors, per_photo = {}, {}
-    stage = {"decode": [], "detect": [], "encode": [], "total": []}
+    vectors: dict[str, np.ndarray | None] = {}
+    per_photo: dict[str, tuple[float, str]] = {}
+    stage: dict[str, list[float]] = {"decode": [], "detect": [], "encode": [], "total": []}
     no_face = 0
     for r in result["results"]:
         enc = r["encoding"]

@@ -15,6 +15,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
@@ -22,6 +24,11 @@ import numpy as np
 from bench.common import Context, Missing, load_store, require_module
 from bench.probe import instrument
 from bench.stats import StageClock, summarise_ms
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.modelstore import ModelStore
+    from edge.vision.matcher import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +49,13 @@ REPEATS = 3
 FLOAT_NAMES = ("embedder_float", "embedder_fp32", "embedder_float32")
 
 
-def base_config(ctx: Context):
+def base_config(ctx: Context) -> Config:
     """The config the run measures (file given with --config, else the embedded defaults)."""
     from edge.config import load_config
 
     cfg = load_config(ctx.opts.config)
     if ctx.opts.models_dir:
-        cfg.models.dir = str(ctx.opts.models_dir)
+        cfg.models.dir = ctx.opts.models_dir
     return cfg
 
 
@@ -83,7 +90,7 @@ def _replace_embedder(engine, model: bytes, threads: int, flip: bool) -> bool:
     return False
 
 
-def _match_gallery():
+def _match_gallery() -> tuple[Gallery | None, list[str]]:
     """A 1,000-template gallery for the match stage (None if the Gallery has not landed)."""
     try:
         from edge.vision.matcher import Gallery
@@ -296,7 +303,7 @@ def run(ctx: Context) -> dict:
     cfg0 = base_config(ctx)
     models_dir = Path(cfg0.models.dir)
     store = load_store(models_dir)
-    photos = ctx.photos
+    photos = ctx.need_photos()
     gallery, labels = _match_gallery()
     float_bytes, float_from = _float_model(store, models_dir)
     threads_all = [1] if ctx.opts.cores <= 1 else [1, ctx.opts.cores]
@@ -352,7 +359,7 @@ class _Variant:
     """One engine set-up to measure, at each of ``threads``."""
 
     name: str
-    embedder: str  # cfg.models.embedder
+    embedder: Literal["int8", "dynamic", "float"]  # cfg.models.embedder
     threads: list[int]
     vision: dict = field(default_factory=dict)  # cfg.vision changes
     override: bytes | None = None  # a model swapped into the engine's embedder
@@ -381,12 +388,12 @@ def _variants(cfg0, float_bytes: bytes | None, threads_all: list[int], quick: bo
 class _Bench:
     """What every variant is measured on: models, base config, photos and the match gallery."""
 
-    pipeline: object  # the edge.vision.pipeline module
-    store: object
-    cfg0: object
+    pipeline: ModuleType  # edge.vision.pipeline, imported once it has landed
+    store: ModelStore
+    cfg0: Config
     photos: list[str]
     data: dict[str, bytes]
-    gallery: object
+    gallery: Gallery | None
     labels: list[str]
     timed: set[str]
     repeats: int
