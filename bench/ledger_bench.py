@@ -65,7 +65,10 @@ def _measure(ledger, n: int) -> dict:
             **common,
         )
 
-    figures = {"refusal": _time_records(n, refusal), "payout": _time_records(n, payout)}
+    figures: dict[str, object] = {
+        "refusal": _time_records(n, refusal),
+        "payout": _time_records(n, payout),
+    }
     figures["outbox_depth_before_drain"] = ledger.outbox_depth()
     drained, drain_s = _drain(ledger)
     figures["mark_sent_per_s"] = round(drained / drain_s, 1) if drain_s > 0 else None

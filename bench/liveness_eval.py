@@ -129,7 +129,8 @@ def print_look(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = cv2.GaussianBlur(np.clip(img, 0, 1), (0, 0), 1.1)
     out = (img * 255).astype(np.uint8)
     ok, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 70])
-    return cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy() if ok else out
+    decoded = cv2.imdecode(enc, cv2.IMREAD_COLOR) if ok else None
+    return decoded[..., ::-1].copy() if decoded is not None else out
 
 
 def screen_look(frame: np.ndarray, rng: np.random.Generator, phase: float = 0.0) -> np.ndarray:
@@ -297,7 +298,7 @@ def summarise(rows: list[dict], threshold: float) -> dict:
 
 def per_source(rows: list[dict]) -> dict[str, dict[str, float]]:
     """APCER of the fused decision by attack type and photo source."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, list[bool]]] = {}
     for r in rows:
         if "source" in r:
             out.setdefault(r["type"], {}).setdefault(r["source"], []).append(r["live"])

@@ -12,7 +12,10 @@ import functools
 import inspect
 import sys
 import time
+import weakref
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 # Which stage a part belongs to, by the module its class or function comes from.
 STAGE_OF_MODULE = {
@@ -22,6 +25,11 @@ STAGE_OF_MODULE = {
     "edge.vision.quality": "quality",
     "edge.vision.embedder": "embed",
 }
+
+
+# Every wrapper made here: functools.wraps gives a wrapper its original's module, so only this
+# tells a second instrument() not to wrap a wrapper.
+_WRAPPERS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
 class Probe:
@@ -55,7 +63,7 @@ class Probe:
                 if self._child:
                     self._child[-1] += elapsed
 
-        timed.__probe__ = True
+        _WRAPPERS.add(timed)
         return timed
 
     def _set(self, owner: object, name: str, value: object) -> None:
@@ -112,7 +120,7 @@ def instrument(engine: object) -> tuple[Probe, list[str]]:
     if pipeline_mod is not None:
         namespace = vars(pipeline_mod)
         for name, obj in list(namespace.items()):
-            if inspect.isfunction(obj) and not getattr(obj, "__probe__", False):
+            if inspect.isfunction(obj) and obj not in _WRAPPERS:
                 stage = STAGE_OF_MODULE.get(obj.__module__)
                 if stage:
                     probe._set(namespace, name, probe.wrap(stage, obj))

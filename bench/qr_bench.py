@@ -52,6 +52,8 @@ def run(ctx: Context) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         png = claim.render_claim_png("KPM-3171-0000-0042", "2026-11", Path(tmp) / "qr.png", 4)
         qr = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+    if qr is None:
+        raise RuntimeError(f"cannot read back the claim QR written to {png.name}")
     side = min(220, qr.shape[0])
     qr = cv2.resize(qr, (side, side), interpolation=cv2.INTER_NEAREST)
     with_qr = grey.copy()

@@ -111,7 +111,8 @@ def pair_scores(
     ``metric`` is "cosine" (our L2-normalised embeddings) or "neg_l2" (face_recognition's
     Euclidean distance, negated so that higher means more similar for both systems).
     """
-    genuine, impostor = [], []
+    genuine: list[float] = []
+    impostor: list[float] = []
     for a, b, same in pairs:
         va, vb = vectors.get(a), vectors.get(b)
         if va is None or vb is None:
