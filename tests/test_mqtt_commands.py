@@ -17,7 +17,7 @@ from escpos_decode import split_slips
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge.app import App
-from edge.config import Config, parse_config
+from edge.config import Config, MqttConfig, parse_config
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused
@@ -318,12 +318,12 @@ def test_reprint_over_the_broker_prints_that_receipt_marked(tmp_path, broker, ce
     (state / "keys").mkdir(parents=True)
     (state / "keys" / "central_public.pem").write_bytes(pem(central))
     cfg = Config()
-    cfg.device.state_dir = str(state)
+    cfg.device.state_dir = state
+    cfg.bundle.central_public_key = state / "keys" / "central_public.pem"
     cfg.models.dir = str(models_dir)
     cfg.liveness.enabled = False
     cfg.camera.kind, cfg.camera.source = "folder", str(tmp_path / "no-frames")
-    for key, value in broker.mqtt_config(cfg.device.id).items():
-        setattr(cfg.mqtt, key, value)
+    cfg.mqtt = MqttConfig(**broker.mqtt_config(cfg.device.id))
     identity = DeviceIdentity.load_or_create(state / "keys")
     with Ledger(state / "ledger.sqlite", identity, cfg.device.id, cfg.device.regency) as ledger:
         first, latest = (
