@@ -6,23 +6,16 @@ else; plain helpers (``pay``, ``FakeClock``, ``unavailable``) live in ``support.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
-from support import DEVICE_ID, REGENCY, T0, FakeClock
+from support import DEVICE_ID, FACES_DIR, MODELS_DIR, REGENCY, T0, VIDEO, FakeClock
 
 from edge.keys import DeviceIdentity, public_pem
 from edge.ledger.store import Ledger
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("EDGE_SHARED_DIR", ROOT.parent / "shared"))
-FACES_DIR = Path(os.environ.get("EDGE_FACES_DIR", SHARED / "faces"))
-VIDEO = SHARED / "video" / "short_hamilton_clip.mp4"
-MODELS_DIR = Path(os.environ.get("EDGE_MODELS_DIR", ROOT / "models" / "out"))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Data kept outside the repository (faces, a video, ONNX originals): tests skip without it.
+SHARED = Path(os.environ.get("EDGE_SHARED_DIR", ROOT.parent / "shared"))
+FACES_DIR = Path(os.environ.get("EDGE_FACES_DIR", SHARED / "faces"))
+VIDEO = SHARED / "video" / "short_hamilton_clip.mp4"
+MODELS_DIR = Path(os.environ.get("EDGE_MODELS_DIR", ROOT / "models" / "out"))
 
 T0 = 1_796_000_000.0  # 2026-11-30T00:53:20Z: after the clock floor, inside the test rounds
 DEVICE_ID = "edge-test-0001"
@@ -96,8 +104,8 @@ def unavailable(what: str, hint: str) -> NoReturn:
     missing module or packaged file of this package is a broken install and must fail.
     """
     if under_ci():
-        pytest.fail(f"{what} is missing on CI, which installs it: {hint}")
-    pytest.skip(f"{what} is not installed ({hint})")
+        pytest.fail(f"{what}: missing on CI, whose .ci/run installs it ({hint})")
+    pytest.skip(f"{what}: not installed ({hint})")
 
 
 def require_module(name: str, hint: str) -> ModuleType:
