@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 from cryptography.hazmat.primitives import serialization
 from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
@@ -12,6 +11,7 @@ from support import pay
 from edge.__main__ import main
 from edge.config import parse_config
 from edge.mqtt.commands import CommandProcessor
+from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore
 
@@ -40,14 +40,21 @@ def test_consume_stores_verified_events_then_summarises(
     )
     reporter = Reporter(cfg, ledger, identity)
     db = f"sqlite:///{tmp_path / 'central.sqlite'}"
-    # The terminal starts a moment later; persistent sessions make the order irrelevant anyway.
-    timer = threading.Timer(1.0, reporter.start)
-    timer.start()
+    # Central ran before: its persistent session holds the group's subscription, so the broker
+    # queues what the terminal sends while `edge consume` is not running (no race on who is
+    # first, which a timer would only make likely).
+    earlier = EventStore(tmp_path / "earlier.sqlite")
+    before = Consumer(broker.settings("central"), earlier, DeviceRegistry(), client_id="c-cli")
+    before.start()
+    assert before.subscribed.wait(10)
+    before.stop()
+    earlier.close()
+    reporter.start()
     try:
+        assert wait_for(lambda: ledger.outbox_depth() == 0, 10)  # all five with the broker
         argv = ["consume", *tls_args(broker, "central"), "--db", db, "--registry", str(registry)]
-        assert main([*argv, "--duration", "4"]) == 0
+        assert main([*argv, "--client-id", "c-cli", "--duration", "4"]) == 0
     finally:
-        timer.join()
         reporter.stop()
         ledger.close()
     assert "stored 5, duplicates 0, rejected 0" in capsys.readouterr().out

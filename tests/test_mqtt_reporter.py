@@ -253,19 +253,30 @@ def test_daemon_restart_resends_unacknowledged_rows_once(broker, central, termin
     assert store.gaps() == {} and store.anomalies() == []
 
 
-def test_acl_refusal_keeps_rows_unsent(broker, central, make_terminal):
-    _, store, _ = central
+def test_acl_refusal_keeps_rows_unsent(broker, central, make_terminal, caplog):
+    _, store, registry = central
     # A terminal whose certificate names another device may not publish under this id.
     t = make_terminal("edge-a02", cn="edge-zz9")
+    honest = make_terminal("edge-b01")
+    registry.add(honest.device_id, honest.identity.device_public_pem())
+
+    def refused() -> int:
+        return sum("broker refused event" in r.getMessage() for r in caplog.records)
+
     try:
         reporter = t.start()
         assert wait_for(lambda: reporter.connected, 10)
         t.decide(3)
-        assert wait_for(lambda: reporter.published >= 3, 5)
-        assert not wait_for(lambda: store.count() > 0, 1.5)
+        assert wait_for(lambda: refused() == 3, 10)  # the broker answered each one: refused
+        # Had the broker passed any of them on, it would reach central before this later one.
+        honest.start()
+        [allowed] = honest.decide(1)
+        assert wait_for(lambda: store.count() > 0, 10)
+        assert store.event_ids() == [allowed["event_id"]]
         assert t.ledger.outbox_depth() == 3 and reporter.acked == 0
     finally:
         t.close()
+        honest.close()
 
 
 def test_claims_sync_refuses_a_household_paid_elsewhere(broker, make_terminal):
