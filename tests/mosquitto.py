@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from support import unavailable
+from support import unavailable, wait_for  # noqa: F401 - the MQTT tests import it from here
 
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 
@@ -239,17 +239,6 @@ class Broker:
             "cert_file": s.cert_file,
             "key_file": s.key_file,
         }
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
 
 
 # -- pytest fixtures and fakes shared by tests/test_mqtt*.py --------------------------------

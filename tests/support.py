@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -114,3 +115,18 @@ def require_module(name: str, hint: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         unavailable(f"Python module {name}", hint)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value.
+
+    For things that happen in another thread or process. ``timeout`` only stops a test that
+    would otherwise hang: assert on the returned value, never on how long it took.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)

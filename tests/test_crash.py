@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 from escpos_decode import split_slips
-from support import pay
+from support import pay, wait_for
 
 from edge.config import Config, PrinterConfig
 from edge.devices.printer import make_printer
@@ -94,13 +95,9 @@ while True:
 """
 
 
-def _wait_for_starts(log_path, n, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log_path.exists() and log_path.read_text().count("start\n") >= n:
-            return True
-        time.sleep(0.01)
-    return False
+def _started(log_path, n: int) -> bool:
+    """The child logs ``start`` once it is running: have ``n`` children got that far?"""
+    return log_path.exists() and log_path.read_text().count("start\n") >= n
 
 
 def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
@@ -113,7 +110,7 @@ def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
             env=env,
             stderr=subprocess.PIPE,
         )
-        if not _wait_for_starts(log_path, k + 1):
+        if not wait_for(partial(_started, log_path, k + 1), timeout=20.0, interval=0.01):
             child.kill()
             pytest.fail(f"child {k} did not start: {child.communicate()[1].decode()[-2000:]}")
         time.sleep(rng.uniform(0.0, max_sleep))
