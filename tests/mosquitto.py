@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support import unavailable, wait_for  # noqa: F401 - the MQTT tests import it from here
 
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 
@@ -240,25 +241,15 @@ class Broker:
         }
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
-
-
 # -- pytest fixtures and fakes shared by tests/test_mqtt*.py --------------------------------
 
 
 @pytest.fixture(scope="session", name="pki")
 def pki_fixture(tmp_path_factory) -> Pki:
-    """One test CA (and server certificate) for the whole session."""
+    """One test CA (and server certificate) for the whole session; needs Mosquitto (skipped on
+    a machine without it, a failure on CI, whose .ci/run installs it)."""
     if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        unavailable("mosquitto", "apt-get install mosquitto")
     return Pki(tmp_path_factory.mktemp("pki"))
 
 

@@ -7,7 +7,8 @@ binaries run as the ``postgres`` user of the Debian package, in a directory it o
 is switched off (``fsync=off``): the cluster lives for one test session.
 
 The server binaries come from ``$EDGE_PG_BIN``, the newest ``/usr/lib/postgresql/*/bin``
-(Debian's ``postgresql`` package), or ``PATH``; the fixtures skip when there are none.
+(Debian's ``postgresql`` package), or ``PATH``. Without them (or without psycopg) the fixtures
+skip on a developer's machine and fail on CI, whose .ci/run installs both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support import require_module, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +129,12 @@ class PgCluster:
 
 @pytest.fixture(scope="session", name="pg_cluster")
 def pg_cluster_fixture():
-    """A running throw-away PostgreSQL for the whole session (skips when not installed)."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[pg]')")
+    """A running throw-away PostgreSQL for the whole session (see the module docstring for
+    when it skips)."""
+    require_module("psycopg", "pip install -e '.[pg]'")
     bindir = pg_bin()
     if bindir is None or not (bindir / "pg_ctl").exists():
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+        unavailable("PostgreSQL server binaries", "apt-get install postgresql")
     cluster = PgCluster(bindir)
     try:
         cluster.start()

@@ -9,11 +9,10 @@ import sqlite3
 import cv2
 import numpy as np
 import pytest
+from support import pay
 
 from edge.__main__ import main
 from edge.config import Config
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.payout.claim import decode_claim
 
 DEVICE = "edge-cli-0001"
@@ -30,7 +29,7 @@ def edge(cfg_file, *args):
     return main(["-c", str(cfg_file), *map(str, args)])
 
 
-def test_keys_init_show_never_print_private(cfg_file, tmp_path, capsys):
+def test_keys_init_show_never_print_private(cfg_file, tmp_path, capsys, make_identity):
     assert edge(cfg_file, "keys", "show") == 1  # nothing to show before init
     capsys.readouterr()
     assert edge(cfg_file, "keys", "init") == 0
@@ -44,7 +43,7 @@ def test_keys_init_show_never_print_private(cfg_file, tmp_path, capsys):
     out = capsys.readouterr().out
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["device_id"] == DEVICE and card["bundle_fingerprint"] in out
-    ident = DeviceIdentity.load_or_create(keys)
+    ident = make_identity(keys)  # loads what `keys init` made
     assert card["sign_public_pem"].encode() == ident.device_public_pem()
 
 
@@ -76,12 +75,9 @@ def test_claim_qr_png(cfg_file, tmp_path, capsys):
     )
 
 
-def _ledger_with_events(tmp_path):
-    ident = DeviceIdentity.load_or_create(tmp_path / "state" / "keys")
-    led = Ledger(tmp_path / "state" / "ledger.sqlite", ident, DEVICE, "3171")
-    ev = led.record(
-        "accepted", household_id="KPM-3171-0001-0001", round_id="2026-12", amount=300_000
-    )
+def _ledger_with_events(tmp_path, ident, make_ledger):
+    led = make_ledger(tmp_path / "state" / "ledger.sqlite", ident, DEVICE)
+    ev = pay(led, "KPM-3171-0001-0001")
     led.record("no_match", household_id="KPM-3171-0001-0002", round_id="2026-12")
     events = list(led.events())
     led.close()
@@ -89,10 +85,11 @@ def _ledger_with_events(tmp_path):
     return ev, events
 
 
-def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys):
+def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys, make_identity, make_ledger):
     from edge.events import receipt_payload
 
-    ev, events = _ledger_with_events(tmp_path)
+    ident = make_identity(tmp_path / "state" / "keys")  # the terminal's keys, as `edge` finds them
+    ev, events = _ledger_with_events(tmp_path, ident, make_ledger)
     db = tmp_path / "state" / "ledger.sqlite"
     assert edge(cfg_file, "audit", db, "--device-pub", tmp_path / "dev.pem") == 0
     assert "OK" in capsys.readouterr().out
@@ -133,7 +130,9 @@ def engine_cfg(models_dir, faces_dir):
 
 
 @pytest.mark.slow
-def test_build_inspect_install_on_real_faces(engine_cfg, faces_dir, tmp_path, capsys):
+def test_build_inspect_install_on_real_faces(
+    engine_cfg, faces_dir, tmp_path, capsys, make_identity
+):
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(
         f'[device]\nid = "{DEVICE}"\nstate_dir = "{tmp_path / "state"}"\n'
@@ -228,7 +227,7 @@ def test_build_inspect_install_on_real_faces(engine_cfg, faces_dir, tmp_path, ca
     from edge.enrolment.store import BundleStore
     from edge.vision.pipeline import FaceEngine
 
-    ident = DeviceIdentity.load_or_create(tmp_path / "state" / "keys")
+    ident = make_identity(tmp_path / "state" / "keys")  # the keys `keys init` made
     cfg = engine_cfg
     store = BundleStore(
         tmp_path / "state", (tmp_path / "central.key.pub").read_bytes(), ident, *embedder_ids(cfg)

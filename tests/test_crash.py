@@ -16,17 +16,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 from escpos_decode import split_slips
+from support import pay, wait_for
 
 from edge.config import Config, PrinterConfig
 from edge.devices.printer import make_printer
 from edge.errors import AlreadyPaid
 from edge.events import verify_receipt_payload
-from edge.keys import DeviceIdentity
 from edge.ledger.audit import audit_ledger, read_events
-from edge.ledger.store import Ledger
 from edge.payout.receipts import ReceiptDesk
 
 KILLS = 25
@@ -95,13 +95,9 @@ while True:
 """
 
 
-def _wait_for_starts(log_path, n, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log_path.exists() and log_path.read_text().count("start\n") >= n:
-            return True
-        time.sleep(0.01)
-    return False
+def _started(log_path, n: int) -> bool:
+    """The child logs ``start`` once it is running: have ``n`` children got that far?"""
+    return log_path.exists() and log_path.read_text().count("start\n") >= n
 
 
 def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
@@ -114,7 +110,7 @@ def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
             env=env,
             stderr=subprocess.PIPE,
         )
-        if not _wait_for_starts(log_path, k + 1):
+        if not wait_for(partial(_started, log_path, k + 1), timeout=20.0, interval=0.01):
             child.kill()
             pytest.fail(f"child {k} did not start: {child.communicate()[1].decode()[-2000:]}")
         time.sleep(rng.uniform(0.0, max_sleep))
@@ -124,11 +120,11 @@ def _run_and_kill(script, args, log_path, kills, rng, max_sleep):
 
 
 @pytest.mark.slow
-def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path):
+def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path, make_identity, make_ledger):
     db = tmp_path / "ledger.sqlite"
     keys = tmp_path / "keys"
     log_path = tmp_path / "child.log"
-    ident = DeviceIdentity.load_or_create(keys)
+    ident = make_identity(keys)  # on disk: the child signs with these keys
     _run_and_kill(CHILD, (db, keys), log_path, KILLS, random.Random(20261201), 0.25)
 
     committed = {}
@@ -163,27 +159,28 @@ def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path):
     assert 1 < report.boot_sessions <= KILLS
 
     # The terminal comes back after the last cut and carries on the same chain.
-    led = Ledger(db, ident, DEVICE, "3171")
+    led = make_ledger(db, ident, DEVICE)
     some_hh = next(iter(committed))
     with pytest.raises(AlreadyPaid):
-        led.record("accepted", household_id=some_hh, round_id="2026-12", amount=300000)
+        pay(led, some_hh)
     ev = led.record("no_face")
     assert ev["seq"] == len(events) + 1 and ev["prev_hash"] == events[-1]["hash"]
-    led.close()
 
 
 @pytest.mark.slow
-def test_sigkill_while_printing_never_prints_a_second_original(tmp_path):
+def test_sigkill_while_printing_never_prints_a_second_original(
+    tmp_path, make_identity, make_ledger
+):
     """Kills land mostly mid-slip (the QR is encoded between the header and the code itself).
     After every restart: no receipt came out twice unmarked, each cut-off slip was counted,
     and every payout has a whole receipt."""
     db, keys, spool = tmp_path / "ledger.sqlite", tmp_path / "keys", tmp_path / "receipts.bin"
-    ident = DeviceIdentity.load_or_create(keys)
+    ident = make_identity(keys)  # on disk: the child signs with these keys
     args = (db, keys, spool)
     _run_and_kill(PRINTING_CHILD, args, tmp_path / "child.log", PRINT_KILLS, random.Random(7), 0.4)
 
     # The last restart, here: what the last kill left is printed now.
-    with Ledger(db, ident, DEVICE, "3171") as led:
+    with make_ledger(db, ident, DEVICE) as led:
         printer = make_printer(PrinterConfig(kind="file", path=str(spool)), tmp_path)
         ReceiptDesk(Config(), printer, led, lambda hid: None).retry_pending()
         printer.close()

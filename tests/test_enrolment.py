@@ -10,13 +10,11 @@ from datetime import UTC, datetime, timedelta
 import cv2
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv
 from edge.enrolment.store import BundleStore
 from edge.errors import EnrolmentError
-from edge.keys import DeviceIdentity, public_pem
 
 HEADER = ["household_id", "member_id", "role", "name", "regency", "photos", "amount"]
 BASES = np.random.default_rng(7).normal(size=(10, 128)).astype(np.float32)
@@ -220,12 +218,10 @@ def test_same_person_in_one_household_is_not_a_duplicate(tmp_path):
     assert len(result.labels) == 2 and not [r for r in result.report if r.status == "duplicate"]
 
 
-def test_enrolment_to_installed_bundle(enrolment):
+def test_enrolment_to_installed_bundle(enrolment, central_key, central_pem, identity, clock):
     tmp_path, photos, _ = enrolment
     result = run(tmp_path, photos)
-    central = ed25519.Ed25519PrivateKey.generate()
-    ident = DeviceIdentity.generate()
-    now = datetime.now(UTC)
+    now = datetime.fromtimestamp(clock(), UTC)
     spec = BundleSpec(
         device_id="edge-test-0001",
         round_id="2026-12",
@@ -241,10 +237,10 @@ def test_enrolment_to_installed_bundle(enrolment):
         result.households,
         result.labels,
         result.matrix,
-        central_key=central,
-        device_bundle_public=ident.bundle_public_bytes(),
+        central_key=central_key,
+        device_bundle_public=identity.bundle_public_bytes(),
     )
-    store = BundleStore(tmp_path / "state", public_pem(central.public_key()), ident, "m", "s")
+    store = BundleStore(tmp_path / "state", central_pem, identity, "m", "s", clock=clock)
     bundle = store.install(blob)
     labels, matrix = bundle.templates()
     assert labels == result.labels and np.array_equal(matrix, result.matrix)

@@ -7,6 +7,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from support import T0
 
 from edge.devices.receipt import REFUSAL_WORDS, Receipt, Refusal, render_text
 from edge.errors import LedgerError
@@ -24,17 +25,9 @@ from edge.events import (
     signature_ok,
 )
 from edge.keys import DeviceIdentity, load_ed25519_public
-from edge.ledger.store import Ledger
 from edge.mqtt.schemas import schema, validate
 from edge.ops.health import ClockGuard
 from edge.payout.flow import Outcome
-
-T0 = 1_796_000_000.0  # 2026-11-30T00:53:20Z
-
-
-@pytest.fixture(scope="module")
-def ident() -> DeviceIdentity:
-    return DeviceIdentity.generate()
 
 
 def signed(ident: DeviceIdentity, **fields) -> dict:
@@ -150,25 +143,25 @@ def test_time_round_trip():
 # -- signatures -----------------------------------------------------------------------------------
 
 
-def test_an_intact_event_passes_with_a_pem_or_a_key(ident):
-    ev = signed(ident)
+def test_an_intact_event_passes_with_a_pem_or_a_key(identity):
+    ev = signed(identity)
     validate("event", ev)  # the same event the MQTT contract carries
-    pem = ident.device_public_pem()
+    pem = identity.device_public_pem()
     assert check_event(ev, pem) is None and check_event(ev, pem.decode()) is None
     key = load_ed25519_public(pem)
     assert signature_ok(ev, key) and receipt_signature_ok(ev, key)
 
 
-def test_a_tampered_event_is_refused(ident):
-    ev = signed(ident)
-    pem = ident.device_public_pem()
+def test_a_tampered_event_is_refused(identity, make_identity):
+    ev = signed(identity)
+    pem = identity.device_public_pem()
     edited = {**ev, "amount": 3_000_000}
     assert check_event(edited, pem) == "hash does not match the event"
     assert check_event(edited, None) == "hash does not match the event"  # no key: hash only
     rehashed = {**edited, "hash": event_hash(edited)}
     assert check_event(rehashed, None) is None
     assert check_event(rehashed, pem) == "bad signature"
-    other = DeviceIdentity.generate().device_public_pem()
+    other = make_identity().device_public_pem()
     assert check_event(ev, other) == "bad signature"
     assert not receipt_signature_ok(ev, other)
     assert not receipt_signature_ok(rehashed, pem)  # amount changed under the receipt signature
@@ -178,36 +171,32 @@ def test_a_tampered_event_is_refused(ident):
     "field, value",
     [("sig", "not base64!"), ("sig", 5), ("sig", None), ("receipt_sig", "A"), ("receipt_sig", 5)],
 )
-def test_a_malformed_signature_is_false_not_an_exception(ident, field, value):
-    ev = {**signed(ident), field: value}
-    pem = ident.device_public_pem()
+def test_a_malformed_signature_is_false_not_an_exception(identity, field, value):
+    ev = {**signed(identity), field: value}
+    pem = identity.device_public_pem()
     if field == "sig":
         assert not signature_ok(ev, pem) and check_event(ev, pem) == "bad signature"
     else:
         assert not receipt_signature_ok(ev, pem)
 
 
-def test_an_unusable_key_is_a_bad_signature_not_an_exception(ident):
-    ev = signed(ident)
+def test_an_unusable_key_is_a_bad_signature_not_an_exception(identity):
+    ev = signed(identity)
     assert check_event(ev, b"-----BEGIN PUBLIC KEY-----\nnope\n") == "bad signature"
     assert not receipt_signature_ok(ev, b"junk")
-    assert not receipt_signature_ok({**ev, "household_id": "KPM|1"}, ident.device_public_pem())
+    assert not receipt_signature_ok({**ev, "household_id": "KPM|1"}, identity.device_public_pem())
 
 
 # -- one clock floor -----------------------------------------------------------------------------
 
 
-def test_ledger_and_clock_guard_share_one_floor(tmp_path, ident):
+def test_ledger_and_clock_guard_share_one_floor(tmp_path, clock, ledger):
     assert iso_utc(CLOCK_FLOOR, "seconds") == "2025-01-01T00:00:00Z"
-    now = [CLOCK_FLOOR - 1]  # a Pi that booted without RTC, one second short of the floor
-    guard = ClockGuard(tmp_path, clock=lambda: now[0], sync_flag=tmp_path / "no-flag")
-    ledger = Ledger(tmp_path / "l.sqlite", ident, "edge-test-0001", "3171", clock=lambda: now[0])
-    try:
-        assert not guard.check().ok
-        with pytest.raises(LedgerError, match="before 2025-01-01"):
-            ledger.record("no_face")
-        now[0] = CLOCK_FLOOR
-        assert guard.check().ok
-        assert ledger.record("no_face")["ts"] == "2025-01-01T00:00:00.000Z"
-    finally:
-        ledger.close()
+    clock.set(CLOCK_FLOOR - 1)  # a Pi that booted without RTC, one second short of the floor
+    guard = ClockGuard(tmp_path, clock=clock, sync_flag=tmp_path / "no-flag")
+    assert not guard.check().ok
+    with pytest.raises(LedgerError, match="before 2025-01-01"):
+        ledger.record("no_face")
+    clock.set(CLOCK_FLOOR)
+    assert guard.check().ok
+    assert ledger.record("no_face")["ts"] == "2025-01-01T00:00:00.000Z"

@@ -23,7 +23,7 @@ from edge.keys import (
 from edge.privacy import mask_id, mask_name
 
 
-def test_identity_made_once_with_private_files_0600(tmp_path):
+def test_identity_made_once_with_private_files_0600(tmp_path, make_identity):
     keys = tmp_path / "keys"
     a = DeviceIdentity.load_or_create(keys)
     files = sorted(p.name for p in keys.iterdir())
@@ -37,26 +37,25 @@ def test_identity_made_once_with_private_files_0600(tmp_path):
     sig = b.sign(b"hello")
     assert verify_ed25519(a.device_public_pem(), sig, b"hello")
     assert not verify_ed25519(a.device_public_pem(), sig, b"hellO")
-    other = DeviceIdentity.generate()
+    other = make_identity()
     assert not verify_ed25519(other.device_public_pem(), sig, b"hello")
 
 
-def test_public_pem_never_contains_private_material(tmp_path):
-    ident = DeviceIdentity.load_or_create(tmp_path)
+def test_public_pem_never_contains_private_material(tmp_path, make_identity):
+    ident = make_identity(tmp_path)  # the public half of keys loaded from files
     pem = ident.device_public_pem()
     assert b"PUBLIC KEY" in pem and b"PRIVATE" not in pem
     card = ident.card("edge-test-0001")
     assert "PRIVATE" not in str(card)
 
 
-def test_card_round_trip_and_bare_pem(tmp_path):
-    ident = DeviceIdentity.load_or_create(tmp_path / "k")
-    write_card(ident, "edge-test-0001", tmp_path / "card.json")
+def test_card_round_trip_and_bare_pem(tmp_path, identity):
+    write_card(identity, "edge-test-0001", tmp_path / "card.json")
     pub = load_device_public(tmp_path / "card.json")
     assert pub.device_id == "edge-test-0001"
-    assert pub.sign_public_pem == ident.device_public_pem()
-    assert pub.bundle_public == ident.bundle_public_bytes()
-    (tmp_path / "dev.pem").write_bytes(ident.device_public_pem())
+    assert pub.sign_public_pem == identity.device_public_pem()
+    assert pub.bundle_public == identity.bundle_public_bytes()
+    (tmp_path / "dev.pem").write_bytes(identity.device_public_pem())
     bare = load_device_public(tmp_path / "dev.pem")
     assert bare.device_id is None and bare.bundle_public is None
     (tmp_path / "junk.pem").write_text("nope")
@@ -76,8 +75,7 @@ def test_central_key_files_and_refuses_overwrite(tmp_path):
         generate_central_key(path)
 
 
-def test_central_public_key_must_be_ed25519(tmp_path):
-    ident = DeviceIdentity.generate()
+def test_central_public_key_must_be_ed25519(tmp_path, identity):
     make_tls_key_and_csr(tmp_path, "edge-x-0001")
     ec_pub = x509.load_pem_x509_csr((tmp_path / "tls.csr").read_bytes()).public_key()
     from cryptography.hazmat.primitives import serialization
@@ -87,7 +85,7 @@ def test_central_public_key_must_be_ed25519(tmp_path):
     )
     with pytest.raises(KeyFileError, match="Ed25519"):
         load_central_public_key(ec_pem)
-    load_central_public_key(ident.device_public_pem())
+    load_central_public_key(identity.device_public_pem())
 
 
 def test_tls_csr_has_device_cn_and_reuses_key(tmp_path):

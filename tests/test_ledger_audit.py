@@ -9,20 +9,15 @@ import sqlite3
 import pytest
 
 from edge.events import canonical, event_hash
-from edge.keys import DeviceIdentity
 from edge.ledger.audit import audit_ledger, read_event_stream, verify_events
-from edge.ledger.store import Ledger
-
-T0 = 1_796_000_000.0
 
 
 @pytest.fixture()
-def made(tmp_path):
+def made(tmp_path, identity, make_ledger, clock):
     """A ledger of 6 events, closed, plus the raw connection an attacker would use."""
-    ident = DeviceIdentity.generate()
     path = tmp_path / "ledger.sqlite"
-    t = iter(range(10_000))
-    led = Ledger(path, ident, "edge-test-0001", "3171", clock=lambda: T0 + next(t))
+    clock.step = 1.0  # one second between decisions
+    led = make_ledger(path)
     for i in range(6):
         outcome = "accepted" if i % 2 == 0 else "no_match"
         led.record(
@@ -37,7 +32,7 @@ def made(tmp_path):
         "payouts_keep_d",
     ):
         conn.execute(f"DROP TRIGGER {trig}")
-    yield path, ident, conn
+    yield path, identity, conn
     conn.close()
 
 
@@ -78,9 +73,11 @@ def test_edit_with_recomputed_hash_fails_signature_and_chain(made):
     assert any("seq 3: chain broken" in e for e in errors)
 
 
-def test_attacker_resigning_everything_with_own_key_is_caught_with_provisioned_key(made):
+def test_attacker_resigning_everything_with_own_key_is_caught_with_provisioned_key(
+    made, make_identity
+):
     path, ident, conn = made
-    mallory = DeviceIdentity.generate()
+    mallory = make_identity()
     prev = "0" * 64
     for seq in range(1, 7):
         ev = body(conn, seq)
@@ -180,9 +177,8 @@ def test_stream_slice_and_swapped_order(made, tmp_path):
     assert verify_events(read_event_stream(stream), ident.device_public_pem()).ok
 
 
-def test_garbage_key_and_malformed_event():
+def test_garbage_key_and_malformed_event(identity):
     report = verify_events([{"seq": 1}], b"not a key")
     assert not report.ok and "device public key" in report.errors[0]
-    ident = DeviceIdentity.generate()
-    report = verify_events([{"seq": 1}], ident.device_public_pem())
+    report = verify_events([{"seq": 1}], identity.device_public_pem())
     assert any("malformed" in e for e in report.errors)

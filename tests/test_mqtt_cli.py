@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
+from support import pay
 
 from edge.__main__ import main
 from edge.config import parse_config
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.mqtt.commands import CommandProcessor
+from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore
 
@@ -24,14 +22,15 @@ def tls_args(broker, cn: str) -> list[str]:
             "--cert", s.cert_file, "--key", s.key_file]  # fmt: skip
 
 
-def test_consume_stores_verified_events_then_summarises(broker, tmp_path, capsys):
-    identity = DeviceIdentity.generate()
+def test_consume_stores_verified_events_then_summarises(
+    broker, tmp_path, capsys, identity, make_ledger
+):
     registry = tmp_path / "registry"
     registry.mkdir()
     (registry / "edge-a01.pem").write_bytes(identity.device_public_pem())
-    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-a01", "3171")
+    ledger = make_ledger(device_id="edge-a01")
     for i in range(4):
-        ledger.record("accepted", household_id=f"H{i}", round_id="2026-11", amount=250000)
+        pay(ledger, f"H{i}", "2026-11", 250_000)
     ledger.record("no_match")
     cfg = parse_config(
         {
@@ -41,14 +40,21 @@ def test_consume_stores_verified_events_then_summarises(broker, tmp_path, capsys
     )
     reporter = Reporter(cfg, ledger, identity)
     db = f"sqlite:///{tmp_path / 'central.sqlite'}"
-    # The terminal starts a moment later; persistent sessions make the order irrelevant anyway.
-    timer = threading.Timer(1.0, reporter.start)
-    timer.start()
+    # Central ran before: its persistent session holds the group's subscription, so the broker
+    # queues what the terminal sends while `edge consume` is not running (no race on who is
+    # first, which a timer would only make likely).
+    earlier = EventStore(tmp_path / "earlier.sqlite")
+    before = Consumer(broker.settings("central"), earlier, DeviceRegistry(), client_id="c-cli")
+    before.start()
+    assert before.subscribed.wait(10)
+    before.stop()
+    earlier.close()
+    reporter.start()
     try:
+        assert wait_for(lambda: ledger.outbox_depth() == 0, 10)  # all five with the broker
         argv = ["consume", *tls_args(broker, "central"), "--db", db, "--registry", str(registry)]
-        assert main([*argv, "--duration", "4"]) == 0
+        assert main([*argv, "--client-id", "c-cli", "--duration", "4"]) == 0
     finally:
-        timer.join()
         reporter.stop()
         ledger.close()
     assert "stored 5, duplicates 0, rejected 0" in capsys.readouterr().out
@@ -60,28 +66,25 @@ def test_consume_stores_verified_events_then_summarises(broker, tmp_path, capsys
     assert "3171     2026-11" in out and "1,000,000" in out
 
 
-def test_command_cli_sends_a_signed_command_and_prints_the_result(broker, tmp_path, capsys):
-    key = Ed25519PrivateKey.generate()
+def test_command_cli_sends_a_signed_command_and_prints_the_result(
+    broker, tmp_path, capsys, central_key, central_pem, identity, make_ledger
+):
     key_file = tmp_path / "central.pem"
     key_file.write_bytes(
-        key.private_bytes(
+        central_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    identity = DeviceIdentity.generate()
-    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-a01", "3171")
+    ledger = make_ledger(device_id="edge-a01")
     cfg = parse_config(
         {
             "device": {"id": "edge-a01", "state_dir": str(tmp_path)},
             "mqtt": broker.mqtt_config("edge-a01"),
         }
     )
-    commands = CommandProcessor(public, "edge-a01", tmp_path, {})
+    commands = CommandProcessor(central_pem, "edge-a01", tmp_path, {})
     reporter = Reporter(cfg, ledger, identity, commands)
     reporter.start()
     try:

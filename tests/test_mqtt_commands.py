@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from escpos_decode import split_slips
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
+from support import T0, pay
 
 from edge.app import App
 from edge.config import Config, MqttConfig, parse_config
@@ -22,8 +21,6 @@ from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused
 from edge.events import canonical, verify_receipt_payload
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.mqtt.commands import (
     CommandProcessor,
     apply_config_changes,
@@ -36,14 +33,8 @@ from edge.mqtt.schemas import errors
 
 DEVICE = "edge-a01"
 TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
-NOW = 1_795_000_000.0
+NOW = T0  # where the `clock` fixture stands
 DEFAULT = Config()
-
-
-def pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 class Actions:
@@ -72,25 +63,19 @@ class Actions:
 
 
 @pytest.fixture
-def central() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def setup(tmp_path, central):
+def setup(tmp_path, central_pem, clock):
     cfg = Config()
     actions = Actions(cfg)
-    clock = [NOW]
     proc = CommandProcessor(
-        pem(central), DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=lambda: clock[0]
+        central_pem, DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=clock
     )
     yield proc, actions, cfg, clock
     proc.close()
 
 
-def cmd(central, name, args, **kw) -> bytes:
+def cmd(central_key, name, args, **kw) -> bytes:
     kw.setdefault("issued_at", NOW - 10)
-    return sign_command(central, DEVICE, name, args, **kw)
+    return sign_command(central_key, DEVICE, name, args, **kw)
 
 
 def check_result(result: dict) -> dict:
@@ -98,10 +83,10 @@ def check_result(result: dict) -> dict:
     return result
 
 
-def test_valid_config_command_is_applied(setup, central):
+def test_valid_config_command_is_applied(setup, central_key):
     proc, actions, cfg, _ = setup
     payload = cmd(
-        central, "config", {"set": {"vision.match_threshold": 0.66, "flow.cooldown_s": 2}}
+        central_key, "config", {"set": {"vision.match_threshold": 0.66, "flow.cooldown_s": 2}}
     )
     result = check_result(proc.handle(TOPIC + "config", payload))
     assert result["ok"] and result["status"] == "applied"
@@ -127,31 +112,30 @@ def test_valid_config_command_is_applied(setup, central):
     ],
     ids=["tampered", "unsigned", "garbage", "bad-sig-encoding", "unknown-field"],
 )
-def test_bad_commands_are_refused_and_change_nothing(setup, central, mutate, reason):
+def test_bad_commands_are_refused_and_change_nothing(setup, central_key, mutate, reason):
     proc, actions, cfg, _ = setup
-    payload = mutate(cmd(central, "config", {"set": {"vision.match_threshold": 0.66}}))
+    payload = mutate(cmd(central_key, "config", {"set": {"vision.match_threshold": 0.66}}))
     result = check_result(proc.handle(TOPIC + "config", payload))
     assert not result["ok"] and result["status"] == "refused"
     assert reason in result["error"]
     assert cfg.vision.match_threshold == DEFAULT.vision.match_threshold and actions.calls == []
 
 
-def test_signed_by_another_key_is_refused(setup):
+def test_signed_by_another_key_is_refused(setup, rogue_key):
     proc, actions, cfg, _ = setup
-    rogue = Ed25519PrivateKey.generate()
-    result = proc.handle(TOPIC + "health", cmd(rogue, "health", {}))
+    result = proc.handle(TOPIC + "health", cmd(rogue_key, "health", {}))
     assert result["status"] == "refused" and result["error"] == "bad signature"
     assert actions.calls == []
 
 
-def test_replay_is_refused_even_after_a_restart(setup, central, tmp_path):
+def test_replay_is_refused_even_after_a_restart(setup, central_key, central_pem, tmp_path):
     proc, actions, cfg, clock = setup
-    payload = cmd(central, "reprint", {"event_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12})
+    payload = cmd(central_key, "reprint", {"event_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12})
     assert proc.handle(TOPIC + "reprint", payload)["ok"]
     assert proc.handle(TOPIC + "reprint", payload)["error"] == "replayed command"
     proc.close()
     again = CommandProcessor(
-        pem(central), DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=lambda: NOW
+        central_pem, DEVICE, tmp_path / "commands.sqlite", actions.table(), clock=clock
     )
     assert check_result(again.handle(TOPIC + "reprint", payload))["error"] == "replayed command"
     again.close()
@@ -162,35 +146,35 @@ def test_replay_is_refused_even_after_a_restart(setup, central, tmp_path):
     "issued, reason",
     [(NOW - 8 * 86400, "command expired"), (NOW + 3600, "command issued in the future")],
 )
-def test_commands_outside_the_time_window_are_refused(setup, central, issued, reason):
+def test_commands_outside_the_time_window_are_refused(setup, central_key, issued, reason):
     proc, actions, _, _ = setup
-    result = proc.handle(TOPIC + "health", cmd(central, "health", {}, issued_at=issued))
+    result = proc.handle(TOPIC + "health", cmd(central_key, "health", {}, issued_at=issued))
     assert result["error"] == reason and actions.calls == []
 
 
-def test_unknown_foreign_and_misrouted_commands_are_refused(setup, central):
+def test_unknown_foreign_and_misrouted_commands_are_refused(setup, central_key):
     proc, actions, cfg, _ = setup
-    unknown = cmd(central, "selfdestruct", {})
+    unknown = cmd(central_key, "selfdestruct", {})
     assert proc.handle(TOPIC + "selfdestruct", unknown)["error"] == "unknown command: selfdestruct"
-    foreign = sign_command(central, "edge-b99", "health", {}, issued_at=NOW)
+    foreign = sign_command(central_key, "edge-b99", "health", {}, issued_at=NOW)
     assert proc.handle(TOPIC + "health", foreign)["error"] == "command is for another device"
-    misrouted = cmd(central, "health", {})
+    misrouted = cmd(central_key, "health", {})
     assert (
         proc.handle(TOPIC + "reprint", misrouted)["error"]
         == "command name does not match its topic"
     )
-    bad_args = cmd(central, "reprint", {"event_id": "x", "also": 1})
+    bad_args = cmd(central_key, "reprint", {"event_id": "x", "also": 1})
     assert proc.handle(TOPIC + "reprint", bad_args)["error"].startswith("malformed command")
     assert actions.calls == []
 
 
-def test_config_keys_outside_the_allow_list_or_bad_values_change_nothing(setup, central):
+def test_config_keys_outside_the_allow_list_or_bad_values_change_nothing(setup, central_key):
     proc, actions, cfg, _ = setup
-    r = proc.handle(TOPIC + "config", cmd(central, "config", {"set": {"mqtt.host": 1}}))
+    r = proc.handle(TOPIC + "config", cmd(central_key, "config", {"set": {"mqtt.host": 1}}))
     assert r["status"] == "refused" and "not allowed" in r["error"]
     r = proc.handle(
         TOPIC + "config",
-        cmd(central, "config", {"set": {"flow.cooldown_s": 3.25, "vision.match_threshold": 7}}),
+        cmd(central_key, "config", {"set": {"flow.cooldown_s": 3.25, "vision.match_threshold": 7}}),
     )
     # The action refuses a value the config schema rejects, and applies neither key.
     assert r["status"] == "refused" and "vision.match_threshold" in r["error"]
@@ -200,16 +184,16 @@ def test_config_keys_outside_the_allow_list_or_bad_values_change_nothing(setup, 
         apply_config_changes(cfg, {"device.id": "edge-evil"})
 
 
-def test_failing_action_is_reported_as_failed(setup, central):
+def test_failing_action_is_reported_as_failed(setup, central_key):
     proc, actions, _, _ = setup
-    r = check_result(proc.handle(TOPIC + "explode", cmd(central, "explode", {})))
+    r = check_result(proc.handle(TOPIC + "explode", cmd(central_key, "explode", {})))
     assert r["status"] == "failed" and "printer jammed" in r["error"]
 
 
-def test_chunked_bundle_is_reassembled_in_any_order_then_installed(setup, central):
+def test_chunked_bundle_is_reassembled_in_any_order_then_installed(setup, central_key):
     proc, actions, _, _ = setup
     blob = os.urandom(300_000)
-    parts = bundle_commands(central, DEVICE, "b-2026-11", blob, 100_000, issued_at=NOW)
+    parts = bundle_commands(central_key, DEVICE, "b-2026-11", blob, 100_000, issued_at=NOW)
     assert len(parts) == 3
     results = [proc.handle(TOPIC + "bundle", parts[i]) for i in (2, 0, 1)]
     assert [r["status"] for r in results] == ["partial", "partial", "applied"]
@@ -218,7 +202,7 @@ def test_chunked_bundle_is_reassembled_in_any_order_then_installed(setup, centra
     assert args["blob"] == blob and args["sha256"] == hashlib.sha256(blob).hexdigest()
 
 
-def test_bundle_with_a_wrong_digest_is_refused(setup, central):
+def test_bundle_with_a_wrong_digest_is_refused(setup, central_key):
     proc, actions, _, _ = setup
     blob = b"x" * 1000
     args = {
@@ -228,21 +212,22 @@ def test_bundle_with_a_wrong_digest_is_refused(setup, central):
         "chunks": 1,
         "data": base64.b64encode(blob).decode(),
     }
-    r = proc.handle(TOPIC + "bundle", cmd(central, "bundle", args))
+    r = proc.handle(TOPIC + "bundle", cmd(central_key, "bundle", args))
     assert r["status"] == "refused" and "sha256" in r["error"] and actions.calls == []
 
 
-def test_sign_command_output_is_canonical_and_valid(central):
-    payload = sign_command(central, DEVICE, "health", {})
+def test_sign_command_output_is_canonical_and_valid(central_key):
+    payload = sign_command(central_key, DEVICE, "health", {})
     body = json.loads(payload)
     assert canonical(body) == payload and errors("command", body) == []
 
 
-def test_reporter_from_config_enables_commands_only_with_a_central_key(tmp_path, central):
+def test_reporter_from_config_enables_commands_only_with_a_central_key(
+    tmp_path, central_key, central_pem, identity, make_ledger
+):
     key_file = tmp_path / "central.pub"
-    key_file.write_bytes(pem(central))
-    identity = DeviceIdentity.generate()
-    ledger = Ledger(tmp_path / "ledger.sqlite", identity, DEVICE, "3171")
+    key_file.write_bytes(central_pem)
+    ledger = make_ledger(device_id=DEVICE)
     base = {"device": {"id": DEVICE, "state_dir": str(tmp_path)}, "mqtt": {"tls": False}}
     try:
         plain = Reporter.from_config(parse_config(base), ledger, identity)
@@ -250,7 +235,7 @@ def test_reporter_from_config_enables_commands_only_with_a_central_key(tmp_path,
         cfg = parse_config({**base, "bundle": {"central_public_key": str(key_file)}})
         reporter = Reporter.from_config(cfg, ledger, identity, {"reprint": lambda a: {}})
         ev = ledger.record("no_face")
-        payload = sign_command(central, DEVICE, "resend", {"from_seq": 1, "to_seq": 1})
+        payload = sign_command(central_key, DEVICE, "resend", {"from_seq": 1, "to_seq": 1})
         result = reporter._commands.handle(TOPIC + "resend", payload)
         # The reporter's own resend action ran (publishing into paho's queue while offline).
         assert result["status"] == "applied" and result["result"] == {"resent": 1}
@@ -259,10 +244,11 @@ def test_reporter_from_config_enables_commands_only_with_a_central_key(tmp_path,
         ledger.close()
 
 
-def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, central):
-    identity = DeviceIdentity.generate()
+def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(
+    tmp_path, central_key, central_pem, identity, rogue_key, clock
+):
     model = ("mobilefacenet-int8-0123456789ab", "ab" * 32)
-    now = datetime.now(UTC)
+    now = datetime.fromtimestamp(clock(), UTC)
 
     def make(key, bundle_id):
         vec = np.eye(1, 128, dtype=np.float32)
@@ -286,11 +272,15 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, c
             device_bundle_public=identity.bundle_public_bytes(),
         )
 
-    store = BundleStore(tmp_path, pem(central), identity, *model, device_id=DEVICE)
-    proc = CommandProcessor(pem(central), DEVICE, tmp_path, {"bundle": bundle_action(store)})
+    store = BundleStore(tmp_path, central_pem, identity, *model, device_id=DEVICE, clock=clock)
+    proc = CommandProcessor(
+        central_pem, DEVICE, tmp_path, {"bundle": bundle_action(store)}, clock=clock
+    )
     try:
-        blob = make(central, "b-good")
-        parts = bundle_commands(central, DEVICE, "b-good", blob, chunk_bytes=max(1, len(blob) // 3))
+        blob = make(central_key, "b-good")
+        parts = bundle_commands(
+            central_key, DEVICE, "b-good", blob, chunk_bytes=max(1, len(blob) // 3), issued_at=NOW
+        )
         results = [proc.handle(TOPIC + "bundle", p) for p in parts]
         assert results[-1]["status"] == "applied", results[-1]
         assert results[-1]["result"] == {
@@ -299,10 +289,10 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, c
             "households": 1,
         }
         # Commands signed by central, but the bundle inside is signed by someone else.
-        forged = make(Ed25519PrivateKey.generate(), "b-forged")
+        forged = make(rogue_key, "b-forged")
         [r] = [
             proc.handle(TOPIC + "bundle", p)
-            for p in bundle_commands(central, DEVICE, "b-forged", forged)
+            for p in bundle_commands(central_key, DEVICE, "b-forged", forged, issued_at=NOW)
         ]
         assert r["status"] == "refused" and r["error"].startswith("bundle refused")
         assert store.current().bundle_id == "b-good"
@@ -310,13 +300,15 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(tmp_path, c
         proc.close()
 
 
-def test_reprint_over_the_broker_prints_that_receipt_marked(tmp_path, broker, central, models_dir):
+def test_reprint_over_the_broker_prints_that_receipt_marked(
+    tmp_path, broker, central_key, central_pem, models_dir, make_identity, make_ledger
+):
     """Central asks the running daemon for one receipt again: the real command path (broker,
     signature check, the app's action) prints that event's receipt, marked as a reprint, and
     refuses ids that are no payout of this terminal."""
     state = tmp_path / "state"
     (state / "keys").mkdir(parents=True)
-    (state / "keys" / "central_public.pem").write_bytes(pem(central))
+    (state / "keys" / "central_public.pem").write_bytes(central_pem)
     cfg = Config()
     cfg.device.state_dir = state
     cfg.bundle.central_public_key = state / "keys" / "central_public.pem"
@@ -324,12 +316,10 @@ def test_reprint_over_the_broker_prints_that_receipt_marked(tmp_path, broker, ce
     cfg.liveness.enabled = False
     cfg.camera.kind, cfg.camera.source = "folder", str(tmp_path / "no-frames")
     cfg.mqtt = MqttConfig(**broker.mqtt_config(cfg.device.id))
-    identity = DeviceIdentity.load_or_create(state / "keys")
-    with Ledger(state / "ledger.sqlite", identity, cfg.device.id, cfg.device.regency) as ledger:
-        first, latest = (
-            ledger.record("accepted", household_id=hid, round_id="2026-12", amount=300_000)
-            for hid in ("KPM-3171-0001-0001", "KPM-3171-0001-0002")
-        )
+    identity = make_identity(state / "keys")  # on disk: the daemon signs with these keys
+    ledger_path = state / "ledger.sqlite"
+    with make_ledger(ledger_path, identity, cfg.device.id, cfg.device.regency) as ledger:
+        first, latest = (pay(ledger, hid) for hid in ("KPM-3171-0001-0001", "KPM-3171-0001-0002"))
         refusal = ledger.record("no_match", household_id="KPM-3171-0001-0003", score=0.2)
     unknown = "0b8c1f5e-0000-4000-8000-000000000001"
 
@@ -343,7 +333,7 @@ def test_reprint_over_the_broker_prints_that_receipt_marked(tmp_path, broker, ce
         assert wait_for(lambda: spy.on("/health"), timeout=20), "daemon never reported"
         assert wait_for(lambda: app.ledger.pending_receipts() == [], timeout=10)
         commands = {
-            event_id: sign_command(central, cfg.device.id, "reprint", {"event_id": event_id})
+            event_id: sign_command(central_key, cfg.device.id, "reprint", {"event_id": event_id})
             for event_id in (first["event_id"], unknown, refusal["event_id"])
         }
         for payload in commands.values():

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
+from support import pay
 
 from edge.config import parse_config
 from edge.errors import AlreadyPaid
 from edge.events import canonical
-from edge.keys import DeviceIdentity
+from edge.keys import DeviceIdentity, public_pem
 from edge.ledger.store import Ledger
 from edge.mqtt.client import make_client
 from edge.mqtt.commands import CommandProcessor, apply_config_changes, sign_command
@@ -27,36 +28,44 @@ ROUND = "2026-11"
 
 
 class Terminal:
-    """One simulated terminal: config, identity, ledger and reporter."""
+    """One simulated terminal: config, identity, ledger and reporter (made by ``make_terminal``)."""
 
     def __init__(
-        self, broker, tmp_path, device_id: str, regency=REGENCY, cn=None, central_key=None
+        self,
+        broker,
+        state: Path,
+        device_id: str,
+        identity: DeviceIdentity,
+        make_ledger,
+        *,
+        regency=REGENCY,
+        cn=None,
+        central_key=None,
     ):
         self.central_key = central_key
         self.device_id = device_id
-        self.state = tmp_path / device_id
+        self.state = state
         self.cfg = parse_config(
             {
                 "device": {"id": device_id, "regency": regency, "state_dir": str(self.state)},
                 "mqtt": {**broker.mqtt_config(cn or device_id), "health_interval_s": 3600},
             }
         )
-        self.identity = DeviceIdentity.generate()
+        self.identity = identity
+        self._make_ledger = make_ledger
         self.ledger = self.open_ledger()
         self.reporter: Reporter | None = None
         self.actions: dict = {}
 
     def open_ledger(self) -> Ledger:
-        return Ledger(
+        return self._make_ledger(
             self.state / "ledger.sqlite", self.identity, self.device_id, self.cfg.device.regency
         )
 
     def start(self, **kw) -> Reporter:
         commands = None
         if self.central_key is not None:
-            pem = self.central_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            pem = public_pem(self.central_key.public_key())
             commands = CommandProcessor(pem, self.device_id, self.state, self.actions)
         self.reporter = Reporter(
             self.cfg, self.ledger, self.identity, commands, reconnect_max_s=1, **kw
@@ -68,15 +77,7 @@ class Terminal:
         out = []
         for i in range(start, start + n):
             if i % 3 == 0:
-                ev = self.ledger.record(
-                    "accepted",
-                    household_id=f"KPM-{self.device_id}-{i:05d}",
-                    round_id=ROUND,
-                    amount=600000,
-                    score=0.81,
-                    threshold=0.6,
-                    liveness=0.9,
-                )
+                ev = pay(self.ledger, f"KPM-{self.device_id}-{i:05d}", ROUND, 600_000)
             else:
                 ev = self.ledger.record("no_match", score=0.2, threshold=0.6)
             out.append(ev)
@@ -110,13 +111,18 @@ def central(request, broker, tmp_path):
 
 
 @pytest.fixture
-def central_key():
-    return Ed25519PrivateKey.generate()
+def make_terminal(broker, tmp_path, make_identity, make_ledger):
+    """Make a simulated terminal with its own identity, its ledger under ``tmp_path/<id>``."""
+
+    def make(device_id: str, **kw) -> Terminal:
+        return Terminal(broker, tmp_path / device_id, device_id, make_identity(), make_ledger, **kw)
+
+    return make
 
 
 @pytest.fixture
-def terminal(broker, tmp_path, central, central_key):
-    t = Terminal(broker, tmp_path, "edge-a01", central_key=central_key)
+def terminal(make_terminal, central, central_key):
+    t = make_terminal("edge-a01", central_key=central_key)
     central[2].add(t.device_id, t.identity.device_public_pem())
     yield t
     t.close()
@@ -247,37 +253,48 @@ def test_daemon_restart_resends_unacknowledged_rows_once(broker, central, termin
     assert store.gaps() == {} and store.anomalies() == []
 
 
-def test_acl_refusal_keeps_rows_unsent(broker, central, tmp_path):
-    _, store, _ = central
+def test_acl_refusal_keeps_rows_unsent(broker, central, make_terminal, caplog):
+    _, store, registry = central
     # A terminal whose certificate names another device may not publish under this id.
-    t = Terminal(broker, tmp_path, "edge-a02", cn="edge-zz9")
+    t = make_terminal("edge-a02", cn="edge-zz9")
+    honest = make_terminal("edge-b01")
+    registry.add(honest.device_id, honest.identity.device_public_pem())
+
+    def refused() -> int:
+        return sum("broker refused event" in r.getMessage() for r in caplog.records)
+
     try:
         reporter = t.start()
         assert wait_for(lambda: reporter.connected, 10)
         t.decide(3)
-        assert wait_for(lambda: reporter.published >= 3, 5)
-        assert not wait_for(lambda: store.count() > 0, 1.5)
+        assert wait_for(lambda: refused() == 3, 10)  # the broker answered each one: refused
+        # Had the broker passed any of them on, it would reach central before this later one.
+        honest.start()
+        [allowed] = honest.decide(1)
+        assert wait_for(lambda: store.count() > 0, 10)
+        assert store.event_ids() == [allowed["event_id"]]
         assert t.ledger.outbox_depth() == 3 and reporter.acked == 0
     finally:
         t.close()
+        honest.close()
 
 
-def test_claims_sync_refuses_a_household_paid_elsewhere(broker, tmp_path):
-    a = Terminal(broker, tmp_path, "edge-a01")
-    b = Terminal(broker, tmp_path, "edge-b01")
-    other = Terminal(broker, tmp_path, "edge-c01", regency="3172")
+def test_claims_sync_refuses_a_household_paid_elsewhere(broker, make_terminal):
+    a = make_terminal("edge-a01")
+    b = make_terminal("edge-b01")
+    other = make_terminal("edge-c01", regency="3172")
     try:
         for t in (a, b, other):
             t.start()
         assert wait_for(lambda: all(t.reporter.connected for t in (a, b, other)), 10)
-        a.ledger.record("accepted", household_id="KPM-3171-0000-0042", round_id=ROUND, amount=6)
+        pay(a.ledger, "KPM-3171-0000-0042", ROUND, 6)
         a.ledger.record("no_match", household_id="KPM-3171-0000-0043", round_id=ROUND)
         a.reporter.wake()
         assert wait_for(lambda: b.ledger.is_paid("KPM-3171-0000-0042", ROUND) is not None, 10)
         paid = b.ledger.is_paid("KPM-3171-0000-0042", ROUND)
         assert paid["where"] == "remote" and paid["device_id"] == "edge-a01"
         with pytest.raises(AlreadyPaid):
-            b.ledger.record("accepted", household_id="KPM-3171-0000-0042", round_id=ROUND, amount=6)
+            pay(b.ledger, "KPM-3171-0000-0042", ROUND, 6)
         assert b.ledger.is_paid("KPM-3171-0000-0043", ROUND) is None
         # Another regency does not hear about it.
         assert other.ledger.is_paid("KPM-3171-0000-0042", ROUND) is None
@@ -287,7 +304,7 @@ def test_claims_sync_refuses_a_household_paid_elsewhere(broker, tmp_path):
             t.close()
 
 
-def test_shared_subscription_splits_events_between_consumers(broker, tmp_path):
+def test_shared_subscription_splits_events_between_consumers(broker, tmp_path, make_terminal):
     registry = DeviceRegistry()
     stores = [EventStore(tmp_path / f"c{i}.sqlite") for i in range(2)]
     consumers = [
@@ -297,7 +314,7 @@ def test_shared_subscription_splits_events_between_consumers(broker, tmp_path):
     for c in consumers:
         c.start()
     assert all(c.subscribed.wait(10) for c in consumers)
-    t = Terminal(broker, tmp_path, "edge-a01")
+    t = make_terminal("edge-a01")
     registry.add(t.device_id, t.identity.device_public_pem())
     try:
         t.start()
@@ -371,10 +388,10 @@ class FlakyStore:
         self.store.reject(*args)
 
 
-def test_consumer_acknowledges_only_what_it_stored(broker, tmp_path):
+def test_consumer_acknowledges_only_what_it_stored(broker, tmp_path, make_terminal):
     registry = DeviceRegistry()
     store = EventStore(tmp_path / "central.sqlite")
-    t = Terminal(broker, tmp_path, "edge-a01")
+    t = make_terminal("edge-a01")
     registry.add(t.device_id, t.identity.device_public_pem())
     flaky = FlakyStore(store, failures=3)  # every attempt of the first delivery fails
     first = Consumer(broker.settings("central"), flaky, registry, group=None, client_id="c-ack")

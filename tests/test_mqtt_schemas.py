@@ -6,10 +6,9 @@ import copy
 
 import pytest
 from jsonschema import Draft202012Validator
+from support import pay
 
 from edge.errors import PayloadError
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.mqtt import topics
 from edge.mqtt.schemas import KINDS, errors, parse, schema, validate
 
@@ -22,14 +21,10 @@ def test_every_schema_is_valid_2020_12_and_versioned(kind):
     assert doc["properties"]["schema"]["const"] == f"bansos.{kind}/1"
 
 
-@pytest.fixture(scope="module")
-def event(tmp_path_factory):
-    ledger = Ledger(
-        tmp_path_factory.mktemp("l") / "l.sqlite", DeviceIdentity.generate(), "edge-a01", "3171"
-    )
-    ev = ledger.record("accepted", household_id="KPM-1", round_id="2026-11", amount=600000)
-    ledger.close()
-    return ev
+@pytest.fixture
+def event(make_ledger):
+    """A real accepted payout event, signed by a real ledger."""
+    return pay(make_ledger(device_id="edge-a01"), "KPM-1", "2026-11", 600_000)
 
 
 MUTATIONS = [

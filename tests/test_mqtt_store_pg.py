@@ -10,15 +10,13 @@ import json
 import threading
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
 from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
+from support import pay
 
 from edge.__main__ import main
 from edge.config import parse_config
 from edge.events import canonical
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore
@@ -43,24 +41,16 @@ def store(dsn):
 
 
 @pytest.fixture
-def ledgers(tmp_path):
+def ledgers(tmp_path, make_identity, make_ledger):
     """Three terminals: two in regency 3171, one in 3172."""
-    out = {
-        d: Ledger(tmp_path / f"{d}.sqlite", DeviceIdentity.generate(), d, r)
-        for d, r in REGENCY.items()
+    return {
+        d: make_ledger(tmp_path / f"{d}.sqlite", make_identity(), d, r) for d, r in REGENCY.items()
     }
-    yield out
-    for led in out.values():
-        led.close()
-
-
-def pay(ledger: Ledger, household: str, round_id: str = ROUND, amount: int = 600000) -> dict:
-    return ledger.record("accepted", household_id=household, round_id=round_id, amount=amount)
 
 
 def test_the_same_event_twice_is_stored_once(store, ledgers):
     a = ledgers["edge-a01"]
-    evs = [pay(a, f"H{i}") for i in range(3)] + [a.record("spoof", liveness=0.05)]
+    evs = [pay(a, f"H{i}", ROUND) for i in range(3)] + [a.record("spoof", liveness=0.05)]
     assert [store.add(e) for e in evs] == [True] * 4
     assert [store.add(e) for e in evs] == [False] * 4
     assert store.count() == 4 and store.anomalies() == []
@@ -77,14 +67,14 @@ def test_the_same_event_twice_is_stored_once(store, ledgers):
     assert store.events("edge-a01") == evs
 
 
-def test_gaps_out_of_order_and_resend_requests(store, ledgers):
+def test_gaps_out_of_order_and_resend_requests(store, ledgers, central_key):
     a = ledgers["edge-a01"]
     evs = [a.record("no_match", score=0.1) for _ in range(10)]
     for ev in reversed([e for e in evs if e["seq"] not in (1, 4, 5, 9)]):
         assert store.add(ev)
     assert store.gaps() == {"edge-a01": [(1, 1), (4, 5), (9, 9)]}
     assert store.anomalies() == []
-    reqs = resend_requests(store, Ed25519PrivateKey.generate(), heads={"edge-a01": 12})
+    reqs = resend_requests(store, central_key, heads={"edge-a01": 12})
     spans = [(json.loads(p)["args"]["from_seq"], json.loads(p)["args"]["to_seq"]) for _, p in reqs]
     assert spans == [(1, 1), (4, 5), (9, 9), (11, 12)]
     for ev in evs:
@@ -93,9 +83,9 @@ def test_gaps_out_of_order_and_resend_requests(store, ledgers):
 
 
 def test_double_payout_at_two_terminals_in_one_round_is_flagged(store, ledgers):
-    ev_a = pay(ledgers["edge-a01"], "H7")
-    ev_b = pay(ledgers["edge-b01"], "H7")
-    other_round = pay(ledgers["edge-b01"], "H7", round_id="2026-12")
+    ev_a = pay(ledgers["edge-a01"], "H7", ROUND)
+    ev_b = pay(ledgers["edge-b01"], "H7", ROUND)
+    other_round = pay(ledgers["edge-b01"], "H7", "2026-12")
     refused = ledgers["edge-c01"].record("already_paid", household_id="H7", round_id=ROUND)
     for ev in (ev_a, ev_b, other_round, refused):
         assert store.add(ev)
@@ -127,9 +117,9 @@ def test_chain_break_and_sequence_conflict(store, ledgers):
 
 def test_summary_totals_per_regency_and_round(store, dsn, ledgers, capsys):
     for i in range(3):
-        pay(ledgers["edge-a01"], f"A{i}")
-    pay(ledgers["edge-b01"], "B0", amount=300000)
-    pay(ledgers["edge-c01"], "C0", round_id="2026-12", amount=200000)
+        pay(ledgers["edge-a01"], f"A{i}", ROUND, 600_000)
+    pay(ledgers["edge-b01"], "B0", ROUND, 300_000)
+    pay(ledgers["edge-c01"], "C0", "2026-12", 200_000)
     ledgers["edge-c01"].record("no_match")
     for led in ledgers.values():
         for ev in led.events():
@@ -158,8 +148,8 @@ def test_concurrent_consumers_still_see_every_double_payout(dsn, ledgers):
     # Two consumers (two connections) store the two halves of each double payout at the same
     # moment; neither may miss the other's event.
     n = 40
-    firsts = [pay(ledgers["edge-a01"], f"H{i}") for i in range(n)]
-    seconds = [pay(ledgers["edge-b01"], f"H{i}") for i in range(n)]
+    firsts = [pay(ledgers["edge-a01"], f"H{i}", ROUND) for i in range(n)]
+    seconds = [pay(ledgers["edge-b01"], f"H{i}", ROUND) for i in range(n)]
     stores = [EventStore(dsn), EventStore(dsn)]
     barrier = threading.Barrier(2)
 
@@ -207,7 +197,9 @@ def test_postgresql_connection_loss_is_survived(pg_dsn, ledgers):
         store.close()
 
 
-def test_terminal_to_postgresql_through_mosquitto_stores_each_event_once(broker, pg_dsn, tmp_path):
+def test_terminal_to_postgresql_through_mosquitto_stores_each_event_once(
+    broker, pg_dsn, tmp_path, identity, make_ledger
+):
     """Ledger -> Reporter -> Mosquitto (mutual TLS) -> Consumer -> PostgreSQL."""
     device = "edge-a01"
     cfg = parse_config(
@@ -216,8 +208,7 @@ def test_terminal_to_postgresql_through_mosquitto_stores_each_event_once(broker,
             "mqtt": {**broker.mqtt_config(device), "health_interval_s": 3600},
         }
     )
-    identity = DeviceIdentity.generate()
-    ledger = Ledger(tmp_path / device / "ledger.sqlite", identity, device, "3171")
+    ledger = make_ledger(tmp_path / device / "ledger.sqlite", identity, device)
     store = EventStore(pg_dsn)
     registry = DeviceRegistry(keys={device: identity.device_public_pem()})
     consumer = Consumer(broker.settings("central"), store, registry, client_id="central-pg")
@@ -227,7 +218,7 @@ def test_terminal_to_postgresql_through_mosquitto_stores_each_event_once(broker,
         assert consumer.subscribed.wait(10)
         reporter.start()
         events = [
-            pay(ledger, f"KPM-{i:03d}") if i % 3 == 0 else ledger.record("no_match")
+            pay(ledger, f"KPM-{i:03d}", ROUND, 600_000) if i % 3 == 0 else ledger.record("no_match")
             for i in range(30)
         ]
         reporter.wake()

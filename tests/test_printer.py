@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import select
 import threading
-import time
 
 import pytest
+import serial
 from escpos_decode import decode
 
 from edge.config import PrinterConfig
@@ -38,6 +38,7 @@ class FakeSerialPrinter:
         self.online = True
         self.paper = "ok"
         self.paper_after: str | None = None  # paper state to switch to once a cut arrives
+        self._arrived = threading.Condition()
         self._stop = threading.Event()
         self._scan = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -52,7 +53,9 @@ class FakeSerialPrinter:
                 chunk = os.read(self.master, 4096)
             except OSError:
                 return
-            self.received += chunk
+            with self._arrived:
+                self.received += chunk
+                self._arrived.notify_all()
             self._answer()
 
     def _answer(self) -> None:
@@ -74,16 +77,48 @@ class FakeSerialPrinter:
             elif n == 4:
                 os.write(self.master, bytes([PAPER_BYTE[self.paper]]))
 
-    def wait_for(self, marker: bytes, timeout: float = 3.0) -> None:
-        deadline = time.monotonic() + timeout
-        while marker not in self.received and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def wait_for(self, marker: bytes, timeout: float = 10.0) -> bool:
+        """Wait until ``marker`` has arrived (``timeout`` only guards against a hang)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: marker in self.received, timeout)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(1)
         os.close(self.master)
         os.close(self._slave)
+
+
+class PortHistory:
+    """Wraps the printer's open pyserial port: every call goes through, and each read is kept
+    as (bytes asked, timeout in force, bytes got). A read that got fewer bytes than it asked
+    for waited its whole timeout, so the history bounds how long an operation could wait
+    without measuring wall time on a busy machine."""
+
+    def __init__(self, port: serial.Serial) -> None:
+        self._port = port
+        self.reads: list[tuple[int, float | None, bytes]] = []
+
+    def read(self, size: int = 1) -> bytes:
+        got = self._port.read(size)
+        self.reads.append((size, self._port.timeout, got))
+        return got
+
+    def waits(self) -> list[float | None]:
+        """The timeouts waited out in full, oldest first; cleared for the next operation."""
+        out = [timeout for size, timeout, got in self.reads if len(got) < size]
+        self.reads.clear()
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._port, name)
+
+
+def watch_port(printer: Printer) -> PortHistory:
+    """Put a :class:`PortHistory` between the open serial transport and its port."""
+    port = PortHistory(printer.transport.device)
+    printer.transport.device = port
+    return port
 
 
 @pytest.fixture
@@ -103,8 +138,8 @@ def test_receipt_over_serial_pty_decodes_to_text_qr_and_cut(fake_printer, tmp_pa
     r = example_receipt()
     assert printer.status() == PrinterStatus(True, "ok")
     printer.print_receipt(r)
-    fake_printer.wait_for(b"\x1dV")
-    time.sleep(0.1)
+    # It returned after the printer answered its last status query: every byte is in.
+    assert b"\x1dV" in fake_printer.received
     printer.close()
 
     out = decode(bytes(fake_printer.received))
@@ -125,19 +160,20 @@ def test_receipt_over_serial_pty_decodes_to_text_qr_and_cut(fake_printer, tmp_pa
 def test_silent_printer_is_offline_quickly_and_print_raises(fake_printer, tmp_path):
     fake_printer.answering = False
     printer = _serial(fake_printer, tmp_path)
-    t0 = time.monotonic()
+    port = watch_port(printer)
     st = printer.status()
     assert st == PrinterStatus(False, "unknown")
-    assert time.monotonic() - t0 < 1.5
-    t0 = time.monotonic()
+    # Quickly: one unanswered query, waited out once for the configured 0.3 s, then it gives up.
+    assert port.waits() == [0.3]
     with pytest.raises(DeviceError, match="offline"):
         printer.print_receipt(example_receipt())
-    assert time.monotonic() - t0 < 1.5
+    assert port.waits() == [0.3]
     assert b"\x1dV" not in fake_printer.received  # nothing printed
     # the printer comes back: the same object prints without a restart
     fake_printer.answering = True
     printer.print_receipt(example_receipt())
-    fake_printer.wait_for(b"\x1dV")
+    assert port.waits() == []  # an answering printer is never waited out
+    assert fake_printer.wait_for(b"\x1dV")
     assert decode(bytes(fake_printer.received)).cuts == 1
     printer.close()
 
@@ -162,7 +198,7 @@ def test_status_queries_off_prints_without_asking(fake_printer, tmp_path):
     printer = _serial(fake_printer, tmp_path, status_queries=False)
     assert printer.status() == PrinterStatus(True, "unknown")
     printer.print_refusal(Refusal("Titik A", "edge-demo-0001", 0.0, "already_paid", "e-1"))
-    fake_printer.wait_for(b"\x1dV")
+    assert fake_printer.wait_for(b"\x1dV")
     out = decode(bytes(fake_printer.received))
     assert out.status_queries == []
     assert "SUDAH DIAMBIL" in out.texts
@@ -172,14 +208,14 @@ def test_status_queries_off_prints_without_asking(fake_printer, tmp_path):
 def test_jammed_printer_times_out_instead_of_hanging(fake_printer, tmp_path):
     printer = _serial(fake_printer, tmp_path, status_queries=False)
     fake_printer.reading = False
-    t0 = time.monotonic()
-    with pytest.raises(DeviceError, match="failed"):
+    assert printer.transport.device.write_timeout == 2.0  # every write has a bound
+    with pytest.raises(DeviceError, match="failed") as failed:
         printer.print_diagnostic([f"baris {i}" for i in range(20000)])
-    assert time.monotonic() - t0 < 6.0
+    # It gave up because a write ran into that bound, not because the printer let go.
+    assert isinstance(failed.value.__cause__, serial.SerialTimeoutException)
     fake_printer.reading = True
     printer.print_diagnostic(["pulih"])  # reopened and printing again
-    fake_printer.wait_for(b"pulih")
-    assert b"pulih" in fake_printer.received
+    assert fake_printer.wait_for(b"pulih")
     printer.close()
 
 

@@ -6,12 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from support import pay
 
 from edge.config import Config
 from edge.errors import CommandRefused, DeviceError
 from edge.events import verify_receipt_payload
-from edge.keys import DeviceIdentity
-from edge.ledger.store import Ledger
 from edge.payout.receipts import ReceiptDesk
 
 HID = "3171000000000042"
@@ -39,23 +38,16 @@ class FlakyPrinter:
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    identity = DeviceIdentity.load_or_create(tmp_path / "keys")
-    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-test-0001", "3171")
+def setup(tmp_path: Path, ledger, identity):
     printer = FlakyPrinter()
     desk = ReceiptDesk(Config(), printer, ledger, lambda hid: "S*** A***")
-    yield desk, printer, ledger, identity, tmp_path
-    ledger.close()
-
-
-def pay(ledger: Ledger, hid: str = HID) -> dict:
-    return ledger.record("accepted", household_id=hid, round_id="2026-12", amount=300_000)
+    return desk, printer, ledger, identity, tmp_path
 
 
 def test_offline_printer_keeps_receipt_pending_then_prints(setup):
     desk, printer, ledger, identity, _ = setup
     printer.online = False
-    event = pay(ledger)
+    event = pay(ledger, HID)
     assert desk.handle(event) is False
     assert desk.faulted
     assert [e["event_id"] for e in ledger.pending_receipts()] == [event["event_id"]]
@@ -72,13 +64,13 @@ def test_offline_printer_keeps_receipt_pending_then_prints(setup):
     assert record["event_id"] == event["event_id"]
 
 
-def test_pending_receipt_survives_a_restart(setup):
+def test_pending_receipt_survives_a_restart(setup, make_ledger):
     desk, printer, ledger, identity, tmp = setup
     printer.online = False
-    event = pay(ledger)
+    event = pay(ledger, HID)
     desk.handle(event)
     ledger.close()
-    with Ledger(tmp / "ledger.sqlite", identity, "edge-test-0001", "3171") as reopened:
+    with make_ledger(tmp / "ledger.sqlite") as reopened:
         fresh = ReceiptDesk(Config(), FlakyPrinter(), reopened, lambda hid: None)
         assert fresh.retry_pending() == 1
         assert fresh.printer.printed[0][0].event_id == event["event_id"]
@@ -119,7 +111,7 @@ def test_reprint_of_a_receipt_still_pending_settles_it(setup):
     """A marked copy stands in for the original, so no unmarked one follows it later."""
     desk, printer, ledger, *_ = setup
     printer.online = False
-    event = pay(ledger)
+    event = pay(ledger, HID)
     assert desk.handle(event) is False
     assert desk.reprint(event["event_id"]) is False  # still offline: stays pending
     assert [e["event_id"] for e in ledger.pending_receipts()] == [event["event_id"]]
@@ -154,17 +146,17 @@ class DyingPrinter(FlakyPrinter):
         raise PowerCut
 
 
-def test_power_cut_while_printing_reprints_marked_and_records_the_cut(setup):
+def test_power_cut_while_printing_reprints_marked_and_records_the_cut(setup, make_ledger):
     _, _, ledger, identity, tmp = setup
     dying = DyingPrinter(tmp / "ledger.sqlite")
     desk = ReceiptDesk(Config(), dying, ledger, lambda hid: None)
-    event = pay(ledger)
+    event = pay(ledger, HID)
     with pytest.raises(PowerCut):
         desk.handle(event)
     assert dying.seen_status == ["printing"]  # on disk before the first byte went out
     ledger.close()
 
-    with Ledger(tmp / "ledger.sqlite", identity, "edge-test-0001", "3171") as reopened:
+    with make_ledger(tmp / "ledger.sqlite") as reopened:
         printer = FlakyPrinter()
         restarted = ReceiptDesk(Config(), printer, reopened, lambda hid: None)
         assert [e["event_id"] for e in reopened.pending_receipts()] == [event["event_id"]]
@@ -178,19 +170,19 @@ def test_power_cut_while_printing_reprints_marked_and_records_the_cut(setup):
         assert restarted.retry_pending() == 0  # printed once, not again at every retry
 
 
-def test_a_cut_during_the_reprint_itself_is_counted_again(setup):
+def test_a_cut_during_the_reprint_itself_is_counted_again(setup, make_ledger):
     _, _, ledger, identity, tmp = setup
     path = tmp / "ledger.sqlite"
-    event = pay(ledger)
+    event = pay(ledger, HID)
     with pytest.raises(PowerCut):  # the original is cut off
         ReceiptDesk(Config(), DyingPrinter(path), ledger, lambda h: None).handle(event)
     ledger.close()
-    with Ledger(path, identity, "edge-test-0001", "3171") as second_boot:
+    with make_ledger(path) as second_boot:
         desk = ReceiptDesk(Config(), DyingPrinter(path), second_boot, lambda h: None)
         with pytest.raises(PowerCut):  # and so is the reprint at the next start
             desk.retry_pending()
         assert second_boot.receipt_state(event["event_id"]).interrupted == 1
-    with Ledger(path, identity, "edge-test-0001", "3171") as third_boot:
+    with make_ledger(path) as third_boot:
         printer = FlakyPrinter()
         assert ReceiptDesk(Config(), printer, third_boot, lambda h: None).retry_pending() == 1
         assert [marked for _, marked in printer.printed] == [True]
