@@ -36,89 +36,136 @@ class Decoded:
         return [ln.text for ln in self.lines]
 
 
+class _Decoder:
+    """The printer's state while a stream is read: one small handler per command.
+
+    Each handler takes the offset of its command's first byte and returns the offset after it;
+    a stream cut off inside a command raises ``IndexError`` (``_decode_cut_off`` relies on it).
+    """
+
+    def __init__(self, data: bytes, codepage: str) -> None:
+        self.data = data
+        self.codepage = codepage
+        self.out = Decoded()
+        self.align, self.bold, self.tall = "left", False, False
+        self.buf = bytearray()
+        self.qr_store = b""
+        self.qr_size = 3
+
+    def run(self) -> Decoded:
+        i, n = 0, len(self.data)
+        while i < n:
+            i = self.step(i)
+        if self.buf:
+            self.flush_line()
+        return self.out
+
+    def flush_line(self) -> None:
+        line = PrintedLine(self.buf.decode(self.codepage), self.align, self.bold, self.tall)
+        self.out.lines.append(line)
+        self.out.order.append("text")
+        self.buf = bytearray()
+
+    def step(self, i: int) -> int:
+        b = self.data[i]
+        if b == LF:
+            self.flush_line()
+            return i + 1
+        if b == ESC:
+            return self.command(self.ESC_COMMANDS, "ESC", i)
+        if b == GS:
+            return self.command(self.GS_COMMANDS, "GS", i)
+        if b == DLE and i + 1 < len(self.data) and self.data[i + 1] == 0x04:
+            self.out.status_queries.append(self.data[i + 2])  # DLE EOT n
+            return i + 3
+        if b < 0x20:
+            raise ValueError(f"unexpected control byte {b:#x} at {i}")
+        self.buf.append(b)
+        return i + 1
+
+    def command(self, table: dict, prefix: str, i: int) -> int:
+        cmd = self.data[i + 1]
+        handler = table.get(cmd)
+        if handler is None:
+            raise ValueError(f"unknown {prefix} {cmd:#x} at {i}")
+        return handler(self, i)
+
+    # -- ESC x ------------------------------------------------------------------------------
+
+    def esc_init(self, i: int) -> int:
+        self.align, self.bold, self.tall = "left", False, False
+        self.out.inits += 1
+        return i + 2
+
+    def esc_bold(self, i: int) -> int:
+        self.bold = bool(self.data[i + 2] & 1)
+        return i + 3
+
+    def esc_align(self, i: int) -> int:
+        self.align = _ALIGN[self.data[i + 2]]
+        return i + 3
+
+    def esc_mode(self, i: int) -> int:
+        mode = self.data[i + 2]
+        self.bold = bool(mode & 0x08)  # ESC ! sets every print mode at once
+        self.tall = bool(mode & 0x10)
+        return i + 3
+
+    def esc_codepage(self, i: int) -> int:
+        return i + 3  # code page select; text here is ASCII
+
+    def esc_feed(self, i: int) -> int:
+        self.out.feeds += self.data[i + 2]
+        return i + 3
+
+    ESC_COMMANDS = {
+        ord("@"): esc_init,
+        ord("E"): esc_bold,
+        ord("a"): esc_align,
+        ord("!"): esc_mode,
+        ord("t"): esc_codepage,
+        ord("d"): esc_feed,
+    }
+
+    # -- GS x -------------------------------------------------------------------------------
+
+    def gs_cut(self, i: int) -> int:
+        mode = self.data[i + 2]
+        self.out.cuts += 1
+        self.out.order.append("cut")
+        return i + (4 if mode in (65, 66) else 3)
+
+    def gs_size(self, i: int) -> int:
+        self.tall = bool(self.data[i + 2] & 0x0F)
+        return i + 3
+
+    def gs_paren(self, i: int) -> int:
+        if self.data[i + 2] != ord("k"):
+            raise ValueError(f"unknown GS {ord('('):#x} at {i}")
+        length = self.data[i + 3] | (self.data[i + 4] << 8)
+        self.symbol(self.data[i + 5 : i + 5 + length])
+        return i + 5 + length
+
+    def symbol(self, body: bytes) -> None:
+        """GS ( k: only the QR functions the printer module sends (size, store, print)."""
+        cn, fn = body[0], body[1]
+        if cn != ord("1"):
+            raise ValueError("GS ( k for a symbol other than QR")
+        if fn == ord("C"):
+            self.qr_size = body[2]
+        elif fn == ord("P"):
+            self.qr_store = bytes(body[3:])  # after cn, fn, m
+        elif fn == ord("Q"):
+            self.out.qr.append(self.qr_store.decode("utf-8"))
+            self.out.qr_size.append(self.qr_size)
+            self.out.order.append("qr")
+
+    GS_COMMANDS = {ord("V"): gs_cut, ord("!"): gs_size, ord("("): gs_paren}
+
+
 def decode(data: bytes, codepage: str = "cp437") -> Decoded:
     """Decode an ESC/POS byte stream into lines, QR payloads, cuts and status queries."""
-    out = Decoded()
-    align, bold, tall = "left", False, False
-    buf = bytearray()
-    qr_store = b""
-    qr_size = 3
-    i = 0
-
-    def flush_line() -> None:
-        nonlocal buf
-        out.lines.append(PrintedLine(buf.decode(codepage), align, bold, tall))
-        out.order.append("text")
-        buf = bytearray()
-
-    n = len(data)
-    while i < n:
-        b = data[i]
-        if b == LF:
-            flush_line()
-            i += 1
-        elif b == ESC:
-            cmd = data[i + 1]
-            if cmd == ord("@"):
-                align, bold, tall = "left", False, False
-                out.inits += 1
-                i += 2
-            elif cmd == ord("E"):
-                bold = bool(data[i + 2] & 1)
-                i += 3
-            elif cmd == ord("a"):
-                align = _ALIGN[data[i + 2]]
-                i += 3
-            elif cmd == ord("!"):
-                mode = data[i + 2]
-                bold = bool(mode & 0x08)  # ESC ! sets every print mode at once
-                tall = bool(mode & 0x10)
-                i += 3
-            elif cmd == ord("t"):
-                i += 3  # code page select; text here is ASCII
-            elif cmd == ord("d"):
-                out.feeds += data[i + 2]
-                i += 3
-            else:
-                raise ValueError(f"unknown ESC {cmd:#x} at {i}")
-        elif b == GS:
-            cmd = data[i + 1]
-            if cmd == ord("V"):
-                mode = data[i + 2]
-                i += 4 if mode in (65, 66) else 3
-                out.cuts += 1
-                out.order.append("cut")
-            elif cmd == ord("!"):
-                tall = bool(data[i + 2] & 0x0F)
-                i += 3
-            elif cmd == ord("(") and data[i + 2] == ord("k"):
-                length = data[i + 3] | (data[i + 4] << 8)
-                body = data[i + 5 : i + 5 + length]
-                cn, fn = body[0], body[1]
-                if cn != ord("1"):
-                    raise ValueError("GS ( k for a symbol other than QR")
-                if fn == ord("C"):
-                    qr_size = body[2]
-                elif fn == ord("P"):
-                    qr_store = bytes(body[3:])  # after cn, fn, m
-                elif fn == ord("Q"):
-                    out.qr.append(qr_store.decode("utf-8"))
-                    out.qr_size.append(qr_size)
-                    out.order.append("qr")
-                i += 5 + length
-            else:
-                raise ValueError(f"unknown GS {cmd:#x} at {i}")
-        elif b == DLE and i + 1 < n and data[i + 1] == 0x04:
-            out.status_queries.append(data[i + 2])
-            i += 3
-        elif b < 0x20:
-            raise ValueError(f"unexpected control byte {b:#x} at {i}")
-        else:
-            buf.append(b)
-            i += 1
-    if buf:
-        flush_line()
-    return out
+    return _Decoder(data, codepage).run()
 
 
 @dataclass
