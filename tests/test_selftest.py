@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -11,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import FakeClock
 
 from edge.__main__ import main
 from edge.config import parse_config
-from edge.keys import DeviceIdentity
 from edge.ops.health import ClockGuard, Health, collect, cpu_temperature, disk_free, throttled
 from edge.ops.selftest import FAIL, PASS, SIGNAL_CYCLE, SKIP, WARN, run_selftest
 
-HAVE_MODELSTORE = importlib.util.find_spec("edge.modelstore") is not None
 T2026 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
 
 
@@ -35,27 +33,13 @@ def make_cfg(tmp_path: Path, models_dir: Path | str = "/nonexistent", **sections
     return parse_config(data)
 
 
-def provisioned(cfg) -> DeviceIdentity:
-    return DeviceIdentity.load_or_create(cfg.state_path / "keys")
-
-
-@pytest.fixture
-def pins():
-    from gpiozero.pins.mock import MockFactory
-
-    factory = MockFactory()
-    yield factory
-    factory.reset()
-
-
 # -- selftest ----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not HAVE_MODELSTORE, reason="edge.modelstore not built yet")
-def test_selftest_passes_on_the_fakes(tmp_path, models_dir, pins):
+def test_selftest_passes_on_the_fakes(tmp_path, models_dir, mock_factory, make_identity):
     cfg = make_cfg(tmp_path, models_dir)
-    provisioned(cfg)
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, camera_timeout=20)
+    make_identity(cfg.state_path / "keys")
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, camera_timeout=20)
     by_name = {c.name: c for c in report.checks}
     for name in ("models", "camera", "signals", "keys", "ledger", "printer"):
         assert by_name[name].status == PASS, report.render()
@@ -64,7 +48,7 @@ def test_selftest_passes_on_the_fakes(tmp_path, models_dir, pins):
     assert by_name["broker"].status == SKIP  # mqtt off by default
     assert report.ok and report.render().startswith("SELFTEST PASS edge-3171-0042")
     # The red LED pin went on and off during the cycle (fault/spoof/refused are red).
-    red = pins.pin(cfg.signals.red_pin)
+    red = mock_factory.pin(cfg.signals.red_pin)
     assert any(s.state for s in red.states) and not red.state
     # The diagnostic slip reached the file printer with the facts a technician needs.
     slip = (cfg.state_path / "receipts.bin").read_bytes().decode("ascii", "replace")
@@ -73,10 +57,10 @@ def test_selftest_passes_on_the_fakes(tmp_path, models_dir, pins):
         assert text in slip
 
 
-def test_missing_parts_fail_clearly_without_crashing(tmp_path, pins):
+def test_missing_parts_fail_clearly_without_crashing(tmp_path, mock_factory):
     # Models absent, no keys: those checks fail with a reason, the rest still run.
     cfg = make_cfg(tmp_path, tmp_path / "no-models")
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=False)
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=False)
     by_name = {c.name: c for c in report.checks}
     assert [c.name for c in report.checks] == [
         "health", "models", "camera", "signals", "keys", "ledger", "bundle", "broker", "printer",
@@ -95,13 +79,11 @@ def test_missing_parts_fail_clearly_without_crashing(tmp_path, pins):
     assert len(report.render().splitlines()) == 1 + len(report.checks)
 
 
-def test_tampered_ledger_fails(tmp_path, pins):
-    from edge.ledger.store import Ledger
-
+def test_tampered_ledger_fails(tmp_path, mock_factory, make_identity, make_ledger):
     cfg = make_cfg(tmp_path)
-    identity = provisioned(cfg)
+    identity = make_identity(cfg.state_path / "keys")
     path = cfg.state_path / "ledger.sqlite"
-    with Ledger(path, identity, cfg.device.id, cfg.device.regency) as ledger:
+    with make_ledger(path, identity, cfg.device.id, cfg.device.regency) as ledger:
         for outcome in ("no_face", "no_match", "no_face"):
             ledger.record(outcome)
     conn = sqlite3.connect(path)
@@ -114,25 +96,24 @@ def test_tampered_ledger_fails(tmp_path, pins):
     )
     conn.commit()
     conn.close()
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=False)
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=False)
     ledger_check = report.get("ledger")
     assert ledger_check.status == FAIL and ledger_check.detail.startswith("3 events")
 
 
-def test_intact_ledger_and_bundle_warning(tmp_path, pins):
-    from edge.ledger.store import Ledger
-
+def test_intact_ledger_and_bundle_warning(tmp_path, mock_factory, make_identity, make_ledger):
     cfg = make_cfg(tmp_path)
-    identity = provisioned(cfg)
-    with Ledger(cfg.state_path / "ledger.sqlite", identity, cfg.device.id, "3171") as ledger:
+    identity = make_identity(cfg.state_path / "keys")
+    path = cfg.state_path / "ledger.sqlite"
+    with make_ledger(path, identity, cfg.device.id, cfg.device.regency) as ledger:
         ledger.record("no_face")
         ledger.record("bad_qr")
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=False)
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=False)
     assert report.get("ledger").status == PASS
     assert report.get("ledger").detail == "2 events verified"
 
 
-def test_camera_without_a_face_fails(tmp_path, pins):
+def test_camera_without_a_face_fails(tmp_path, mock_factory):
     frames = tmp_path / "frames"
     frames.mkdir()
     rng = np.random.default_rng(3)
@@ -140,29 +121,31 @@ def test_camera_without_a_face_fails(tmp_path, pins):
         img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
         Image.fromarray(img).save(frames / f"{i}.png")
     cfg = make_cfg(tmp_path, camera={"source": str(frames)})
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=False, camera_timeout=5)
+    report = run_selftest(
+        cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=False, camera_timeout=5
+    )
     cam = report.get("camera")
     assert cam.status == FAIL and cam.detail.startswith("folder: 1 frame(s) 320x240")
 
 
-def test_offline_printer_and_unreachable_broker(tmp_path, pins):
+def test_offline_printer_and_unreachable_broker(tmp_path, mock_factory):
     cfg = make_cfg(
         tmp_path,
         printer={"kind": "serial", "port": str(tmp_path / "no-such-tty")},
         # Port 9 on localhost: nothing listens there, so the connection is refused at once.
         mqtt={"enabled": True, "host": "127.0.0.1", "port": 9, "tls": False},
     )
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=True)
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=True)
     assert report.get("printer").status == FAIL and "offline" in report.get("printer").detail
     broker = report.get("broker")
     assert broker.status == WARN and "127.0.0.1:9 unreachable" in broker.detail
 
 
-def test_signal_cycle_shows_every_pattern(tmp_path, pins):
+def test_signal_cycle_shows_every_pattern(tmp_path, mock_factory):
     cfg = make_cfg(tmp_path)
-    report = run_selftest(cfg, dwell=0.0, pin_factory=pins, print_receipt=False)
+    report = run_selftest(cfg, dwell=0.0, pin_factory=mock_factory, print_receipt=False)
     assert report.get("signals").detail.startswith(f"{len(SIGNAL_CYCLE)} patterns on mock")
-    buzzer = pins.pin(cfg.signals.buzzer_pin)
+    buzzer = mock_factory.pin(cfg.signals.buzzer_pin)
     assert len(buzzer.states) > 1  # the buzzer was driven, not only the LED
 
 
@@ -182,59 +165,63 @@ def test_cli_exit_code_and_verdict(tmp_path, capsys):
 # -- health ------------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self, wall: float, boot: float = 100.0, boot_id: str = "boot-a") -> None:
-        self.wall, self.boot, self.id = wall, boot, boot_id
-
-    def advance(self, wall_s: float, boot_s: float | None = None) -> None:
-        self.wall += wall_s
-        self.boot += wall_s if boot_s is None else boot_s
-
-    def guard(self, state: Path, flag: Path | None = None) -> ClockGuard:
-        return ClockGuard(
-            state,
-            300.0,
-            clock=lambda: self.wall,
-            boottime=lambda: self.boot,
-            boot_id=lambda: self.id,
-            sync_flag=flag or state / "no-flag",
-        )
+@pytest.fixture
+def boot() -> FakeClock:
+    """CLOCK_BOOTTIME: seconds since this boot, which setting the wall clock does not move."""
+    return FakeClock(100.0)
 
 
-def test_clock_before_floor_is_refused(tmp_path):
-    clock = FakeClock(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
-    reading = clock.guard(tmp_path).check()
+def make_guard(
+    state: Path, wall: FakeClock, boot: FakeClock, boot_id: str = "boot-a", flag: Path | None = None
+) -> ClockGuard:
+    """A ClockGuard on fake clocks: ``wall`` is the shared ``clock`` fixture set by the test."""
+    return ClockGuard(
+        state,
+        300.0,
+        clock=wall,
+        boottime=boot,
+        boot_id=lambda: boot_id,
+        sync_flag=flag or state / "no-flag",
+    )
+
+
+def test_clock_before_floor_is_refused(tmp_path, clock, boot):
+    clock.set(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
+    reading = make_guard(tmp_path, clock, boot).check()
     assert not reading.ok and "before 2025-01-01" in reading.reason
 
 
-def test_clock_jump_within_a_boot_is_refused(tmp_path):
-    clock = FakeClock(T2026)
-    guard = clock.guard(tmp_path)
+def test_clock_jump_within_a_boot_is_refused(tmp_path, clock, boot):
+    clock.set(T2026)
+    guard = make_guard(tmp_path, clock, boot)
     guard.trust()
     clock.advance(3600)  # an hour later, both clocks agree
+    boot.advance(3600)
     assert guard.check().ok
-    clock.advance(-7200, boot_s=10)  # someone sets the clock back two hours
+    clock.advance(-7200)  # someone sets the clock back two hours
+    boot.advance(10)
     reading = guard.check()
     assert not reading.ok and "moved -72" in reading.reason
 
 
-def test_clock_behind_last_trusted_after_reboot_is_refused(tmp_path):
-    clock = FakeClock(T2026)
-    clock.guard(tmp_path).trust()
+def test_clock_behind_last_trusted_after_reboot_is_refused(tmp_path, clock, boot):
+    clock.set(T2026)
+    make_guard(tmp_path, clock, boot).trust()
     # Power cut; the Pi boots days behind (fake-hwclock saved an old time).
-    clock.id, clock.boot, clock.wall = "boot-b", 20.0, T2026 - 3 * 86400
-    reading = clock.guard(tmp_path).check()
+    boot.set(20.0)
+    clock.set(T2026 - 3 * 86400)
+    reading = make_guard(tmp_path, clock, boot, "boot-b").check()
     assert not reading.ok and "before the last trusted time" in reading.reason
     # Later than the last trusted time is fine across a reboot (the device was off a while).
-    clock.wall = T2026 + 10 * 86400
-    assert clock.guard(tmp_path).check().ok
+    clock.set(T2026 + 10 * 86400)
+    assert make_guard(tmp_path, clock, boot, "boot-b").check().ok
 
 
-def test_ntp_sync_refreshes_the_trusted_time(tmp_path):
+def test_ntp_sync_refreshes_the_trusted_time(tmp_path, clock, boot):
     flag = tmp_path / "synchronized"
     flag.touch()
-    clock = FakeClock(T2026)
-    reading = clock.guard(tmp_path, flag).check()
+    clock.set(T2026)
+    reading = make_guard(tmp_path, clock, boot, flag=flag).check()
     assert reading.ok and reading.synced
     saved = json.loads((tmp_path / "clock.json").read_text())
     assert saved["wall"] == T2026 and saved["boot_id"] == "boot-a"
@@ -255,10 +242,10 @@ def test_disk_and_sensors(tmp_path):
     assert throttled(tmp_path / "absent") is None
 
 
-def test_collect_reports_problems(tmp_path):
+def test_collect_reports_problems(tmp_path, clock, boot):
     cfg = make_cfg(tmp_path)
-    clock = FakeClock(datetime(2001, 1, 1, tzinfo=UTC).timestamp())
-    health = collect(cfg, guard=clock.guard(tmp_path))
+    clock.set(datetime(2001, 1, 1, tzinfo=UTC).timestamp())
+    health = collect(cfg, guard=make_guard(tmp_path, clock, boot))
     assert isinstance(health, Health) and not health.ok
     assert any(p.startswith("clock not trusted") for p in health.problems)
     data = health.as_dict()
