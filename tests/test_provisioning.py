@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from edge.config import load_config
-from edge.keys import DeviceIdentity, generate_central_key
+from edge.keys import generate_central_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "provisioning" / "provision.py"
@@ -72,7 +72,7 @@ def snapshot(*folders: Path) -> dict[str, tuple]:
     return snap
 
 
-def test_layout_of_a_provisioned_card(tmp_path, kit):
+def test_layout_of_a_provisioned_card(tmp_path, kit, make_identity):
     res = provision(tmp_path, kit)
     assert res.returncode == 0, res.stderr
     root = tmp_path / "root"
@@ -90,7 +90,7 @@ def test_layout_of_a_provisioned_card(tmp_path, kit):
     assert (root / "var/lib/edge").stat().st_mode & 0o777 == 0o700
     for name in ("device_ed25519.pem", "bundle_x25519.pem", "tls_key.pem"):
         assert (keys / name).stat().st_mode & 0o777 == 0o600, name
-    identity = DeviceIdentity.load_or_create(keys)
+    identity = make_identity(keys)
     card = json.loads((keys / "device.pub.json").read_text())
     assert card["device_id"] == "edge-3171-0007"
     assert card["sign_public_pem"] == identity.device_public_pem().decode()
@@ -206,8 +206,9 @@ def test_bad_inputs_write_nothing(tmp_path, kit):
     assert not (tmp_path / "root").exists()
 
 
-def test_wrong_central_key_is_refused(tmp_path, kit):
-    (kit / "central.key.pub").write_bytes(DeviceIdentity.generate().device_public_pem()[:40])
+def test_wrong_central_key_is_refused(tmp_path, kit, identity):
+    # The first 40 bytes of some public key: no usable key at all.
+    (kit / "central.key.pub").write_bytes(identity.device_public_pem()[:40])
     res = provision(tmp_path, kit)
     assert res.returncode == 1 and "public key" in res.stderr
     assert not (tmp_path / "root").exists()
