@@ -6,13 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import unavailable
 
 from edge.modelstore import REQUIRED
 from edge.vision.runtime import make_interpreter
@@ -22,6 +22,11 @@ from models.evaluate import agreement, embed
 from models.fetch import BuildError, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file in ``out``: a file written again (atomically) changes both."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +143,8 @@ def test_rebuild_replaces_only_what_is_broken(models_dir: Path, tmp_path: Path) 
     shutil.copytree(models_dir, out, ignore=shutil.ignore_patterns("*.tmp"))
     before = json.loads((out / "manifest.json").read_text())["models"]
     (out / before["detector"]["file"]).write_bytes(b"broken")
+    kept = {k: v for k, v in _files(out).items() if k != before["detector"]["file"]}
     cmd = [sys.executable, "-m", "models.build", "--out", str(out), "--no-pad"]
-    t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "detector: face_detection_short_range.tflite extracted" in proc.stdout
@@ -147,10 +152,14 @@ def test_rebuild_replaces_only_what_is_broken(models_dir: Path, tmp_path: Path) 
     after = json.loads((out / "manifest.json").read_text())["models"]
     assert sha256_file(out / after["detector"]["file"]) == pins.WHEEL_MEMBERS["detector"]["sha256"]
     assert after["embedder_int8"]["sha256"] == before["embedder_int8"]["sha256"]
-    # A second run has nothing to do.
+    # The detector was written again (and the manifest); every other model file is the same file.
+    written = {k for k, v in _files(out).items() if kept.get(k) != v}
+    assert written - {"manifest.json"} == {before["detector"]["file"]}
+    # A second run has nothing to do, and writes nothing (not even the manifest).
+    untouched = _files(out)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "all models up to date" in proc.stdout
-    assert time.monotonic() - t0 < 60
+    assert _files(out) == untouched
 
 
 def test_pins_refuse_a_different_source(tmp_path: Path) -> None:
@@ -172,7 +181,7 @@ def test_cached_wheel_is_checked(tmp_path: Path) -> None:
     """A good cached wheel is reused without pip; its members match their pins."""
     cached = ROOT / "models" / "cache" / pins.WHEEL_FILE
     if not cached.is_file():
-        pytest.skip("no cached wheel (models/cache is made by `make models`)")
+        unavailable("the cached detector wheel", "models/cache is made by `make models`")
     shutil.copyfile(cached, tmp_path / pins.WHEEL_FILE)
     wheel = fetch.wheel(tmp_path)
     assert wheel == tmp_path / pins.WHEEL_FILE
