@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +83,29 @@ def fit_within(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class _Pacer:
-    """Holds a recorded source to a frame rate, so a file plays like a live camera."""
+    """Holds a recorded source to a frame rate, so a file plays like a live camera.
 
-    def __init__(self, fps: float | None) -> None:
+    ``clock`` and ``sleep`` are ``time.monotonic`` and ``time.sleep`` unless a test gives a
+    fake clock's pair.
+    """
+
+    def __init__(
+        self,
+        fps: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.period = 1.0 / fps if fps else 0.0
         self.due = 0.0
+        self._clock = clock
+        self._sleep = sleep
 
     def wait(self) -> None:
         if not self.period:
             return
-        now = time.monotonic()
+        now = self._clock()
         if self.due > now:
-            time.sleep(self.due - now)
+            self._sleep(self.due - now)
             now = self.due
         # a reader that fell behind starts again from now rather than bursting to catch up
         self.due = max(self.due, now) + self.period
@@ -102,8 +114,8 @@ class _Pacer:
 class OpenCVCamera(Camera):
     """A webcam (device index) or a video file/URL through ``cv2.VideoCapture``.
 
-    Files are paced at ``fps`` (None: as fast as they decode), loop when ``loop`` is set and
-    otherwise finish; frames of a file are shrunk to fit width x height.
+    Files are paced at ``fps`` (None: as fast as they decode) on ``clock`` with ``sleep``, loop
+    when ``loop`` is set and otherwise finish; frames of a file are shrunk to fit width x height.
     """
 
     def __init__(
@@ -113,6 +125,9 @@ class OpenCVCamera(Camera):
         height: int = 480,
         fps: float | None = 15.0,
         loop: bool = False,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         super().__init__()
         self.source = source
@@ -120,7 +135,7 @@ class OpenCVCamera(Camera):
         self.is_file = isinstance(source, str) and Path(source).is_file()
         self.name = f"opencv:{source}"
         self._cap: cv2.VideoCapture | None = None
-        self._pacer = _Pacer(fps if self.is_file else None)
+        self._pacer = _Pacer(fps if self.is_file else None, clock, sleep)
 
     def open(self) -> None:
         self.close()
@@ -165,7 +180,8 @@ class OpenCVCamera(Camera):
 
 class FolderCamera(Camera):
     """Images of a folder in sorted name order, each given ``repeat`` times (to stand for a
-    person in front of a camera for a while); finishes at the end unless ``loop``."""
+    person in front of a camera for a while); finishes at the end unless ``loop``. Paced at
+    ``fps`` (None: at once) on ``clock`` with ``sleep``, as :class:`OpenCVCamera` paces a file."""
 
     def __init__(
         self,
@@ -175,6 +191,9 @@ class FolderCamera(Camera):
         fps: float | None = None,
         width: int = 640,
         height: int = 480,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         super().__init__()
         self.folder = Path(folder)
@@ -185,7 +204,7 @@ class FolderCamera(Camera):
         self._pos = 0
         self._given = 0
         self._current: np.ndarray | None = None
-        self._pacer = _Pacer(fps)
+        self._pacer = _Pacer(fps, clock, sleep)
 
     def open(self) -> None:
         if not self.folder.is_dir():

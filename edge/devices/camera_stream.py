@@ -21,9 +21,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often an open camera that gave no frame is asked again, until ``stall_s`` has passed.
+POLL_S = 0.005
+
 
 class CameraStream:
-    """Reads ``camera`` on a daemon thread into a drop-oldest queue of ``queue_size`` frames."""
+    """Reads ``camera`` on a daemon thread into a drop-oldest queue of ``queue_size`` frames.
+
+    ``clock`` (monotonic seconds) times the stall; the reader pauses (polls, backs off) on its
+    stop event, so :meth:`stop` cuts a back-off short. A test may pass ``sleep`` (such as
+    ``FakeClock.sleep``) to pause on a fake clock instead: the stop is then seen after it.
+    """
 
     def __init__(
         self,
@@ -33,6 +41,8 @@ class CameraStream:
         *,
         stall_s: float = 3.0,
         backoff_s: tuple[float, float] = (0.5, 10.0),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.camera = camera
         self.on_fault = on_fault
@@ -48,6 +58,8 @@ class CameraStream:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._clock = clock
+        self._sleep = sleep
 
     def start(self) -> CameraStream:
         """Start the reader thread (it opens the camera); returns self."""
@@ -116,17 +128,24 @@ class CameraStream:
         except Exception as exc:
             log.warning("camera: close failed: %s", exc)
 
+    def _pause(self, seconds: float) -> bool:
+        """Pause ``seconds`` (cut short by :meth:`stop` unless a ``sleep`` was given); True if stopped."""
+        if self._sleep is None:
+            return self._stop.wait(seconds)
+        self._sleep(seconds)
+        return self._stop.is_set()
+
     def _run(self) -> None:
         backoff = self.backoff_min
         is_open = False
-        last_frame = time.monotonic()
+        last_frame = self._clock()
         while not self._stop.is_set():
             problem = ""
             if not is_open:
                 try:
                     self.camera.open()
                     is_open = True
-                    last_frame = time.monotonic()
+                    last_frame = self._clock()
                 except Exception as exc:
                     problem = f"cannot open: {exc}"
             if is_open and not problem:
@@ -136,22 +155,22 @@ class CameraStream:
                     problem = f"read failed: {exc}"
                 else:
                     if frame is not None:
-                        last_frame = time.monotonic()
+                        last_frame = self._clock()
                         backoff = self.backoff_min
                         self._set_fault(False)
                         self._push(frame)
                         continue
                     if self.camera.finished:
                         break
-                    if time.monotonic() - last_frame <= self.stall_s:
-                        self._stop.wait(0.005)
+                    if self._clock() - last_frame <= self.stall_s:
+                        self._pause(POLL_S)
                         continue
                     problem = f"no frame for {self.stall_s:.1f} s"
             self._set_fault(True, problem)
             if is_open:
                 self._close_camera()
                 is_open = False
-            if self._stop.wait(backoff):
+            if self._pause(backoff):
                 break
             backoff = min(backoff * 2, self.backoff_max)
         self._close_camera()
