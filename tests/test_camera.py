@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
+from support import FakeClock, wait_for
 
 from edge.config import CameraConfig
 from edge.devices.camera import (
@@ -17,28 +19,60 @@ from edge.devices.camera import (
     fit_within,
     open_camera,
 )
-from edge.devices.camera_stream import CameraStream
+from edge.devices.camera_stream import POLL_S, CameraStream
 from edge.errors import DeviceError
+
+
+@pytest.fixture
+def monotonic() -> FakeClock:
+    """``time.monotonic`` for the camera and stream under test: seconds from 0, moved only by
+    the reads and pauses of the code under test."""
+    return FakeClock(0.0)
 
 
 class FakeCamera(Camera):
     """A camera that can vanish (open/read raise), stall (read gives nothing) and come back.
 
-    Keeps a history of (monotonic time, call, result) so tests can see retries and back-off.
+    On the real clock a test switches ``mode`` while a stream reads. Given a fake ``clock`` the
+    camera lives on it instead: ``script`` gives the mode from each time on, a read takes
+    ``period`` of fake time, and at ``end`` the camera finishes, so a stream runs the whole
+    schedule at once and stops by itself. ``history`` keeps (time, call, result).
     """
 
     name = "fake"
 
-    def __init__(self, period: float = 0.002) -> None:
+    def __init__(
+        self,
+        period: float = 0.002,
+        clock: FakeClock | None = None,
+        script: tuple[tuple[float, str], ...] = (),
+        end: float = math.inf,
+    ) -> None:
         super().__init__()
         self.period = period
-        self.mode = "ok"  # ok | gone | stalled
+        self.clock = clock
+        self.script = sorted(script)
+        self.end = end
+        self._mode = "ok"  # ok | gone | stalled
         self.history: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
 
+    @property
+    def mode(self) -> str:
+        if self.clock is None:
+            return self._mode
+        return ([m for t, m in self.script if t <= self.clock.t] or ["ok"])[-1]
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = value
+
+    def _now(self) -> float:
+        return time.monotonic() if self.clock is None else self.clock.t
+
     def _log(self, call: str, result: str) -> None:
         with self._lock:
-            self.history.append((time.monotonic(), call, result))
+            self.history.append((self._now(), call, result))
 
     def calls(self, call: str, result: str | None = None) -> list[float]:
         with self._lock:
@@ -51,7 +85,14 @@ class FakeCamera(Camera):
         self._log("open", "ok")
 
     def read(self):
-        time.sleep(self.period)
+        if self.clock is None:
+            time.sleep(self.period)
+        else:
+            self.clock.advance(self.period)
+            if self.clock.t >= self.end:
+                self.finished = True
+                self._log("read", "end")
+                return None
         if self.mode == "gone":
             self._log("read", "error")
             raise DeviceError("fake: camera vanished")
@@ -60,26 +101,27 @@ class FakeCamera(Camera):
             return None
         self._log("read", "frame")
         rgb = np.full((4, 4, 3), self._index % 256, np.uint8)
-        return self._frame(rgb)
+        return self._frame(rgb, self._now())
 
     def close(self) -> None:
         self._log("close", "ok")
 
 
-def _wait(pred, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
+def run_to_end(stream: CameraStream) -> list:
+    """Start a stream over a scripted camera and take every frame until the camera finishes."""
+    got = []
+    with stream:
+        while (f := stream.get(10.0)) is not None:  # the timeout only stops a hung test
+            got.append(f)
+    assert stream.finished and stream.dropped == 0
+    return got
 
 
 def test_queue_is_bounded_and_drops_the_oldest():
     cam = FakeCamera(period=0.001)
     stream = CameraStream(cam, queue_size=2).start()
     try:
-        assert _wait(lambda: stream.frames >= 50)
+        assert wait_for(lambda: stream.frames >= 50)
         a = stream.get(1.0)
         b = stream.get(1.0)
         assert a is not None and b is not None
@@ -99,67 +141,80 @@ def test_queue_is_bounded_and_drops_the_oldest():
     assert cam.history[-1][1] == "close"
 
 
-def test_vanished_camera_is_retried_with_backoff_and_recovers():
-    cam = FakeCamera()
+def test_vanished_camera_is_retried_with_backoff_and_recovers(monotonic):
+    # A frame every 0.25 s; the camera is gone from 1 s to 5 s and again from 7 s to 8 s.
+    script = ((0.0, "ok"), (1.0, "gone"), (5.0, "ok"), (7.0, "gone"), (8.0, "ok"))
+    cam = FakeCamera(0.25, monotonic, script, end=10.0)
     faults: list[bool] = []
-    stream = CameraStream(cam, 2, faults.append, stall_s=0.3, backoff_s=(0.05, 0.2)).start()
-    try:
-        assert stream.get(2.0) is not None
-        cam.mode = "gone"
-        assert _wait(lambda: len(cam.calls("open", "error")) >= 4)
-        assert stream.faulted and faults == [True]
-        assert "vanished" in stream.last_error or "no camera" in stream.last_error
-        opens = cam.calls("open", "error")
-        gaps = np.diff(opens)
-        # back-off grows (0.1, 0.2, 0.2 ...) and is capped
-        assert gaps[0] >= 0.08 and gaps[-1] >= 0.17 and gaps.max() < 0.45
-
-        cam.mode = "ok"
-        assert _wait(lambda: not stream.faulted)
-        assert faults == [True, False]
-        # frames from before the fault; get(0) only empties the queue, whereas a wait would
-        # keep taking new frames as fast as the fake makes them and might never stop
-        while stream.get(0) is not None:
-            pass
-        f = stream.get(2.0)
-        assert f is not None and f.ts > opens[-1]
-        assert stream.faults == 1
-    finally:
-        stream.stop()
+    stream = CameraStream(
+        cam,
+        16,
+        faults.append,
+        stall_s=3.0,
+        backoff_s=(0.5, 2.0),
+        clock=monotonic,
+        sleep=monotonic.sleep,
+    )
+    got = run_to_end(stream)
+    assert cam.calls("read", "error") == [1.0, 7.0]
+    # Back-off doubles from 0.5 s and is capped at 2 s; a frame resets it for the next fault.
+    assert monotonic.sleeps == [0.5, 1.0, 2.0, 2.0, 0.5, 1.0]
+    assert cam.calls("open", "error") == [1.5, 2.5, 4.5, 7.5]
+    assert cam.calls("open", "ok") == [0.0, 6.5, 8.5]
+    assert faults == [True, False, True, False] and stream.faults == 2
+    assert stream.last_error == "cannot open: fake: no camera"
+    # Frames before each fault, none while it lasted, then again from each reopen.
+    assert [f.ts for f in got] == [0.25, 0.5, 0.75, 6.75, 8.75, 9.0, 9.25, 9.5, 9.75]
+    assert [f.index for f in got] == list(range(9))
 
 
-def test_stalled_camera_is_reopened_and_reported():
-    cam = FakeCamera()
+def test_stalled_camera_is_reopened_and_reported(monotonic):
+    # The camera stays open but gives nothing from 1 s to 3 s; a read takes 1/8 s.
+    script = ((0.0, "ok"), (1.0, "stalled"), (3.0, "ok"))
+    cam = FakeCamera(0.125, monotonic, script, end=5.0)
+    faults: list[tuple[bool, float]] = []
+    stream = CameraStream(
+        cam,
+        32,
+        lambda f: faults.append((f, monotonic.t)),
+        stall_s=0.5,
+        backoff_s=(0.25, 0.5),
+        clock=monotonic,
+        sleep=monotonic.sleep,
+    )
+    got = run_to_end(stream)
+    last_frame = max(f.ts for f in got if f.ts < 1.0)
+    assert last_frame == 0.875
+    assert [flag for flag, _ in faults] == [True, False]
+    t_fault = faults[0][1]
+    # The fault comes at the first empty read more than stall_s after the last frame, not before.
+    empty = cam.calls("read", "none")
+    assert t_fault == next(t for t in empty if t - last_frame > 0.5)
+    assert all(t - last_frame <= 0.5 for t in empty if t < t_fault)
+    assert stream.last_error == "no frame for 0.5 s"
+    # Closed at once, then reopened after each back-off (0.25 s, then the 0.5 s cap) until frames
+    # came again; between those, the stream only polled the open camera.
+    assert cam.calls("close")[0] == t_fault
+    assert [s for s in monotonic.sleeps if s != POLL_S] == [0.25, 0.5]
+    reopened = [t for t in cam.calls("open") if t > t_fault]
+    assert len(reopened) == 2 and reopened[0] == pytest.approx(t_fault + 0.25)
+    # A reopened camera gets stall_s of its own before it is given up again.
+    assert cam.calls("close")[1] - reopened[0] > 0.5
+    assert faults[1][1] > 3.0 and all(f.ts > 3.0 for f in got if f.ts > 1.0)
+
+
+def test_camera_absent_at_start_faults_then_comes_up(monotonic):
+    cam = FakeCamera(0.25, monotonic, ((0.0, "gone"), (1.0, "ok")), end=2.0)
     faults: list[bool] = []
-    stream = CameraStream(cam, 2, faults.append, stall_s=0.2, backoff_s=(0.05, 0.1)).start()
-    try:
-        assert stream.get(2.0) is not None
-        cam.mode = "stalled"
-        t_stall = time.monotonic()
-        assert _wait(lambda: stream.faulted, 2.0)
-        assert time.monotonic() - t_stall >= 0.18  # not before stall_s
-        assert "no frame" in stream.last_error
-        assert _wait(lambda: len([t for t in cam.calls("open") if t > t_stall]) >= 2)
-        cam.mode = "ok"
-        assert _wait(lambda: not stream.faulted)
-        assert faults == [True, False]
-    finally:
-        stream.stop()
-
-
-def test_camera_absent_at_start_faults_then_comes_up():
-    cam = FakeCamera()
-    cam.mode = "gone"
-    faults: list[bool] = []
-    stream = CameraStream(cam, 2, faults.append, backoff_s=(0.05, 0.1)).start()
-    try:
-        assert _wait(lambda: faults == [True])
-        assert stream.get(0.1) is None
-        cam.mode = "ok"
-        assert stream.get(2.0) is not None
-        assert faults == [True, False]
-    finally:
-        stream.stop()
+    stream = CameraStream(
+        cam, 16, faults.append, backoff_s=(0.25, 0.5), clock=monotonic, sleep=monotonic.sleep
+    )
+    got = run_to_end(stream)
+    assert cam.calls("open", "error") == [0.0, 0.25, 0.75]
+    assert monotonic.sleeps == [0.25, 0.5, 0.5]
+    assert cam.calls("open", "ok") == [1.25]
+    assert faults == [True, False]
+    assert [f.ts for f in got] == [1.5, 1.75]  # nothing until the camera came up
 
 
 def _write_video(path, n: int, size=(160, 120), fps=10.0) -> None:
@@ -190,18 +245,33 @@ def test_opencv_video_file_gives_rgb_and_finishes(tmp_path):
     assert [f.index for f in frames] == list(range(12))
 
 
-def test_opencv_file_loops_and_is_paced(tmp_path):
+def test_opencv_file_loops_and_is_paced(tmp_path, monotonic):
     video = tmp_path / "clip.avi"
     _write_video(video, 5)
-    cam = OpenCVCamera(str(video), 640, 480, fps=50.0, loop=True)
+    cam = OpenCVCamera(
+        str(video), 640, 480, fps=50.0, loop=True, clock=monotonic, sleep=monotonic.sleep
+    )
     with cam:
-        t0 = time.monotonic()
         frames = [cam.read() for _ in range(12)]
-        took = time.monotonic() - t0
     assert all(f is not None for f in frames) and not cam.finished
-    assert took >= 11 / 50.0 - 0.02  # 50 fps pacing
+    # 50 fps: the first frame at once, each later one 1/50 s after the one before
+    assert monotonic.sleeps == pytest.approx([1 / 50.0] * 11)
+    assert monotonic.t == pytest.approx(11 / 50.0)
     ts = [f.ts for f in frames]
     assert ts == sorted(ts)
+
+
+def test_pacing_does_not_burst_after_a_slow_reader(tmp_path, monotonic):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cam = FolderCamera(tmp_path, loop=True, fps=4.0, clock=monotonic, sleep=monotonic.sleep)
+    with cam:
+        cam.read()
+        cam.read()  # one period after the first
+        monotonic.advance(1.0)  # the reader was busy for four periods
+        cam.read()  # late: at once
+        cam.read()  # then a full period again, not the missed frames in a burst
+    assert monotonic.sleeps == [0.25, 0.25]
+    assert monotonic.t == 1.5
 
 
 def test_stream_over_a_file_finishes(tmp_path):
@@ -287,3 +357,17 @@ def test_cli_camera_test_on_a_folder(tmp_path, capsys):
     assert main(["-c", str(cfg), "camera-test", "--frames", "6"]) == 0
     out = capsys.readouterr().out
     assert "frames: 6  size: 64x48" in out and "dropped: 0" in out
+
+
+def test_stop_cuts_a_back_off_short():
+    # On the real clock the reader backs off on its stop event: a minute's back-off must not
+    # hold up stop(), whose join would otherwise give up after its timeout.
+    cam = FakeCamera()
+    cam.mode = "gone"
+    faults: list[bool] = []
+    stream = CameraStream(cam, 2, faults.append, backoff_s=(60.0, 60.0)).start()
+    reader = stream._thread
+    assert wait_for(lambda: faults == [True])
+    stream.stop(timeout=30.0)
+    assert reader is not None and not reader.is_alive()
+    assert cam.calls("open", "error") and cam.history[-1][1] == "close"
