@@ -21,6 +21,7 @@ SECTION_NAMES = (
     "ledger",
     "mqtt",
     "daemon",
+    "memory",
 )
 
 
