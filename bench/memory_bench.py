@@ -283,14 +283,18 @@ def report(res: dict) -> str:
         "  seconds  decisions  RSS MB",
     ]
     lines += [f"  {s:7.0f}  {d:9d}  {r:6.1f}" for s, d, r in res["samples"]]
+    warm = res["warmup_decisions"]
+    after = res["rss_mb_after_warmup"]
     lines.append(
-        f"RSS {res['rss_mb_start']} MB at READY, {res['rss_mb_after_warmup']} MB after "
-        f"{res['warmup_decisions']} decisions (warm-up), {res['rss_mb_end']} MB at the end"
+        f"RSS {res['rss_mb_start']} MB at READY, "
+        + (f"{after} MB after {warm} decisions (warm-up), " if after else "warm-up not over, ")
+        + f"{res['rss_mb_end']} MB at the end"
     )
-    lines.append(
-        f"slope after warm-up: {res['slope_kb_per_1000']} kB per 1,000 decisions; "
-        f"{res['slope_kb_per_1000_second_half']} in its second half"
-    )
+    if res["slope_kb_per_1000"] is not None:
+        lines.append(
+            f"slope after warm-up: {res['slope_kb_per_1000']} kB per 1,000 decisions; "
+            f"{res['slope_kb_per_1000_second_half']} in its second half"
+        )
     lines.append(f"verdict: {res['verdict']} (flat: < {res['flat_below_kb_per_1000']:g} kB/1,000)")
     return "\n".join(lines)
 

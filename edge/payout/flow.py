@@ -90,11 +90,6 @@ class BundleView:
         self._provider = provider
         self.active = ActiveBundle(None, Gallery())
 
-    @property
-    def bundle(self) -> Bundle | None:
-        """The bundle of the last refresh."""
-        return self.active.bundle
-
     def refresh(self) -> ActiveBundle:
         """Ask the provider for the bundle to use now; rebuild the gallery if it changed."""
         bundle = self._provider()
@@ -121,8 +116,8 @@ class _Claim:
 @dataclass
 class _Capture:
     deadline: float
-    # The bundle is the one the capture started with: a bundle installed meanwhile applies from
-    # the next claim on, so a capture never mixes two bundles' households and templates.
+    # The claim holds the bundle the capture started with: a bundle installed (or expired)
+    # meanwhile applies from the next claim on, so a capture never mixes two bundles.
     claim: _Claim
     embeddings: list[np.ndarray] = field(default_factory=list)
     faces_seen: int = 0
