@@ -27,6 +27,7 @@ SECTION_NAMES = (
     "ledger",
     "mqtt",
     "daemon",
+    "memory",
 )
 
 

@@ -35,7 +35,7 @@ READY_TIMEOUT_S = 60.0
 def _frames(ctx: Context, folder: Path, n: int = 6) -> None:
     """A few camera-sized frames: the test photos letterboxed into 640x480."""
     folder.mkdir(parents=True)
-    photos = ctx.photos
+    photos = ctx.need_photos()
     picks = [p for p in photos.photos if photos.source[p] in ("facerec", "celeb5")][
         :n
     ] or photos.photos[:n]
@@ -72,8 +72,9 @@ def _config(
     )
 
 
-def _status_kb(pid: int) -> dict[str, int]:
-    out = {}
+def status_kb(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon and RssFile of a process, in kB (empty once it is gone)."""
+    out: dict[str, int] = {}
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -230,63 +231,25 @@ def _run_daemon(ctx: Context, mode: str, profiles: bool) -> dict:
     listener = None
     try:
         _frames(ctx, work / "frames")
-        cfg = work / "config.toml"
         from edge.config import load_config
 
         models_dir = Path(ctx.opts.models_dir or load_config(ctx.opts.config).models.dir)
-        _config(cfg, work / "state", work / "frames", models_dir, mode)
-        sock_path = work / "notify.sock"
-        sock.bind(str(sock_path))
-        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONUNBUFFERED="1")
+        _config(work / "config.toml", work / "state", work / "frames", models_dir, mode)
+        sock.bind(str(work / "notify.sock"))
         log_path = work / "daemon.log"
         t0 = time.monotonic()
-        with log_path.open("wb") as log_fh:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edge", "--config", str(cfg), "run", "--keep-running"],
-                cwd=ROOT,
-                env=env,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-            )
+        proc = launch(work / "config.toml", work / "notify.sock", log_path)
         # Read the socket all the time, as systemd does: a unix datagram queue holds only
         # net.unix.max_dgram_qlen (often 10) messages, and a full one blocks the sender.
-        listener = _Listener(sock, t0)
+        listener = Listener(sock, t0)
         listener.start()
-        while not listener.ready.is_set() and proc.poll() is None:
-            if time.monotonic() - t0 > READY_TIMEOUT_S:
-                break
-            listener.ready.wait(0.2)
-        ready_s = listener.ready_s
-        if ready_s is None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            code = proc.poll()
-            when = f"exited ({code}) before READY" if code is not None else "no READY=1 in time"
-            raise RuntimeError(f"{when}: " + " | ".join(tail))
+        ready_s = await_ready(proc, listener, log_path, t0)
         cpu_at_ready = _cpu_s(proc.pid)
-        samples = []
-        end = time.monotonic() + settle
-        while time.monotonic() < end and proc.poll() is None:
-            time.sleep(0.5)
-            samples.append(_status_kb(proc.pid))
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(
-                f"daemon exited ({proc.returncode}) after READY: " + " | ".join(tail)
-            )
-        steady = samples[-1]
+        steady = _settle(proc, settle, log_path)
         mem_map = memory_map(proc.pid)
         cpu_steady = _cpu_s(proc.pid)
-        t_stop = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-            stop_s = round(time.monotonic() - t_stop, 3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            stop_s = None
+        stop_s = stop_daemon(proc)
         listener.stop()
-        messages = listener.messages
         result = {
             "status": "ok",
             "flow_mode": mode,
@@ -302,7 +265,7 @@ def _run_daemon(ctx: Context, mode: str, profiles: bool) -> dict:
             else None,
             "stop_s": stop_s,
             "exit_code": proc.returncode,
-            "notify": _states(messages),
+            "notify": _states(listener.messages),
             "rss_by_mapping_mb": mem_map,
         }
         if profiles:
@@ -319,7 +282,62 @@ def _run_daemon(ctx: Context, mode: str, profiles: bool) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-class _Listener(threading.Thread):
+def launch(config: Path, notify: Path, log_path: Path) -> subprocess.Popen:
+    """`edge run --keep-running` on ``config``, notifying ``notify``, output to ``log_path``."""
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), PYTHONUNBUFFERED="1")
+    with log_path.open("wb") as log_fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", "--config", str(config), "run", "--keep-running"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def tail(log_path: Path) -> str:
+    return " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-5:])
+
+
+def await_ready(proc: subprocess.Popen, listener: Listener, log_path: Path, t0: float) -> float:
+    """Seconds from launch to READY=1; RuntimeError with the log's tail if it never comes."""
+    while not listener.ready.is_set() and proc.poll() is None:
+        if time.monotonic() - t0 > READY_TIMEOUT_S:
+            break
+        listener.ready.wait(0.2)
+    if listener.ready_s is None:
+        code = proc.poll()
+        when = f"exited ({code}) before READY" if code is not None else "no READY=1 in time"
+        raise RuntimeError(f"{when}: " + tail(log_path))
+    return listener.ready_s
+
+
+def _settle(proc: subprocess.Popen, settle: float, log_path: Path) -> dict[str, int]:
+    """Let frames flow for ``settle`` seconds; the last /proc status reading."""
+    samples = []
+    end = time.monotonic() + settle
+    while time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.5)
+        samples.append(status_kb(proc.pid))
+    if proc.poll() is not None:
+        raise RuntimeError(f"daemon exited ({proc.returncode}) after READY: " + tail(log_path))
+    return samples[-1]
+
+
+def stop_daemon(proc: subprocess.Popen) -> float | None:
+    """SIGTERM, then seconds until the daemon exited (None if it had to be killed)."""
+    t_stop = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+        return round(time.monotonic() - t_stop, 3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+class Listener(threading.Thread):
     """Drains the notify socket; notes when READY=1 arrives."""
 
     def __init__(self, sock: socket.socket, t0: float) -> None:

@@ -21,6 +21,7 @@ from bench import (
     facerec,
     ledger_bench,
     matcher_bench,
+    memory_bench,
     models_bench,
     pipeline_bench,
     qr_bench,
@@ -57,6 +58,7 @@ SECTIONS = (
     ("ledger", ledger_bench.run, "durable ledger commits per second"),
     ("mqtt", _mqtt, "events per second through MQTT"),
     ("daemon", daemon_bench.run, "start to READY and steady RSS of `edge run`"),
+    ("memory", memory_bench.run, "RSS of `edge run` against decisions: flat or not"),
 )
 assert tuple(s[0] for s in SECTIONS) == SECTION_NAMES, "bench.common.SECTION_NAMES is stale"
 

@@ -1,7 +1,10 @@
 """Wiring: build every part from the config, run the frame loop, stop cleanly.
 
-No decisions are taken here: `edge.payout.flow` decides and records, the devices signal and print,
-the reporter drains the ledger outbox. This module only connects them and keeps time.
+No decisions and no policies live here: `edge.payout.flow` decides and records,
+`edge.devices.signals.Indicator` chooses what the LED shows, `edge.ops.health.ClockPause`
+pauses payouts on an untrusted clock, `edge.mqtt.commands.terminal_actions` holds the remote
+commands, `edge.payout.receipts` prints, the reporter drains the ledger outbox. This module only
+connects them and keeps time.
 """
 
 from __future__ import annotations
@@ -10,41 +13,48 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config
 from edge.devices.camera import open_camera
 from edge.devices.camera_stream import CameraStream
 from edge.devices.printer import make_printer
-from edge.devices.signals import make_signals
+from edge.devices.signals import Indicator, make_signals
 from edge.enrolment.store import BundleStore
 from edge.keys import DeviceIdentity, load_central_public_pem
 from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
-from edge.payout.flow import Decision, Outcome, PayoutFlow
+from edge.payout.flow import Decision, PayoutFlow
 from edge.payout.receipts import ReceiptDesk
+from edge.ports import CropSink, Liveness, Printer, Signals
 from edge.vision.pipeline import FaceEngine, embedder_name
+
+if TYPE_CHECKING:
+    from edge.mqtt.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
-PATTERNS = {
-    Outcome.ACCEPTED: "accepted",
-    Outcome.ALREADY_PAID: "already_paid",
-    Outcome.SPOOF: "spoof",
-}
 PENDING_RETRY_S = 10.0
-OUTCOME_HOLD_S = 3.0  # an outcome's LED stays this long (or the cool-down) before idle again
+STATUS_EVERY_S = 5.0
+
+DecisionListener = Callable[[Decision], None]
 
 
 class App:
-    """The terminal daemon."""
+    """The terminal daemon.
+
+    ``on_decision(listener)`` subscribes to every decision after it was signalled, printed
+    and handed to the reporter (tests and the demo listen; the daemon keeps only a count).
+    """
 
     def __init__(self, cfg: Config, *, exit_at_end: bool = True, pin_factory: Any = None) -> None:
         self.cfg = cfg
         self.exit_at_end = exit_at_end
         self.stop_event = threading.Event()
-        self.decisions: list[Decision] = []
+        self.decided = 0
+        self._listeners: list[DecisionListener] = []
         state = cfg.state_path
         state.mkdir(parents=True, exist_ok=True)
         # Models first: a missing or corrupt model must stop start-up before anything else opens.
@@ -53,25 +63,22 @@ class App:
             needed += ["pad_v2", "pad_v1se"]
         self.store = ModelStore.load(cfg.models.dir, required=needed)
         self.engine = FaceEngine(self.store, cfg)
-        self.liveness = self._make_liveness()
         self.identity = DeviceIdentity.load_or_create(state / "keys")
         self.ledger = Ledger(
             state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
         )
-        central = load_central_public_pem(cfg.bundle.central_public_key)
-        if central is None:
-            log.warning("no central public key configured: enrolment bundles cannot be verified")
-        self.bundles = BundleStore(
-            state,
-            central or b"",
-            self.identity,
-            self.engine.model_id,
-            self.engine.model_sha256,
-            device_id=cfg.device.id,
+        self.bundles = self._make_bundle_store()
+        self.flow = PayoutFlow(
+            cfg,
+            self.engine,
+            self.bundles.current,
+            self.ledger,
+            self._make_liveness(),
+            crops=self._make_crop_sink(),
         )
-        self.flow = PayoutFlow(cfg, self.engine, self.bundles.current, self.ledger, self.liveness)
-        self.signals = make_signals(cfg.signals, pin_factory=pin_factory)
-        self.printer = make_printer(cfg.printer, state)
+        self.signals: Signals = make_signals(cfg.signals, pin_factory=pin_factory)
+        self.indicator = Indicator(self.signals, cooldown_s=self._cooldown_s)
+        self.printer: Printer = make_printer(cfg.printer, state)
         self.desk = ReceiptDesk(cfg, self.printer, self.ledger, self._masked_name)
         self.stream = CameraStream(
             open_camera(cfg.camera),
@@ -80,13 +87,12 @@ class App:
             stall_s=cfg.camera.stall_s,
         )
         self.reporter = self._make_reporter()
-        self.clock_guard = health.ClockGuard(cfg.state_path, cfg.device.max_clock_skew_s)
-        self.started_at = time.monotonic()
-        self._decided_at = -1e9
+        self.clock_guard = health.ClockGuard(state, cfg.device.max_clock_skew_s)
+        self.clock_pause = health.ClockPause(self.clock_guard, self.flow)
 
     # -- construction helpers ----------------------------------------------------------------
 
-    def _make_liveness(self) -> Any:
+    def _make_liveness(self) -> Liveness | None:
         if not self.cfg.liveness.enabled:
             log.warning("liveness is off: a photo of a recipient would be accepted")
             return None
@@ -94,41 +100,42 @@ class App:
 
         return LivenessChecker(self.store, self.cfg.liveness, threads=self.cfg.models.threads)
 
-    def _make_reporter(self) -> Any:
+    def _make_bundle_store(self) -> BundleStore:
+        central = load_central_public_pem(self.cfg.bundle.central_public_key)
+        if central is None:
+            log.warning("no central public key configured: enrolment bundles cannot be verified")
+        return BundleStore(
+            self.cfg.state_path,
+            central or b"",
+            self.identity,
+            self.engine.model_id,
+            self.engine.model_sha256,
+            device_id=self.cfg.device.id,
+        )
+
+    def _make_crop_sink(self) -> CropSink | None:
+        if not self.cfg.flow.store_debug_images:
+            return None
+        from edge.payout.debug_crops import DebugCrops
+
+        return DebugCrops(self.cfg.state_path / "debug")
+
+    def _make_reporter(self) -> Reporter | None:
         if not self.cfg.mqtt.enabled:
             log.info("mqtt off: events wait in the ledger outbox")
             return None
-        from edge.mqtt.commands import apply_config_changes, bundle_action
+        from edge.mqtt.commands import terminal_actions
         from edge.mqtt.reporter import Reporter
 
-        actions = {
-            "bundle": bundle_action(self.bundles),
-            "config": lambda args: apply_config_changes(self.cfg, args["set"]),
-            "reprint": lambda args: {"printed": self.desk.reprint(args["event_id"])},
-        }
+        actions = terminal_actions(self.cfg, self.bundles, self.desk)
         return Reporter.from_config(
             self.cfg, self.ledger, self.identity, actions, health_source=self.health
         )
 
-    def health(self) -> dict[str, Any]:
-        """The app's part of the periodic health report."""
-        bundle = self.bundles.current()
-        faults = []
-        if self.stream.faulted:
-            faults.append("camera")
-        if self.desk.faulted:
-            faults.append("printer")
-        if self.flow.paused:
-            faults.append("clock")
-        return {
-            **health.collect(self.cfg, self.clock_guard).as_dict(),
-            "model_id": self.engine.model_id,
-            "bundle_id": bundle.bundle_id if bundle else None,
-            "round_id": bundle.round_id if bundle else None,
-            "faults": faults,
-            "camera_dropped": self.stream.dropped,
-            "decisions": len(self.decisions),
-        }
+    # -- what the parts ask of each other ----------------------------------------------------
+
+    def _cooldown_s(self) -> float:
+        return self.cfg.flow.cooldown_s
 
     def _masked_name(self, household_id: str) -> str | None:
         bundle = self.bundles.current()
@@ -142,81 +149,76 @@ class App:
         if self.reporter is not None:
             self.reporter.publish_health({"reason": "camera fault" if faulted else "camera back"})
 
-    def _signal(self, pattern: str) -> None:
-        # Only transitions: re-showing a blink pattern every frame would restart it.
-        if self.signals.current != pattern:
-            self.signals.show(pattern)
+    def faults(self) -> list[str]:
+        """The parts that stop payouts or receipts now: camera, printer, clock."""
+        found = []
+        if self.stream.faulted:
+            found.append("camera")
+        if self.desk.faulted:
+            found.append("printer")
+        if self.flow.paused:
+            found.append("clock")
+        return found
 
-    def idle_pattern(self) -> str:
-        """What the LED shows between recipients: ready, or why the terminal is degraded."""
-        if self.stream.faulted or self.desk.faulted or self.flow.paused:
-            return "fault"
-        if self.reporter is not None and not self.reporter.connected:
-            return "no_network"
-        return "ready"
+    @property
+    def online(self) -> bool:
+        """False while MQTT is on and the broker is out of reach."""
+        return self.reporter is None or self.reporter.connected
 
-    def _refresh_signal(self) -> None:
-        held = time.monotonic() - self._decided_at < max(self.cfg.flow.cooldown_s, OUTCOME_HOLD_S)
-        if self.flow.busy:
-            self._signal("busy")
-        elif not held:
-            self._signal(self.idle_pattern())
-
-    # -- loop --------------------------------------------------------------------------------
-
-    def handle(self, decision: Decision) -> None:
-        """After the ledger commit: signal, print, report."""
-        self.decisions.append(decision)
-        self._decided_at = time.monotonic()
-        # show(), not _signal(): two refusals in a row must both beep
-        self.signals.show(PATTERNS.get(decision.outcome, "refused"))
-        self.desk.handle(decision.event)
-        if self.flow.debug_crop is not None:
-            self._store_debug_crop(decision.event["event_id"], self.flow.debug_crop)
-            self.flow.debug_crop = None
-        if self.reporter is not None:
-            self.reporter.wake()
-
-    def _store_debug_crop(self, event_id: str, crop) -> None:
-        import cv2
-
-        folder = self.cfg.state_path / "debug"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        path = folder / f"{event_id}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        path.chmod(0o600)
-        log.info("debug face crop kept for event %s (flow.store_debug_images is on)", event_id)
+    def health(self) -> dict[str, Any]:
+        """The app's part of the periodic health report."""
+        bundle = self.bundles.current()
+        return {
+            **health.collect(self.cfg, self.clock_guard).as_dict(),
+            "model_id": self.engine.model_id,
+            "bundle_id": bundle.bundle_id if bundle else None,
+            "round_id": bundle.round_id if bundle else None,
+            "faults": self.faults(),
+            "camera_dropped": self.stream.dropped,
+            "decisions": self.decided,
+        }
 
     def status_line(self) -> str:
         bundle = self.bundles.current()
         return (
-            f"{self.flow.state} decisions={len(self.decisions)} "
+            f"{self.flow.state} decisions={self.decided} "
             f"outbox={self.ledger.outbox_depth()} bundle={bundle.bundle_id if bundle else '-'}"
         )
 
-    def check_clock(self) -> None:
-        """Pause claims while the wall clock cannot be trusted for signing; resume when it can."""
-        reading = self.clock_guard.check()
-        paused = None if reading.ok else reading.reason
-        if paused != self.flow.paused:
-            if paused:
-                log.error("clock not trusted, payouts paused: %s", paused)
-            else:
-                log.info("clock trusted again, payouts resumed")
-            self.flow.paused = paused
+    # -- loop --------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Run until stopped (SIGTERM/SIGINT) or, for a file source, until it ends."""
+    def on_decision(self, listener: DecisionListener) -> None:
+        """Call ``listener(decision)`` after each decision has been handled."""
+        self._listeners.append(listener)
+
+    def handle(self, decision: Decision) -> None:
+        """After the ledger commit: signal, print, report, tell the listeners."""
+        self.decided += 1
+        self.indicator.outcome(decision.outcome)
+        self.desk.handle(decision.event)
+        if self.reporter is not None:
+            self.reporter.wake()
+        for listener in self._listeners:
+            listener(decision)
+
+    def _refresh_signal(self) -> None:
+        self.indicator.refresh(busy=self.flow.busy, faults=self.faults(), online=self.online)
+
+    def _start(self) -> None:
         self._install_signal_handlers()
         self.stream.start()
         if self.reporter is not None:
             self.reporter.start()
-        self.check_clock()
+        self.clock_pause.check()
         self.desk.retry_pending()
-        self._signal(self.idle_pattern())
+        self._refresh_signal()
         sdnotify.ready()
         sdnotify.status(self.status_line())
-        log.info("ready in %.2f s", time.monotonic() - self.started_at)
+        log.info("ready in %.2f s (since the process started)", sdnotify.process_age_s())
+
+    def run(self) -> int:
+        """Run until stopped (SIGTERM/SIGINT) or, for a file source, until it ends."""
+        self._start()
         last_retry = last_status = last_ping = time.monotonic()
         interval = sdnotify.watchdog_interval()
         ping_every = interval / 2 if interval else 1.0
@@ -237,9 +239,8 @@ class App:
                 if now - last_ping >= ping_every:
                     sdnotify.watchdog()
                     last_ping = now
-                if now - last_status >= 5.0:
-                    if not self.flow.busy:
-                        self.check_clock()
+                if now - last_status >= STATUS_EVERY_S:
+                    self.clock_pause.check()
                     sdnotify.status(self.status_line())
                     last_status = now
                 if self.desk.faulted and now - last_retry >= PENDING_RETRY_S:
@@ -265,4 +266,4 @@ class App:
         self.printer.close()
         depth = self.ledger.outbox_depth()
         self.ledger.close()
-        log.info("stopped: %d decision(s), outbox depth %d", len(self.decisions), depth)
+        log.info("stopped: %d decision(s), outbox depth %d", self.decided, depth)

@@ -129,20 +129,27 @@ def template(engine: FaceEngine, images: list[np.ndarray]) -> np.ndarray:
     return engine.fuse(vectors)
 
 
-class DemoApp(App):
-    """The real daemon, printing what staff would see and hear."""
+class StaffView:
+    """Listens to the daemon's decisions and prints what staff would see and hear."""
 
-    def handle(self, decision: Decision) -> None:
-        super().handle(decision)
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.decisions: list[Decision] = []
+        app.on_decision(self)
+
+    def __call__(self, decision: Decision) -> None:
+        self.decisions.append(decision)
         hid = mask_id(decision.household_id) if decision.household_id else "-"
         figures = f"score {decision.score}" if decision.score is not None else ""
         if decision.liveness is not None:
             figures += f"  liveness {decision.liveness}"
         print(f"\n  >> {decision.outcome.upper():<15} household {hid}  {figures}")
-        print(f"     reason: {decision.reason};  LED/buzzer pattern: {self.signals.history[-1]}")
-        if decision.outcome == "accepted" and self.desk.last_receipt is not None:
+        pattern = self.app.signals.current
+        print(f"     reason: {decision.reason};  LED/buzzer pattern: {pattern}")
+        receipt = self.app.desk.last_receipt
+        if decision.outcome == "accepted" and receipt is not None:
             print("     receipt:")
-            for line in render_text(self.desk.last_receipt).splitlines():
+            for line in render_text(receipt).splitlines():
                 print("       | " + line)
 
 
@@ -156,17 +163,20 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
     photos = {ASTRONAUT_HH: astronaut()}
     # Without ../shared the second household has no usable enrolment photo (its recipient would
     # have to re-enrol): a claim on its letter can match nobody in it.
-    people = {ASTRONAUT_HH: [photos[ASTRONAUT_HH]], SECOND_HH: []}
+    people: dict[str, list[np.ndarray | None]] = {
+        ASTRONAUT_HH: [photos[ASTRONAUT_HH]],
+        SECOND_HH: [],
+    }
     if with_shared:
-        people[SECOND_HH] = [p for p in [shared_photo("facerec__obama/obama.jpg")] if p is not None]
+        people[SECOND_HH] = [shared_photo("facerec__obama/obama.jpg")]
         # The live recipient is enrolled from a portrait plus two early frames of the clip; the
         # demo then verifies on later frames of the same clip.
         people[VIDEO_HH] = [shared_photo("facerec__lin_manuel_miranda/lin-manuel-miranda.png")]
         people[VIDEO_HH] += video_frames(90, 100, 10)
         people[STILL_HH] = [shared_photo(STILL_PHOTO)]
-        people = {hid: [p for p in imgs if p is not None] for hid, imgs in people.items()}
     households, labels, vectors = [], [], []
-    for i, (hid, images) in enumerate(people.items()):
+    for i, (hid, found) in enumerate(people.items()):
+        images = [p for p in found if p is not None]
         households.append(
             Household(
                 household_id=hid,
@@ -229,15 +239,19 @@ def video_script(folder: Path) -> None:
         s.shot(frame, 1)
     s.pause(3)
     s.shot(qr_frame(encode_claim(STILL_HH, ROUND)), 4)
-    s.shot(shared_photo(STILL_PHOTO), 40)  # a printed photo held still in front of the camera
+    still = shared_photo(STILL_PHOTO)
+    if still is not None:
+        s.shot(still, 40)  # a printed photo held still in front of the camera
     s.pause(2)
 
 
-def demo_config(state: Path, frames: Path, *, liveness: bool, models_dir: str | None = None):
+def demo_config(
+    state: Path, frames: Path, *, liveness: bool, models_dir: str | Path | None = None
+) -> Config:
     """The embedded defaults, pointed at a pilot's state and a scripted camera folder."""
     cfg = Config()
     if models_dir:
-        cfg.models.dir = models_dir
+        cfg.models.dir = Path(models_dir)
     cfg.device.state_dir = state
     cfg.bundle.central_public_key = state / "keys" / "central_public.pem"
     cfg.camera.kind, cfg.camera.source, cfg.camera.fps = "folder", str(frames), FPS
@@ -250,9 +264,10 @@ def demo_config(state: Path, frames: Path, *, liveness: bool, models_dir: str | 
 
 def run_part(title: str, state: Path, frames: Path, liveness: bool) -> list[Decision]:
     print(f"\n=== {title} ===")
-    app = DemoApp(demo_config(state, frames, liveness=liveness))
+    app = App(demo_config(state, frames, liveness=liveness))
+    view = StaffView(app)
     app.run()
-    return app.decisions
+    return view.decisions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@ pins and a printer writing real ESC/POS bytes to a file. This is what `make run`
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import pytest
 
 from edge import demo
@@ -12,9 +15,19 @@ from edge.events import verify_receipt_payload
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
 from edge.ledger.store import Ledger
+from edge.ops import sdnotify
 from tests.escpos_decode import decode
 
 pytestmark = pytest.mark.slow
+
+
+def run_app(cfg) -> SimpleNamespace:
+    """Run the daemon over its scripted camera; the decisions as a listener saw them."""
+    app = demo.App(cfg)
+    decisions: list = []
+    app.on_decision(decisions.append)
+    app.run()
+    return SimpleNamespace(app=app, decisions=decisions, state=cfg.state_path)
 
 
 @pytest.fixture(scope="module")
@@ -24,25 +37,23 @@ def photo_run(tmp_path_factory, engine, models_dir):
     demo.photo_script(root / "frames", photos)
     cfg = demo.demo_config(state, root / "frames", liveness=False, models_dir=str(models_dir))
     cfg.printer.refusal_slip = True
-    app = demo.App(cfg)
-    app.run()
-    return app, state
+    return run_app(cfg)
 
 
 def test_decisions_of_the_photo_script(photo_run):
-    app, _ = photo_run
-    assert [str(d.outcome) for d in app.decisions] == [
+    assert [str(d.outcome) for d in photo_run.decisions] == [
         "accepted",
         "already_paid",
         "duplicate_face",
         "bad_qr",
         "wrong_round",
     ]
-    assert app.decisions[0].score >= app.cfg.vision.match_threshold
+    assert photo_run.decisions[0].score >= photo_run.app.cfg.vision.match_threshold
+    assert photo_run.app.decided == 5
 
 
 def test_ledger_has_one_payout_and_verifies(photo_run):
-    app, state = photo_run
+    app, state = photo_run.app, photo_run.state
     identity = DeviceIdentity.load_or_create(state / "keys")
     with Ledger(state / "ledger.sqlite", identity, app.cfg.device.id, "3171") as ledger:
         events = list(ledger.events())
@@ -54,12 +65,12 @@ def test_ledger_has_one_payout_and_verifies(photo_run):
 
 
 def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run):
-    app, state = photo_run
+    state = photo_run.state
     printed = decode((state / "receipts.bin").read_bytes())
     assert len(printed.qr) == 1  # one payout receipt; refusal slips carry no QR
     identity = DeviceIdentity.load_or_create(state / "keys")
     record = verify_receipt_payload(printed.qr[0], identity.device_public_pem())
-    accepted = app.decisions[0].event
+    accepted = photo_run.decisions[0].event
     assert record["event_id"] == accepted["event_id"]
     text = "\n".join(printed.texts)
     assert "Rp 300.000" in text
@@ -69,8 +80,9 @@ def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run):
 
 
 def test_no_face_image_is_stored_by_default(photo_run):
-    _, state = photo_run
-    images = [p for p in state.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}]
+    images = [
+        p for p in photo_run.state.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
+    ]
     assert images == []
 
 
@@ -81,16 +93,27 @@ def test_debug_option_keeps_the_aligned_crop(tmp_path, engine, models_dir):
     script.shot(photos[demo.ASTRONAUT_HH], 8)
     cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
     cfg.flow.store_debug_images = True
-    app = demo.App(cfg)
-    app.run()
-    [decision] = app.decisions
+    [decision] = run_app(cfg).decisions
     crop = state / "debug" / f"{decision.event['event_id']}.png"
     assert crop.is_file() and crop.stat().st_mode & 0o777 == 0o600
 
 
+def test_ready_line_tells_the_time_since_the_process_started(tmp_path, models_dir, caplog):
+    """Start-up counts from the process start (as systemd does), not from the end of start-up."""
+    cfg = demo.demo_config(tmp_path / "state", tmp_path / "frames", liveness=False)
+    cfg.models.dir = str(models_dir)
+    cfg.bundle.central_public_key = None  # no pilot was built: nothing to verify bundles with
+    demo.FrameScript(tmp_path / "frames").pause(0.2)
+    before = sdnotify.process_age_s()
+    with caplog.at_level("INFO", logger="edge.app"):
+        run_app(cfg)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ready in")]
+    reported = float(re.match(r"ready in ([0-9.]+) s", line).group(1))
+    assert reported >= round(before, 2)
+
+
 def test_signals_followed_each_decision(photo_run):
-    app, _ = photo_run
-    shown = app.signals.history
+    shown = photo_run.app.signals.history
     assert shown[0] == "ready" and shown[-1] == "off"
     for pattern in ("accepted", "already_paid", "refused", "busy"):
         assert pattern in shown
@@ -114,9 +137,10 @@ def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
     app.clock_guard.trust(time.time() + 3600)
     record = json.loads(app.clock_guard.path.read_text())
     assert record["wall"] > time.time()
-    app.check_clock()
+    app.clock_pause.check()
     assert app.flow.paused and "clock" in app.flow.paused
-    assert app.idle_pattern() == "fault"
+    app._refresh_signal()
+    assert app.signals.current == "fault"
     assert "clock" in app.health()["faults"]
     app.close()
 
@@ -156,10 +180,9 @@ def test_live_video_accepted_and_held_up_photo_refused(
     state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=True)
     demo.video_script(tmp_path / "frames")
     cfg = demo.demo_config(state, tmp_path / "frames", liveness=True, models_dir=str(models_dir))
-    app = demo.App(cfg)
-    app.run()
-    assert [str(d.outcome) for d in app.decisions] == ["accepted", "spoof"]
-    live, still = app.decisions
+    run = run_app(cfg)
+    assert [str(d.outcome) for d in run.decisions] == ["accepted", "spoof"]
+    live, still = run.decisions
     assert live.household_id == demo.VIDEO_HH and live.liveness >= cfg.liveness.threshold
     assert still.household_id == demo.STILL_HH and still.liveness < cfg.liveness.threshold
-    assert "spoof" in app.signals.history
+    assert "spoof" in run.app.signals.history

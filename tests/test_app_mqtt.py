@@ -5,18 +5,61 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
-from edge.config import MqttConfig
+from edge.config import Config, MqttConfig
+from edge.errors import BundleError, CommandRefused
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
+from edge.mqtt.commands import terminal_actions
 
-pytestmark = pytest.mark.slow
+
+class FakeDesk:
+    """Remembers which receipts it was asked to reprint; only event "e-1" exists."""
+
+    def __init__(self) -> None:
+        self.reprinted: list[str] = []
+
+    def reprint(self, event_id: str) -> bool:
+        self.reprinted.append(event_id)
+        return event_id == "e-1"
 
 
+class FakeBundles:
+    """Installs any blob except b"bad"."""
+
+    def __init__(self) -> None:
+        self.installed: list[bytes] = []
+
+    def install(self, blob: bytes):
+        if blob == b"bad":
+            raise BundleError("signature does not verify")
+        self.installed.append(blob)
+        return SimpleNamespace(bundle_id="b-2", round_id="2026-12", households={"h": None})
+
+
+def test_terminal_actions_reprint_by_event_id_configure_and_install():
+    cfg, desk, bundles = Config(), FakeDesk(), FakeBundles()
+    actions = terminal_actions(cfg, bundles, desk)
+    assert set(actions) == {"bundle", "config", "reprint"}
+    assert actions["reprint"]({"event_id": "e-1"}) == {"printed": True}
+    assert actions["reprint"]({"event_id": "e-404"}) == {"printed": False}
+    assert desk.reprinted == ["e-1", "e-404"]
+    changed = actions["config"]({"set": {"flow.cooldown_s": 9.0}})
+    assert changed == {"changed": {"flow.cooldown_s": [5.0, 9.0]}} and cfg.flow.cooldown_s == 9.0
+    with pytest.raises(CommandRefused):
+        actions["config"]({"set": {"device.id": "someone-else"}})
+    assert actions["bundle"]({"blob": b"ok"})["bundle_id"] == "b-2"
+    with pytest.raises(CommandRefused, match="bundle refused"):
+        actions["bundle"]({"blob": b"bad"})
+    assert bundles.installed == [b"ok"]
+
+
+@pytest.mark.slow
 def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_dir):
     state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
     demo.photo_script(tmp_path / "frames", photos)
@@ -50,6 +93,7 @@ def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_di
     spy.close()
 
 
+@pytest.mark.slow
 def test_camera_fault_is_signalled_and_reported(tmp_path: Path, broker, engine, models_dir):
     """A camera that is not there: the LED says fault and central hears of it at once."""
     state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)

@@ -18,6 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory_bench import (  # noqa: E402
+    WARMUP_DECISIONS,
+    Sample,
+    analyse,
+    slope_kb_per_1000,
+    thin,
+)
 from bench.stats import FAILED_SCORE, pair_scores, summarise_ms, verification_rates  # noqa: E402
 from bench.suite import BUDGETS, SECTION_NAMES  # noqa: E402
 
@@ -46,6 +53,31 @@ def test_failed_photo_is_a_failed_comparison_not_a_skip():
     # face_recognition distances: smaller is closer, so the score is the negated distance.
     g2, _ = pair_scores([("x", "y", 1)], vectors, metric="neg_l2")
     assert g2 == [-0.0]
+
+
+def _run(rss_kb, step: int = 100) -> list[Sample]:
+    """One sample per ``step`` decisions, RSS given per sample."""
+    return [Sample(float(i), i * step, int(kb)) for i, kb in enumerate(rss_kb)]
+
+
+def test_memory_slope_and_verdict():
+    # 3,000 decisions: a warm-up that grows 2 MB, then flat within a few kB of noise.
+    warm = [150_000 + i * 100 for i in range(21)]
+    flat = [152_000 + (7 if i % 2 else -7) for i in range(10)]
+    run = analyse(_run(warm + flat))
+    assert run["decisions"] == 3000 and run["warmup_decisions"] == WARMUP_DECISIONS
+    assert abs(run["slope_kb_per_1000"]) < 10 and run["verdict"] == "flat"
+    assert run["rss_mb_start"] == round(150_000 / 1024, 1)
+    # The old daemon: 2.4 kB more per decision, without end.
+    creep = analyse(_run([150_000 + i * 240 for i in range(31)]))
+    assert creep["slope_kb_per_1000_second_half"] == 2400.0 and creep["verdict"] == "not flat"
+    # Too short to get past the warm-up: no verdict either way.
+    assert analyse(_run([150_000] * 10))["verdict"].startswith("too few decisions")
+    assert analyse([])["verdict"] == "no samples"
+    assert slope_kb_per_1000(_run([1, 2])) is None
+    assert slope_kb_per_1000([Sample(0.0, 5, 1), Sample(1.0, 5, 2), Sample(2.0, 5, 3)]) is None
+    rows = thin(_run(range(100)), rows=12)
+    assert len(rows) <= 13 and rows[0][1] == 0 and rows[-1][1] == 9900
 
 
 def test_summary_of_no_samples_and_of_samples():
@@ -148,3 +180,7 @@ def _check_optional_sections(sections: dict) -> None:
     if importlib.util.find_spec("edge.app") and sections["daemon"]["status"] == "ok":
         assert _has_figure(sections["daemon"], "ready_s")
         assert _has_figure(sections["daemon"], "rss_mb")
+    memory = sections["memory"]
+    assert memory["status"] == "ok", memory.get("reason")
+    assert memory["decisions"] > 0 and _has_figure(memory, "rss_mb_end")
+    assert memory["samples"] and memory["verdict"]  # quick: too short for flat or not

@@ -7,6 +7,7 @@ test_app.py on real photos.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,12 +16,17 @@ import numpy as np
 import pytest
 
 from edge.config import Config
+from edge.enrolment.bundle import Bundle, Household, Member
 from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
 from edge.ledger.store import Ledger
+from edge.ops.health import ClockPause, ClockReading
 from edge.payout.claim import render_claim_png
 from edge.payout.flow import Outcome, PayoutFlow
 from edge.vision.embedder import fuse
+from edge.vision.liveness import LivenessResult
+from edge.vision.pipeline import FaceResult
+from edge.vision.quality import QualityReport
 
 ROUND = "2026-12"
 RNG = np.random.default_rng(7)
@@ -30,9 +36,22 @@ def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
+H1, H2 = "3171000000000001", "3171000000000002"
 # Three people: A and B are recipients of households H1 and H2; C is enrolled nowhere.
 PEOPLE = {k: unit(RNG.normal(size=128)) for k in (10, 20, 30)}
 POOR = 200  # a face is seen but fails the quality gates
+
+
+def face_result(embedding: np.ndarray | None, reasons: tuple[str, ...] = ()) -> FaceResult:
+    """What the real engine returns, with placeholder geometry (the flow never reads it)."""
+    return FaceResult(
+        face=None,
+        quality=QualityReport(ok=embedding is not None, reasons=list(reasons)),
+        aligned=np.zeros((112, 112, 3), np.uint8),
+        embedding=embedding,
+        points=np.zeros((5, 2), np.float32),
+        mesh=None if embedding is None else np.zeros((468, 3), np.float32),
+    )
 
 
 class FakeEngine:
@@ -43,19 +62,14 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls = 0
 
-    def analyse(self, rgb: np.ndarray):
+    def analyse(self, rgb: np.ndarray) -> FaceResult | None:
         self.calls += 1
         code = int(rgb[0, 0, 0])
         if code == POOR:
-            return SimpleNamespace(
-                face=None, quality=SimpleNamespace(ok=False, reasons=["blurred"]), embedding=None
-            )
+            return face_result(None, ("blurred",))
         if code not in PEOPLE:
             return None
-        noisy = unit(PEOPLE[code] + RNG.normal(scale=0.02, size=128))
-        return SimpleNamespace(
-            face=object(), quality=SimpleNamespace(ok=True, reasons=[]), embedding=noisy
-        )
+        return face_result(unit(PEOPLE[code] + RNG.normal(scale=0.02, size=128)))
 
     @staticmethod
     def fuse(vectors):
@@ -67,6 +81,7 @@ class FakeLiveness:
         self.live = live
         self.frames = 0
         self.resets = 0
+        self.meshes = 0  # frames that came with the engine's face mesh
 
     def reset(self) -> None:
         self.frames = 0
@@ -74,14 +89,15 @@ class FakeLiveness:
 
     def update(self, rgb, face, mesh=None) -> None:
         self.frames += 1
+        self.meshes += mesh is not None
 
-    def result(self):
+    def result(self) -> LivenessResult:
         enough = self.frames >= 3
-        return SimpleNamespace(
+        return LivenessResult(
             score=0.9 if self.live and enough else 0.1,
             live=self.live and enough,
-            frames=self.frames,
             signals={} if enough else {"insufficient": 1.0},
+            frames=self.frames,
         )
 
 
@@ -93,28 +109,30 @@ class Clock:
         return self.t
 
 
-def make_bundle(round_id: str = ROUND):
-    households = {
-        hid: SimpleNamespace(
-            household_id=hid,
-            masked_name="S*** A***",
-            regency="3171",
-            amount=300_000,
-            members=[SimpleNamespace(member_id="m1", role="recipient")],
-        )
-        for hid in ("3171000000000001", "3171000000000002")
-    }
-    labels = ["3171000000000001/m1", "3171000000000002/m1"]
-    matrix = np.stack([PEOPLE[10], PEOPLE[20]])
-    return SimpleNamespace(
-        bundle_id="b-test",
+def make_bundle(
+    round_id: str = ROUND, bundle_id: str = "b-test", households: tuple[str, ...] = (H1, H2)
+) -> Bundle:
+    """A verified bundle as the store hands it out (signing is tested in test_bundle.py)."""
+    faces = {H1: PEOPLE[10], H2: PEOPLE[20]}
+    now = datetime.now(UTC)
+    return Bundle(
+        bundle_id=bundle_id,
         round_id=round_id,
-        households=households,
-        templates=lambda: (labels, matrix),
+        point_name="Kantor Pos Uji",
+        regency="3171",
+        issued_at=now,
+        valid_from=now - timedelta(days=1),
+        valid_until=now + timedelta(days=1),
+        model_id=FakeEngine.model_id,
+        model_sha256="0" * 64,
+        device_id="edge-test-0001",
+        households={
+            hid: Household(hid, "S*** A***", "3171", 300_000, [Member("m1", "recipient")])
+            for hid in households
+        },
+        _labels=[f"{hid}/m1" for hid in households],
+        _matrix=np.stack([faces[hid] for hid in households]),
     )
-
-
-H1, H2 = "3171000000000001", "3171000000000002"
 
 
 def face_frame(code: int) -> np.ndarray:
@@ -144,10 +162,16 @@ def rig(tmp_path: Path):
     cfg.liveness.min_frames = 3
     clock = Clock()
     liveness = FakeLiveness()
-    bundle = make_bundle()
-    flow = PayoutFlow(cfg, FakeEngine(), lambda: bundle, ledger, liveness, clock=clock)
+    bundles = SimpleNamespace(current=make_bundle())
+    flow = PayoutFlow(cfg, FakeEngine(), lambda: bundles.current, ledger, liveness, clock=clock)
     rig = SimpleNamespace(
-        flow=flow, ledger=ledger, clock=clock, liveness=liveness, identity=identity, cfg=cfg
+        flow=flow,
+        ledger=ledger,
+        clock=clock,
+        liveness=liveness,
+        identity=identity,
+        cfg=cfg,
+        bundles=bundles,
     )
     yield rig
     ledger.close()
@@ -205,6 +229,7 @@ def test_spoof_is_its_own_outcome(rig, qr_frames):
     assert [d.outcome for d in decisions] == [Outcome.SPOOF]
     assert decisions[0].event["liveness"] == pytest.approx(0.1)
     assert rig.liveness.resets == 1
+    assert rig.liveness.meshes == 3  # the engine's mesh is reused, not recomputed
 
 
 def test_claims_checked_before_any_face(rig, qr_frames):
@@ -264,10 +289,10 @@ def test_identify_mode_finds_the_household(rig):
 
 
 def test_paused_terminal_takes_no_claims(rig, qr_frames):
-    rig.flow.paused = "clock moved +900 s since it was last trusted"
+    rig.flow.pause("clock moved +900 s since it was last trusted")
     assert feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3) == []
     assert rig.ledger.outbox_depth() == 0
-    rig.flow.paused = None
+    rig.flow.pause(None)
     decisions = feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3)
     assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
 
@@ -290,3 +315,99 @@ def test_too_few_frames_for_liveness_is_poor_quality_not_spoof(rig, qr_frames):
     decisions = feed(rig, frames)
     assert [d.outcome for d in decisions] == [Outcome.POOR_QUALITY]
     assert "liveness" in decisions[0].reason
+
+
+def test_bundle_replaced_during_a_capture(rig, qr_frames):
+    """The capture keeps the bundle its claim was checked against; the next claim sees the new
+    one. (It used to re-read the bundle mid-capture and raise KeyError out of on_frame.)"""
+    feed(rig, [qr_frames(H1), face_frame(10)])
+    assert rig.flow.busy
+    rig.bundles.current = make_bundle(bundle_id="b-next", households=(H2,))
+    decisions = feed(rig, [face_frame(10)] * 2)
+    assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
+    assert decisions[0].event["bundle_id"] == "b-test"
+    rig.clock.t += 10
+    later = feed(rig, [qr_frames(H1)])
+    assert [d.outcome for d in later] == [Outcome.NOT_ENTITLED]
+    assert later[0].event["bundle_id"] == "b-next"
+
+
+def test_identify_capture_keeps_its_bundle(rig):
+    rig.cfg.flow.mode = "identify"
+    feed(rig, [face_frame(20)])
+    assert rig.flow.busy
+    rig.bundles.current = make_bundle(bundle_id="b-next", households=(H1,))
+    decisions = feed(rig, [face_frame(20)] * 2)
+    assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
+    assert decisions[0].household_id == H2 and decisions[0].event["bundle_id"] == "b-test"
+
+
+class CropBox:
+    """A CropSink that keeps what it was handed."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[str, np.ndarray]] = []
+
+    def keep(self, event_id: str, crop: np.ndarray) -> None:
+        self.kept.append((event_id, crop))
+
+
+def test_the_crop_of_a_decided_capture_goes_to_the_sink(rig, qr_frames):
+    box = CropBox()
+    rig.flow.crops = box
+    decisions = feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3)
+    rig.clock.t += 10
+    decisions += feed(rig, [qr_frames("3171000000000099")])  # refused before any face
+    assert [d.outcome for d in decisions] == [Outcome.ACCEPTED, Outcome.NOT_ENTITLED]
+    assert [eid for eid, _ in box.kept] == [decisions[0].event["event_id"]]
+    assert box.kept[0][1].shape == (112, 112, 3)
+
+
+def test_no_crop_is_kept_without_a_sink(rig, qr_frames):
+    feed(rig, [qr_frames(H1), face_frame(10)])
+    assert rig.flow._capture.crop is None
+
+
+def test_debug_crops_are_private_files_and_failures_do_not_raise(tmp_path, caplog):
+    from edge.payout.debug_crops import DebugCrops
+
+    crops = DebugCrops(tmp_path / "debug")
+    crops.keep("e-1", np.full((112, 112, 3), 200, np.uint8))
+    path = tmp_path / "debug" / "e-1.png"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "debug").stat().st_mode & 0o777 == 0o700
+    assert cv2.imread(str(path)).shape == (112, 112, 3)
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    DebugCrops(tmp_path / "blocked").keep("e-2", np.zeros((112, 112, 3), np.uint8))
+    assert "not kept" in caplog.text
+
+
+class FakeGuard:
+    """A ClockGuard whose verdict the test sets."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.checks = 0
+
+    def check(self) -> ClockReading:
+        self.checks += 1
+        ok = self.reason is None
+        return ClockReading(ok, 1.8e9, self.reason or "ok", False, None)
+
+
+def test_clock_pause_pauses_between_captures_only(rig, qr_frames):
+    guard = FakeGuard()
+    pause = ClockPause(guard, rig.flow)
+    guard.reason = "clock moved +900 s since it was last trusted"
+    feed(rig, [qr_frames(H1), face_frame(10)])
+    assert pause.check() is None and guard.checks == 0  # a capture is running
+    assert [d.outcome for d in feed(rig, [face_frame(10)] * 2)] == [Outcome.ACCEPTED]
+    assert not pause.check().ok
+    assert rig.flow.paused == guard.reason and pause.reason == guard.reason
+    rig.clock.t += 10
+    assert feed(rig, [qr_frames(H2)] + [face_frame(20)] * 3) == []
+    guard.reason = None
+    assert pause.check().ok and rig.flow.paused is None
+    assert [d.outcome for d in feed(rig, [qr_frames(H2)] + [face_frame(20)] * 3)] == [
+        Outcome.ACCEPTED
+    ]

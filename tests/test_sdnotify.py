@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,6 +121,19 @@ def test_watchdog_interval(monkeypatch):
     assert sdnotify.watchdog_interval() is None
 
 
+def test_process_age_from_the_kernel_start_time():
+    # Field 22 (start time in ticks after boot) follows a command name holding ") (" and spaces.
+    fields = ["S"] + ["0"] * 18 + ["12345"] + ["0"] * 30
+    stat = "4242 (edge (run) x) " + " ".join(fields)
+    assert sdnotify.process_age_s(stat, boottime=150.0, ticks_per_s=100) == pytest.approx(26.55)
+    # The real process: older than this test's own start-up work, and never negative.
+    assert sdnotify.process_age_s() > 0.0
+
+
+def test_process_age_without_proc_is_a_lower_bound():
+    assert sdnotify.process_age_s("garbage", boottime=1.0) >= 0.0
+
+
 def _write_frames(folder: Path, n: int = 4) -> None:
     """A few synthetic frames (no faces needed: the daemon must run and ping regardless)."""
     from PIL import Image
@@ -161,6 +175,7 @@ enabled = false
     fake = FakeSystemd(abstract=True)
     env = dict(os.environ, NOTIFY_SOCKET=fake.address, WATCHDOG_USEC="2000000")
     env.pop("WATCHDOG_PID", None)
+    started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge", "--config", str(cfg), "run"],
         cwd=ROOT,
@@ -174,6 +189,7 @@ enabled = false
             proc.kill()
             out, _ = proc.communicate()
             pytest.fail(f"no READY=1 ({fake.messages}); daemon said:\n{out.decode()[-3000:]}")
+        seen_ready = time.monotonic() - started
         assert fake.wait_for(lambda m: m.startswith("STATUS="), 10), fake.messages
         # WatchdogSec=2 s: pings must come at least once a second or so, more than once.
         assert fake.wait_for(lambda m: "WATCHDOG=1" in m.splitlines(), 5), fake.messages
@@ -186,6 +202,11 @@ enabled = false
         assert fake.wait_for(lambda m: "STOPPING=1" in m.splitlines(), 15), fake.messages
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+        # The ready line counts from the process start, which lies inside what this test saw
+        # (the kernel's start time has 10 ms ticks).
+        said = re.search(rb"ready in ([0-9.]+) s", out)
+        assert said, out.decode(errors="replace")[-2000:]
+        assert 0.0 < float(said.group(1)) <= seen_ready + 0.02
     finally:
         if proc.poll() is None:
             proc.kill()

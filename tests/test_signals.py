@@ -10,7 +10,16 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import SignalsConfig
-from edge.devices.signals import PATTERNS, Signals, make_signals
+from edge.devices.signals import (
+    HISTORY,
+    OUTCOME_HOLD_S,
+    PATTERNS,
+    Indicator,
+    Signals,
+    idle_pattern,
+    make_signals,
+    outcome_pattern,
+)
 from edge.errors import DeviceError
 
 R, G, B, BUZ = 17, 27, 22, 18
@@ -156,3 +165,62 @@ def test_pins_in_use_is_a_device_error(mock_factory):
     with pytest.raises(DeviceError, match="GPIO"):
         make_signals(SignalsConfig(kind="gpiozero", buzzer_pin=5))
     first.close()
+
+
+def test_histories_are_bounded():
+    """A daemon shows patterns for months: neither its history nor mock pins may grow."""
+    s = make_signals(SignalsConfig(kind="mock"))
+    for _ in range(HISTORY):
+        s.show("busy")
+        s.show("ready")
+    assert len(s.history) == HISTORY and s.history[-2:] == ["busy", "ready"]
+    blue = s.led.pin_factory.pin(B)
+    assert 0 < len(blue.states) <= HISTORY
+    s.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_outcome_patterns():
+    assert outcome_pattern("accepted") == "accepted"
+    assert outcome_pattern("already_paid") == "already_paid"
+    assert outcome_pattern("spoof") == "spoof"
+    for refusal in ("no_match", "duplicate_face", "bad_qr", "no_face", "wrong_round"):
+        assert outcome_pattern(refusal) == "refused"
+    assert idle_pattern([], online=True) == "ready"
+    assert idle_pattern([], online=False) == "no_network"
+    assert idle_pattern(["printer"], online=False) == "fault"
+
+
+def test_indicator_holds_an_outcome_then_goes_idle():
+    clock, cooldown = Clock(), [2.0]
+    s = Signals()
+    led = Indicator(s, cooldown_s=lambda: cooldown[0], clock=clock)
+    led.refresh(busy=False, faults=[], online=True)
+    led.refresh(busy=True, faults=[], online=True)
+    led.refresh(busy=True, faults=[], online=True)  # no restart of the blinking
+    led.outcome("no_match")
+    led.outcome("bad_qr")  # a second refusal beeps again
+    clock.t += OUTCOME_HOLD_S - 0.1
+    led.refresh(busy=False, faults=[], online=True)
+    assert s.current == "refused"
+    clock.t += 0.1
+    led.refresh(busy=False, faults=["camera"], online=True)
+    assert s.history == ["ready", "busy", "refused", "refused", "fault"]
+    cooldown[0] = 10.0  # central lengthened the cool-down: the outcome stays as long
+    led.outcome("accepted")
+    clock.t += 9.9
+    led.refresh(busy=False, faults=[], online=False)
+    assert s.current == "accepted"
+    clock.t += 0.1
+    led.refresh(busy=False, faults=[], online=False)
+    assert s.current == "no_network"
+    led.outcome("spoof")
+    led.refresh(busy=True, faults=[], online=True)  # the next recipient's capture
+    assert s.history[-2:] == ["spoof", "busy"]

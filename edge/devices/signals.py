@@ -6,12 +6,19 @@ blinking runs on a small thread, the buzzer uses gpiozero's own background ``bee
 
 kind "gpiozero" drives real pins (lgpio on a Pi 4/5); kind "mock" runs the same code on
 gpiozero's ``MockFactory`` so every path runs on a laptop; kind "log" only keeps a history.
+Histories are bounded (the last ``HISTORY`` patterns or pin changes): the daemon runs for months.
+
+:class:`Indicator` is the policy on top: which pattern an outcome gets, how long it stays, and
+what shows between recipients.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from edge.errors import DeviceError
@@ -60,18 +67,26 @@ PATTERNS: dict[str, Pattern] = {
 }
 
 
+HISTORY = 256  # patterns (and mock pin changes) remembered, for tests, selftest and the demo
+
+
 class Signals:
     """History-only signals (kind "log"); the base of the gpiozero implementation."""
 
     def __init__(self) -> None:
-        self.history: list[str] = []
+        self._recent: deque[str] = deque(maxlen=HISTORY)
         self.current: str | None = None
+
+    @property
+    def history(self) -> list[str]:
+        """The last ``HISTORY`` patterns shown, oldest first."""
+        return list(self._recent)
 
     def show(self, pattern: str) -> None:
         """Switch to ``pattern`` (see ``PATTERNS``); returns at once."""
         if pattern not in PATTERNS:
             raise ValueError(f"unknown signal pattern {pattern!r}")
-        self.history.append(pattern)
+        self._recent.append(pattern)
         self.current = pattern
         log.debug("signal %s", pattern)
         self._play(PATTERNS[pattern])
@@ -179,17 +194,31 @@ class GpioSignals(Signals):
                     log.warning("signals: close failed: %s", exc)
 
 
+def _mock_factory():
+    """A ``MockFactory`` whose pins remember only their last ``HISTORY`` changes.
+
+    gpiozero's mock pins append every change to a list for ever; a blinking LED on a daemon
+    that runs for months would grow without bound.
+    """
+    from gpiozero.pins.mock import MockFactory, MockPin, PinState
+
+    class BoundedMockPin(MockPin):
+        def clear_states(self) -> None:
+            self._last_change = time.monotonic()
+            self.states = deque([PinState(0.0, self._state)], maxlen=HISTORY)
+
+    return MockFactory(pin_class=BoundedMockPin)
+
+
 def make_signals(cfg, pin_factory=None) -> Signals:
     """Build the signals chosen by ``cfg.signals`` (a SignalsConfig).
 
-    ``pin_factory`` overrides gpiozero's; kind "mock" makes a fresh ``MockFactory`` if none.
+    ``pin_factory`` overrides gpiozero's; kind "mock" makes a fresh mock factory if none.
     """
     if cfg.kind == "log":
         return Signals()
     if cfg.kind == "mock" and pin_factory is None:
-        from gpiozero.pins.mock import MockFactory
-
-        pin_factory = MockFactory()
+        pin_factory = _mock_factory()
     return GpioSignals(
         cfg.red_pin,
         cfg.green_pin,
@@ -199,3 +228,59 @@ def make_signals(cfg, pin_factory=None) -> Signals:
         active_high=cfg.active_high,
         pin_factory=pin_factory,
     )
+
+
+# The outcomes with a pattern of their own; every other outcome is a refusal.
+OUTCOME_PATTERNS = {"accepted": "accepted", "already_paid": "already_paid", "spoof": "spoof"}
+OUTCOME_HOLD_S = 3.0  # an outcome's pattern stays at least this long before idle again
+
+
+def outcome_pattern(outcome: str) -> str:
+    """The pattern that tells the recipient and the officer about ``outcome``."""
+    return OUTCOME_PATTERNS.get(str(outcome), "refused")
+
+
+def idle_pattern(faults: Collection[str], online: bool) -> str:
+    """What shows between recipients: ready, or why the terminal is degraded."""
+    if faults:
+        return "fault"
+    if not online:
+        return "no_network"
+    return "ready"
+
+
+class Indicator:
+    """The LED policy of the daemon, over any ``Signals``.
+
+    An outcome is shown at once and held for the cool-down (at least ``OUTCOME_HOLD_S``), so
+    the recipient sees it; then the LED blinks busy during a capture, or shows the idle pattern.
+    ``cooldown_s`` is read at each refresh, since central may change it.
+    """
+
+    def __init__(
+        self,
+        signals: Signals,
+        cooldown_s: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.signals = signals
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._decided_at = -1e9
+
+    def outcome(self, outcome: str) -> None:
+        """Show a decision's pattern, even the same one again: two refusals both beep."""
+        self._decided_at = self._clock()
+        self.signals.show(outcome_pattern(outcome))
+
+    def refresh(self, *, busy: bool, faults: Collection[str], online: bool) -> None:
+        """Follow the terminal's state; called at every turn of the frame loop."""
+        if busy:
+            self._switch("busy")
+        elif self._clock() - self._decided_at >= max(self._cooldown_s(), OUTCOME_HOLD_S):
+            self._switch(idle_pattern(faults, online))
+
+    def _switch(self, pattern: str) -> None:
+        # Only transitions: re-showing a blink pattern every frame would restart it.
+        if self.signals.current != pattern:
+            self.signals.show(pattern)

@@ -30,6 +30,7 @@ from edge.errors import CommandRefused, KeyFileError, PayloadError
 from edge.events import canonical, iso_utc, parse_iso_utc
 from edge.keys import load_ed25519_public, verify_ed25519
 from edge.mqtt.schemas import parse
+from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,23 @@ def bundle_action(bundle_store) -> Action:
         }
 
     return install
+
+
+def terminal_actions(cfg: Any, bundle_store: Any, desk: Reprinter) -> dict[str, Action]:
+    """The daemon's own command actions (the reporter adds ``health`` and ``resend``).
+
+    ``bundle`` installs a bundle into ``bundle_store`` (see :func:`bundle_action`); ``config``
+    applies allow-listed changes to the live ``cfg``; ``reprint`` prints a copy of the receipt
+    of ``event_id``, marked as a reprint, through ``desk`` (a ReceiptDesk).
+    """
+
+    def configure(args: dict) -> dict:
+        return apply_config_changes(cfg, args["set"])
+
+    def reprint(args: dict) -> dict:
+        return {"printed": bool(desk.reprint(args["event_id"]))}
+
+    return {"bundle": bundle_action(bundle_store), "config": configure, "reprint": reprint}
 
 
 class CommandProcessor:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import PayloadError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 try:  # compiled validators, ~100x faster: the consumer checks every event it receives
     import fastjsonschema
@@ -39,6 +40,9 @@ def schema(kind: str) -> dict:
 
 @cache
 def _validator(kind: str) -> Draft202012Validator:
+    # Imported here: jsonschema costs the daemon ~2.5 MB and is needed only to word a failure.
+    from jsonschema import Draft202012Validator
+
     doc = schema(kind)
     Draft202012Validator.check_schema(doc)
     return Draft202012Validator(doc)

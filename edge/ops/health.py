@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from edge.events import CLOCK_FLOOR, iso_utc
 
@@ -273,3 +274,52 @@ def collect(cfg, guard: ClockGuard | None = None) -> Health:
     for p in problems:
         log.warning("health: %s", p)
     return Health(disk, clock, temp, thr, uptime_s(), time.monotonic() - _PROCESS_START, problems)
+
+
+class ClockCheck(Protocol):
+    """Says whether the wall clock may sign events now (:class:`ClockGuard`)."""
+
+    def check(self) -> ClockReading: ...
+
+
+class Pausable(Protocol):
+    """Something that stops taking claims while paused (the payout flow)."""
+
+    @property
+    def busy(self) -> bool:
+        """A capture is running."""
+        ...
+
+    def pause(self, reason: str | None) -> None:
+        """Pause for ``reason``, or resume with None."""
+        ...
+
+
+class ClockPause:
+    """The daemon's clock policy: payouts pause while the wall clock cannot be trusted for
+    signing (see :class:`ClockGuard`), and resume once it can.
+
+    ``guard`` is a :class:`ClockGuard`, ``flow`` the payout flow. The clock is read only between captures:
+    a recipient already in front of the camera is decided on the clock that took the claim,
+    and a check that waits for the capture to end costs at most one capture window.
+    """
+
+    def __init__(self, guard: ClockCheck, flow: Pausable) -> None:
+        self.guard = guard
+        self._flow = flow
+        self.reason: str | None = None
+
+    def check(self) -> ClockReading | None:
+        """Read the clock and pause or resume the flow on a change; None while it is busy."""
+        if self._flow.busy:
+            return None
+        reading = self.guard.check()
+        reason = None if reading.ok else reading.reason
+        if reason != self.reason:
+            if reason:
+                log.error("clock not trusted, payouts paused: %s", reason)
+            else:
+                log.info("clock trusted again, payouts resumed")
+            self.reason = reason
+            self._flow.pause(reason)
+        return reading

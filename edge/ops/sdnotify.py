@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +68,32 @@ def watchdog_interval() -> float | None:
     except ValueError:
         return None
     return value / 1_000_000 if value > 0 else None
+
+
+_IMPORTED_AT = time.monotonic()
+
+
+def process_age_s(
+    stat_text: str | None = None,
+    boottime: float | None = None,
+    ticks_per_s: int | None = None,
+) -> float:
+    """Seconds since this process started, as systemd counts a unit's start-up.
+
+    Read from the kernel (``/proc/self/stat`` field 22, the start time in clock ticks after
+    boot, against ``CLOCK_BOOTTIME``), so interpreter start-up and imports are included. Where
+    /proc cannot be read, the time since this module was imported (a lower bound). The
+    arguments replace the kernel's values in tests.
+    """
+    try:
+        if stat_text is None:
+            with open("/proc/self/stat") as fh:
+                stat_text = fh.read()
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        started_ticks = int(stat_text.rsplit(")", 1)[1].split()[19])
+        ticks = ticks_per_s or os.sysconf("SC_CLK_TCK")
+        now = time.clock_gettime(time.CLOCK_BOOTTIME) if boottime is None else boottime
+    except (OSError, ValueError, IndexError) as exc:
+        log.debug("process start time unknown: %s", exc)
+        return time.monotonic() - _IMPORTED_AT
+    return max(0.0, now - started_ticks / ticks)

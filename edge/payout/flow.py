@@ -21,6 +21,15 @@ import numpy as np
 from edge.config import Config
 from edge.errors import AlreadyPaid, ClaimError
 from edge.payout.claim import decode_claim
+from edge.ports import (
+    Bundle,
+    BundleProvider,
+    CropSink,
+    DecisionLedger,
+    Engine,
+    FaceAnalysis,
+    Liveness,
+)
 from edge.privacy import mask_id
 from edge.vision.matcher import Gallery
 from edge.vision.qr import QrReader
@@ -67,37 +76,66 @@ class State(enum.StrEnum):
     CAPTURE = "capture"
 
 
-@dataclass
-class _Capture:
-    deadline: float
-    household_id: str | None
-    round_id: str | None
-    embeddings: list[np.ndarray] = field(default_factory=list)
-    faces_seen: int = 0
-    quality_reasons: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class ActiveBundle:
+    """A bundle and the gallery built from it, taken together so that they always agree."""
+
+    bundle: Bundle | None
+    gallery: Gallery
+
+    @property
+    def bundle_id(self) -> str | None:
+        return self.bundle.bundle_id if self.bundle is not None else None
 
 
 class BundleView:
     """The current bundle with its gallery, rebuilt only when the bundle changes."""
 
-    def __init__(self, provider: Callable[[], Any]) -> None:
+    def __init__(self, provider: BundleProvider) -> None:
         self._provider = provider
-        self._bundle_id: str | None = None
-        self.bundle: Any = None
-        self.gallery = Gallery()
+        self.active = ActiveBundle(None, Gallery())
 
-    def refresh(self) -> Any:
+    def refresh(self) -> ActiveBundle:
+        """Ask the provider for the bundle to use now; rebuild the gallery if it changed."""
         bundle = self._provider()
         bundle_id = bundle.bundle_id if bundle is not None else None
-        if bundle_id != self._bundle_id:
-            self.bundle, self._bundle_id = bundle, bundle_id
+        if bundle_id != self.active.bundle_id:
             if bundle is None:
-                self.gallery = Gallery()
+                self.active = ActiveBundle(None, Gallery())
             else:
                 labels, matrix = bundle.templates()
-                self.gallery = Gallery.from_matrix(labels, matrix)
+                self.active = ActiveBundle(bundle, Gallery.from_matrix(labels, matrix))
                 log.info("bundle %s active: %d templates", bundle_id, len(labels))
-        return self.bundle
+        return self.active
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """Who claims, for which round, judged against which bundle (fixed when the claim is taken)."""
+
+    household_id: str | None
+    round_id: str | None
+    active: ActiveBundle
+
+
+@dataclass
+class _Capture:
+    deadline: float
+    # The claim holds the bundle the capture started with: a bundle installed (or expired)
+    # meanwhile applies from the next claim on, so a capture never mixes two bundles.
+    claim: _Claim
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    faces_seen: int = 0
+    quality_reasons: list[str] = field(default_factory=list)
+    crop: np.ndarray | None = None  # the last aligned face, kept only for a CropSink
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What a capture adds to a decision besides the match score."""
+
+    liveness: float | None
+    crop: np.ndarray | None
 
 
 def household_of(label: str) -> str:
@@ -106,16 +144,22 @@ def household_of(label: str) -> str:
 
 
 class PayoutFlow:
-    """Feed frames in; get a Decision out whenever one was taken and recorded."""
+    """Feed frames in; get a Decision out whenever one was taken and recorded.
+
+    ``crops`` (optional) receives the aligned face of each decided capture with the event id
+    (flow.store_debug_images); without it no face image is kept in memory past a capture.
+    """
 
     def __init__(
         self,
         cfg: Config,
-        engine: Any,
-        bundles: Callable[[], Any],
-        ledger: Any,
-        liveness: Any = None,
+        engine: Engine,
+        bundles: BundleProvider,
+        ledger: DecisionLedger,
+        liveness: Liveness | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        crops: CropSink | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -123,23 +167,25 @@ class PayoutFlow:
         self.ledger = ledger
         self.liveness = liveness if cfg.liveness.enabled else None
         self.clock = clock
+        self.crops = crops
         self.state = State.IDLE
         self._capture: _Capture | None = None
-        self._qr = None
+        self._qr: QrReader | None = None
         # Cool-down memory: the claim text (qr mode) or fused face (identify mode) last decided.
         self._last_key: str | None = None
         self._last_vec: np.ndarray | None = None
         self._last_at = -1e9
-        # Set by the app while the terminal must not sign (e.g. the clock is not trusted):
+        # Set (see pause()) while the terminal must not sign, e.g. the clock is not trusted:
         # claims are not taken, so nothing is decided that could not be recorded honestly.
         self.paused: str | None = None
-        # Only with flow.store_debug_images: the last aligned face crop of a capture, which
-        # the app writes next to the decision's event id. Off by default (personal data).
-        self.debug_crop: np.ndarray | None = None
 
     @property
     def busy(self) -> bool:
         return self.state is State.CAPTURE
+
+    def pause(self, reason: str | None) -> None:
+        """Stop taking claims for ``reason``, or take them again (None); a capture runs on."""
+        self.paused = reason
 
     # -- frame entry point -------------------------------------------------------------------
 
@@ -169,24 +215,24 @@ class PayoutFlow:
         if text is None or self._cooling(text, now):
             return None
         self._last_key, self._last_at = text, now
+        active = self.view.refresh()
         try:
-            claim = decode_claim(text)
+            decoded = decode_claim(text)
         except ClaimError as exc:
-            return self._decide(Outcome.BAD_QR, str(exc))
-        hid, rnd = claim.household_id, claim.round_id
-        bundle = self.view.refresh()
+            return self._decide(Outcome.BAD_QR, str(exc), _Claim(None, None, active))
+        hid, rnd, bundle = decoded.household_id, decoded.round_id, active.bundle
+        claim = _Claim(hid, rnd, active)
         if bundle is None:
-            return self._decide(Outcome.NOT_ENTITLED, "no enrolment bundle installed", hid, rnd)
+            return self._decide(Outcome.NOT_ENTITLED, "no enrolment bundle installed", claim)
         if rnd != bundle.round_id:
             return self._decide(
-                Outcome.WRONG_ROUND, f"bundle is for round {bundle.round_id}", hid, rnd
+                Outcome.WRONG_ROUND, f"bundle is for round {bundle.round_id}", claim
             )
-        household = bundle.households.get(hid)
-        if household is None:
-            return self._decide(Outcome.NOT_ENTITLED, "household not in this bundle", hid, rnd)
+        if hid not in bundle.households:
+            return self._decide(Outcome.NOT_ENTITLED, "household not in this bundle", claim)
         if self.ledger.is_paid(hid, rnd):
-            return self._decide(Outcome.ALREADY_PAID, "already collected this round", hid, rnd)
-        self._start_capture(now, hid, rnd)
+            return self._decide(Outcome.ALREADY_PAID, "already collected this round", claim)
+        self._start_capture(now, claim)
         log.info("claim for %s round %s: capturing", mask_id(hid), rnd)
         return None
 
@@ -200,13 +246,12 @@ class PayoutFlow:
             and float(self._last_vec @ result.embedding) >= self.cfg.vision.match_threshold
         ):
             return None
-        self._start_capture(now, None, None)
+        self._start_capture(now, _Claim(None, None, self.view.refresh()))
         return self._capturing(rgb, now, result)
 
-    def _start_capture(self, now: float, hid: str | None, rnd: str | None) -> None:
+    def _start_capture(self, now: float, claim: _Claim) -> None:
         self.state = State.CAPTURE
-        self.debug_crop = None
-        self._capture = _Capture(now + self.cfg.flow.capture_timeout_s, hid, rnd)
+        self._capture = _Capture(now + self.cfg.flow.capture_timeout_s, claim)
         if self.liveness is not None:
             self.liveness.reset()
 
@@ -217,7 +262,9 @@ class PayoutFlow:
             return False
         return self.liveness is None or self.liveness.frames >= self.cfg.liveness.min_frames
 
-    def _capturing(self, rgb: np.ndarray, now: float, result: Any = None) -> Decision | None:
+    def _capturing(
+        self, rgb: np.ndarray, now: float, result: FaceAnalysis | None = None
+    ) -> Decision | None:
         cap = self._capture
         assert cap is not None
         if result is None:
@@ -228,138 +275,148 @@ class PayoutFlow:
                 cap.quality_reasons = list(result.quality.reasons)
             else:
                 cap.embeddings.append(result.embedding)
-                if self.cfg.flow.store_debug_images:
-                    self.debug_crop = result.aligned
+                if self.crops is not None:
+                    cap.crop = result.aligned
                 if self.liveness is not None:
                     # The engine already ran the face mesh for alignment: reuse it.
-                    self.liveness.update(rgb, result.face, mesh=getattr(result, "mesh", None))
+                    self.liveness.update(rgb, result.face, mesh=result.mesh)
         if self._enough(cap):
             return self._match(cap)
         if now < cap.deadline:
             return None
         if cap.embeddings:
             return self._match(cap)
-        hid, rnd = cap.household_id, cap.round_id
         if cap.faces_seen == 0:
-            return self._decide(Outcome.NO_FACE, "no face in the capture window", hid, rnd)
+            return self._decide(Outcome.NO_FACE, "no face in the capture window", cap.claim)
         reasons = ", ".join(cap.quality_reasons) or "quality gates"
-        return self._decide(Outcome.POOR_QUALITY, reasons, hid, rnd)
+        return self._decide(Outcome.POOR_QUALITY, reasons, cap.claim)
 
     # -- decision ----------------------------------------------------------------------------
 
     def _match(self, cap: _Capture) -> Decision:
         vec = self.engine.fuse(cap.embeddings)
         self._last_vec = vec
-        hid, rnd = cap.household_id, cap.round_id
-        live_score = None
+        claim, seen = cap.claim, _Evidence(None, cap.crop)
         if self.liveness is not None:
             live = self.liveness.result()
-            live_score = float(live.score)
+            seen = _Evidence(float(live.score), cap.crop)
             if live.signals.get("insufficient"):
                 # The window closed before liveness had enough good frames: the recipient
                 # looked away or moved out, which is not evidence of an attack.
-                return self._decide(
-                    Outcome.POOR_QUALITY,
-                    "too few good frames to check liveness",
-                    hid,
-                    rnd,
-                    liveness=live_score,
-                )
+                why = "too few good frames to check liveness"
+                return self._decide(Outcome.POOR_QUALITY, why, claim, seen=seen)
             if not live.live:
-                return self._decide(
-                    Outcome.SPOOF, "liveness below threshold", hid, rnd, liveness=live_score
-                )
-        bundle = self.view.refresh()
-        if bundle is None:
-            return self._decide(Outcome.NOT_ENTITLED, "no enrolment bundle installed", hid, rnd)
-        gallery = self.view.gallery
-        threshold = self.cfg.vision.match_threshold
-        top = gallery.search(vec, k=3)
-        if hid is None:
-            # Identify mode: the best household above the threshold claims the payout.
-            if not top or top[0][1] < threshold:
-                best = top[0][1] if top else None
-                return self._decide(Outcome.NO_MATCH, "no enrolled face matches", score=best)
-            hid, rnd = household_of(top[0][0]), bundle.round_id
-            if self.ledger.is_paid(hid, rnd):
-                return self._decide(
-                    Outcome.ALREADY_PAID, "already collected this round", hid, rnd, score=top[0][1]
-                )
-        household = bundle.households[hid]
+                return self._decide(Outcome.SPOOF, "liveness below threshold", claim, seen=seen)
+        if claim.active.bundle is None:
+            why = "no enrolment bundle installed"
+            return self._decide(Outcome.NOT_ENTITLED, why, claim, seen=seen)
+        top = claim.active.gallery.search(vec, k=3)
+        if claim.household_id is None:
+            found = self._identify(claim, top, seen)
+            if isinstance(found, Decision):
+                return found
+            claim = found
+        return self._verify(claim, vec, top, seen)
+
+    def _identify(
+        self, claim: _Claim, top: list[tuple[str, float]], seen: _Evidence
+    ) -> _Claim | Decision:
+        """Identify mode: the best household above the threshold claims the payout."""
+        bundle = claim.active.bundle
+        assert bundle is not None
+        if not top or top[0][1] < self.cfg.vision.match_threshold:
+            best = top[0][1] if top else None
+            why = "no enrolled face matches"
+            return self._decide(Outcome.NO_MATCH, why, claim, score=best, seen=seen)
+        hid = household_of(top[0][0])
+        found = _Claim(hid, bundle.round_id, claim.active)
+        if self.ledger.is_paid(hid, bundle.round_id):
+            why = "already collected this round"
+            return self._decide(Outcome.ALREADY_PAID, why, found, score=top[0][1], seen=seen)
+        return found
+
+    def _verify(
+        self, claim: _Claim, vec: np.ndarray, top: list[tuple[str, float]], seen: _Evidence
+    ) -> Decision:
+        """1:1 against the claimed household's members, and no better match elsewhere."""
+        hid, bundle, gallery = claim.household_id, claim.active.bundle, claim.active.gallery
+        assert hid is not None and bundle is not None
+        household = bundle.households.get(hid)
+        if household is None:  # a gallery label without its household: refuse, never raise
+            why = "household not in this bundle"
+            return self._decide(Outcome.NOT_ENTITLED, why, claim, seen=seen)
         score = max(
             (gallery.verify(vec, f"{hid}/{m.member_id}") for m in household.members), default=-1.0
         )
         other = next((s for lab, s in top if household_of(lab) != hid), None)
         if other is not None and other >= self.cfg.vision.duplicate_threshold and other > score:
-            return self._decide(
-                Outcome.DUPLICATE_FACE,
-                "face matches another household better",
-                hid,
-                rnd,
-                score=score,
-                liveness=live_score,
-            )
-        if score < threshold:
-            return self._decide(
-                Outcome.NO_MATCH, "face does not match", hid, rnd, score=score, liveness=live_score
-            )
-        return self._decide(
-            Outcome.ACCEPTED,
-            "verified",
-            hid,
-            rnd,
-            score=score,
-            liveness=live_score,
-            amount=household.amount,
-        )
+            outcome, why = Outcome.DUPLICATE_FACE, "face matches another household better"
+        elif score < self.cfg.vision.match_threshold:
+            outcome, why = Outcome.NO_MATCH, "face does not match"
+        else:
+            outcome, why = Outcome.ACCEPTED, "verified"
+        return self._decide(outcome, why, claim, score=score, seen=seen, amount=household.amount)
 
     def _decide(
         self,
         outcome: Outcome,
         reason: str,
-        hid: str | None = None,
-        rnd: str | None = None,
+        claim: _Claim,
         *,
         score: float | None = None,
-        liveness: float | None = None,
+        seen: _Evidence | None = None,
         amount: int | None = None,
     ) -> Decision:
         self.state, self._capture = State.IDLE, None
         self._last_at = self.clock()
-        bundle = self.view.bundle
-        common = dict(
-            household_id=hid,
-            round_id=rnd,
-            score=None if score is None else round(float(score), 4),
-            threshold=self.cfg.vision.match_threshold if score is not None else None,
-            liveness=None if liveness is None else round(float(liveness), 4),
-            model_id=getattr(self.engine, "model_id", None),
-            bundle_id=bundle.bundle_id if bundle is not None else None,
-        )
+        hid, rnd = claim.household_id, claim.round_id
+        score = None if score is None else round(float(score), 4)
+        liveness = None if seen is None or seen.liveness is None else round(seen.liveness, 4)
+        amount = amount if outcome is Outcome.ACCEPTED else None
         try:
-            event = self.ledger.record(
-                str(outcome), amount=amount if outcome is Outcome.ACCEPTED else None, **common
-            )
+            event = self._record(outcome, claim, amount, score, liveness)
         except AlreadyPaid:
             # Another terminal's payout arrived (claims sync) while this one was capturing.
             outcome, reason, amount = Outcome.ALREADY_PAID, "already collected this round", None
-            event = self.ledger.record(str(outcome), **common)
+            event = self._record(outcome, claim, None, score, liveness)
         log.info(
             "decision %s household=%s score=%s liveness=%s reason=%s seq=%s",
             outcome,
             mask_id(hid) if hid else "-",
-            common["score"],
-            common["liveness"],
+            score,
+            liveness,
             reason,
             event.get("seq"),
         )
+        if seen is not None and seen.crop is not None and self.crops is not None:
+            self.crops.keep(event["event_id"], seen.crop)
         return Decision(
             outcome,
             reason,
             event,
             household_id=hid,
             round_id=rnd,
-            amount=amount if outcome is Outcome.ACCEPTED else None,
-            score=common["score"],
-            liveness=common["liveness"],
+            amount=amount,
+            score=score,
+            liveness=liveness,
+        )
+
+    def _record(
+        self,
+        outcome: Outcome,
+        claim: _Claim,
+        amount: int | None,
+        score: float | None,
+        liveness: float | None,
+    ) -> dict[str, Any]:
+        return self.ledger.record(
+            str(outcome),
+            household_id=claim.household_id,
+            round_id=claim.round_id,
+            amount=amount,
+            score=score,
+            threshold=self.cfg.vision.match_threshold if score is not None else None,
+            liveness=liveness,
+            model_id=self.engine.model_id,
+            bundle_id=claim.active.bundle_id,
         )

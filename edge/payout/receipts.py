@@ -21,6 +21,7 @@ from edge.devices.receipt import Receipt, Refusal
 from edge.errors import CommandRefused, DeviceError
 from edge.events import receipt_payload
 from edge.ledger.schema import ReceiptState
+from edge.ports import NameLookup, Printer, ReceiptLedger
 from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 class ReceiptDesk:
     """Turns recorded events into printed receipts, with a durable pending list."""
 
-    def __init__(self, cfg: Config, printer: Any, ledger: Any, names: Any) -> None:
+    def __init__(
+        self, cfg: Config, printer: Printer, ledger: ReceiptLedger, names: NameLookup
+    ) -> None:
         self.cfg = cfg
         self.printer = printer
         self.ledger = ledger
