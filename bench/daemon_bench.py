@@ -74,7 +74,7 @@ def _config(
 
 def status_kb(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon and RssFile of a process, in kB (empty once it is gone)."""
-    out = {}
+    out: dict[str, int] = {}
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:

@@ -129,7 +129,7 @@ def prepare(work: Path, models_dir: Path, photos, liveness: bool, mqtt: dict | N
     shots = [enrolled[demo.ASTRONAUT_HH]] + [demo.letterbox(f) for f in _faces(photos, FRAMES)]
     for i, rgb in enumerate(shots):
         cv2.imwrite(str(frames / f"{i:02d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    sections = {
+    sections: dict[str, dict] = {
         "device": {"state_dir": str(state)},
         "models": {"dir": str(models_dir)},
         "flow": {"mode": "identify", "cooldown_s": 0.0},
