@@ -13,17 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ValidationError
 
 from edge.__main__ import main
-from edge.config import (
-    RULES,
-    Config,
-    dump_effective,
-    dump_toml,
-    explain,
-    json_schema,
-    load_config,
-    parse_config,
-    revalidate,
-)
+from edge.cli.config_text import dump_effective, dump_toml, explain, json_schema
+from edge.config import RULES, Config, load_config, parse_config, revalidate
 from edge.errors import CommandRefused, ConfigError, KeyFileError
 from edge.keys import DeviceIdentity, load_central_public_pem, public_pem
 from edge.mqtt.commands import apply_config_changes

@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from edge.config import dump_effective, dump_toml, explain, json_schema, load_config
+from edge.cli.config_text import dump_effective, dump_toml, explain, json_schema
+from edge.config import load_config
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
