@@ -12,9 +12,7 @@ from edge import demo
 from edge.config import Config
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
-from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
-from edge.ledger.store import Ledger
 from edge.ops import sdnotify
 from tests.escpos_decode import decode
 
@@ -52,23 +50,23 @@ def test_decisions_of_the_photo_script(photo_run):
     assert photo_run.app.decided == 5
 
 
-def test_ledger_has_one_payout_and_verifies(photo_run):
+def test_ledger_has_one_payout_and_verifies(photo_run, make_identity, make_ledger):
     app, state = photo_run.app, photo_run.state
-    identity = DeviceIdentity.load_or_create(state / "keys")
-    with Ledger(state / "ledger.sqlite", identity, app.cfg.device.id, "3171") as ledger:
-        events = list(ledger.events())
-        assert ledger.outbox_depth() == len(events) == 5
-        assert ledger.pending_receipts() == []
+    identity = make_identity(state / "keys")  # the daemon's own keys, as it left them
+    ledger = make_ledger(state / "ledger.sqlite", identity, app.cfg.device.id)
+    events = list(ledger.events())
+    assert ledger.outbox_depth() == len(events) == 5
+    assert ledger.pending_receipts() == []
     assert [e["outcome"] for e in events].count("accepted") == 1
     report = verify_events(events, identity.device_public_pem())
     assert report.ok, report.errors
 
 
-def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run):
+def test_receipt_bytes_decode_to_a_verifiable_receipt(photo_run, make_identity):
     state = photo_run.state
     printed = decode((state / "receipts.bin").read_bytes())
     assert len(printed.qr) == 1  # one payout receipt; refusal slips carry no QR
-    identity = DeviceIdentity.load_or_create(state / "keys")
+    identity = make_identity(state / "keys")
     record = verify_receipt_payload(printed.qr[0], identity.device_public_pem())
     accepted = photo_run.decisions[0].event
     assert record["event_id"] == accepted["event_id"]
@@ -122,7 +120,6 @@ def test_signals_followed_each_decision(photo_run):
 def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
     """A wall clock that jumped since it was last trusted: no claim is taken, the LED says fault."""
     import json
-    import time
 
     cfg = Config()
     cfg.models.dir = str(models_dir)
@@ -133,10 +130,12 @@ def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
     app = demo.App(cfg)
     reading = app.clock_guard.check()
     assert reading.ok
-    # Pretend the clock was trusted an hour "later" than now within this same boot.
-    app.clock_guard.trust(time.time() + 3600)
+    # Pretend the clock was trusted an hour "later" than the guard's own reading, in this boot.
+    # (App builds its ClockGuard on the real clock and takes none: the jump is made relative to
+    # what the guard read, so no second reading of the wall clock enters the test.)
+    app.clock_guard.trust(reading.now + 3600)
     record = json.loads(app.clock_guard.path.read_text())
-    assert record["wall"] > time.time()
+    assert record["wall"] == reading.now + 3600
     app.clock_pause.check()
     assert app.flow.paused and "clock" in app.flow.paused
     app._refresh_signal()

@@ -13,7 +13,6 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from edge import demo
 from edge.config import Config, MqttConfig
 from edge.errors import BundleError, CommandRefused
-from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
 from edge.mqtt.commands import terminal_actions
 
@@ -60,7 +59,7 @@ def test_terminal_actions_reprint_by_event_id_configure_and_install():
 
 
 @pytest.mark.slow
-def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_dir):
+def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_dir, make_identity):
     state, photos = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
     demo.photo_script(tmp_path / "frames", photos)
     cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
@@ -86,7 +85,7 @@ def test_daemon_reports_every_decision(tmp_path: Path, broker, engine, models_di
     ]
     assert len({e["event_id"] for e in events}) == 5
     assert all(e["device_id"] == cfg.device.id for e in events)
-    identity = DeviceIdentity.load_or_create(state / "keys")
+    identity = make_identity(state / "keys")
     assert verify_events(events, identity.device_public_pem()).ok
     assert wait_for(lambda: spy.on("/status") and spy.on("/status")[-1]["state"] == "offline")
     assert spy.on("/status")[0]["state"] == "online"

@@ -14,12 +14,11 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from support import pay
 
 from edge.config import Config
 from edge.enrolment.bundle import Bundle, Household, Member
-from edge.keys import DeviceIdentity
 from edge.ledger.audit import verify_events
-from edge.ledger.store import Ledger
 from edge.ops.health import ClockPause, ClockReading
 from edge.payout.claim import render_claim_png
 from edge.payout.flow import Outcome, PayoutFlow
@@ -101,14 +100,6 @@ class FakeLiveness:
         )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make_bundle(
     round_id: str = ROUND, bundle_id: str = "b-test", households: tuple[str, ...] = (H1, H2)
 ) -> Bundle:
@@ -153,18 +144,16 @@ def qr_frames(tmp_path: Path):
 
 
 @pytest.fixture
-def rig(tmp_path: Path):
-    identity = DeviceIdentity.load_or_create(tmp_path / "keys")
-    ledger = Ledger(tmp_path / "ledger.sqlite", identity, "edge-test-0001", "3171")
+def rig(identity, ledger, clock):
     cfg = Config()
     cfg.flow.cooldown_s = 5.0
     cfg.flow.good_frames = 3
     cfg.liveness.min_frames = 3
-    clock = Clock()
+    # One fake clock for the flow's cool-down and the ledger's event times: time passes for both.
     liveness = FakeLiveness()
     bundles = SimpleNamespace(current=make_bundle())
     flow = PayoutFlow(cfg, FakeEngine(), lambda: bundles.current, ledger, liveness, clock=clock)
-    rig = SimpleNamespace(
+    return SimpleNamespace(
         flow=flow,
         ledger=ledger,
         clock=clock,
@@ -173,15 +162,13 @@ def rig(tmp_path: Path):
         cfg=cfg,
         bundles=bundles,
     )
-    yield rig
-    ledger.close()
 
 
 def feed(rig, frames, step: float = 0.1):
     """Run frames through the flow, advancing the clock; return the decisions taken."""
     decisions = []
     for frame in frames:
-        rig.clock.t += step
+        rig.clock.advance(step)
         d = rig.flow.on_frame(frame)
         if d is not None:
             decisions.append(d)
@@ -193,7 +180,7 @@ def test_accept_then_already_paid_and_one_payout_only(rig, qr_frames):
     assert [d.outcome for d in first] == [Outcome.ACCEPTED]
     assert first[0].amount == 300_000 and first[0].event["amount"] == 300_000
     assert first[0].score > rig.cfg.vision.match_threshold
-    rig.clock.t += 10  # past the cool-down
+    rig.clock.advance(10)  # past the cool-down
     second = feed(rig, [qr_frames(H1)])
     assert [d.outcome for d in second] == [Outcome.ALREADY_PAID]
     events = list(rig.ledger.events())
@@ -256,18 +243,18 @@ def test_malformed_qr_is_refused_and_recorded(rig, tmp_path):
 
 def test_timeout_without_face_and_with_poor_faces(rig, qr_frames):
     empty = feed(rig, [qr_frames(H1)] + [face_frame(0)] * 80)
-    rig.clock.t += 10
+    rig.clock.advance(10)
     poor = feed(rig, [qr_frames(H2)] + [face_frame(POOR)] * 80)
     assert [d.outcome for d in empty] == [Outcome.NO_FACE]
     assert [d.outcome for d in poor] == [Outcome.POOR_QUALITY]
     assert "blurred" in poor[0].reason
 
 
-def test_payout_at_another_terminal_during_capture(rig, qr_frames):
+def test_payout_at_another_terminal_during_capture(rig, qr_frames, make_identity, make_ledger):
     feed(rig, [qr_frames(H1), face_frame(10)])
-    other = DeviceIdentity.generate()
-    with Ledger(rig.ledger.path.parent / "other.sqlite", other, "edge-test-0002", "3171") as remote:
-        event = remote.record("accepted", household_id=H1, round_id=ROUND, amount=300_000)
+    other = make_identity()
+    remote = make_ledger(rig.ledger.path.parent / "other.sqlite", other, "edge-test-0002")
+    event = pay(remote, H1, ROUND, 300_000)
     assert rig.ledger.record_remote_payout(event)
     decisions = feed(rig, [face_frame(10)] * 2)
     assert [d.outcome for d in decisions] == [Outcome.ALREADY_PAID]
@@ -281,7 +268,7 @@ def test_identify_mode_finds_the_household(rig):
     assert decisions[0].household_id == H2
     # The same face straight after is in cool-down; later it is already paid.
     assert feed(rig, [face_frame(20)] * 3) == []
-    rig.clock.t += 10
+    rig.clock.advance(10)
     later = feed(rig, [face_frame(20)] * 3)
     assert [d.outcome for d in later] == [Outcome.ALREADY_PAID]
     stranger = feed(rig, [face_frame(30)] * 3)
@@ -326,7 +313,7 @@ def test_bundle_replaced_during_a_capture(rig, qr_frames):
     decisions = feed(rig, [face_frame(10)] * 2)
     assert [d.outcome for d in decisions] == [Outcome.ACCEPTED]
     assert decisions[0].event["bundle_id"] == "b-test"
-    rig.clock.t += 10
+    rig.clock.advance(10)
     later = feed(rig, [qr_frames(H1)])
     assert [d.outcome for d in later] == [Outcome.NOT_ENTITLED]
     assert later[0].event["bundle_id"] == "b-next"
@@ -356,7 +343,7 @@ def test_the_crop_of_a_decided_capture_goes_to_the_sink(rig, qr_frames):
     box = CropBox()
     rig.flow.crops = box
     decisions = feed(rig, [qr_frames(H1)] + [face_frame(10)] * 3)
-    rig.clock.t += 10
+    rig.clock.advance(10)
     decisions += feed(rig, [qr_frames("3171000000000099")])  # refused before any face
     assert [d.outcome for d in decisions] == [Outcome.ACCEPTED, Outcome.NOT_ENTITLED]
     assert [eid for eid, _ in box.kept] == [decisions[0].event["event_id"]]
@@ -404,7 +391,7 @@ def test_clock_pause_pauses_between_captures_only(rig, qr_frames):
     assert [d.outcome for d in feed(rig, [face_frame(10)] * 2)] == [Outcome.ACCEPTED]
     assert not pause.check().ok
     assert rig.flow.paused == guard.reason and pause.reason == guard.reason
-    rig.clock.t += 10
+    rig.clock.advance(10)
     assert feed(rig, [qr_frames(H2)] + [face_frame(20)] * 3) == []
     guard.reason = None
     assert pause.check().ok and rig.flow.paused is None
