@@ -186,7 +186,8 @@ class Provisioner(Target):
         """The config file to write, validated before anything on the target is touched."""
         import tomllib
 
-        from edge.config import dump_toml, load_config, parse_config
+        from edge.cli.config_text import dump_toml
+        from edge.config import load_config, parse_config
 
         path = self.path(CONFIG)
         data: dict = {}
