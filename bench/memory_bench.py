@@ -131,6 +131,8 @@ def prepare(work: Path, models_dir: Path, photos, liveness: bool, mqtt: dict | N
         cv2.imwrite(str(frames / f"{i:02d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     sections: dict[str, dict] = {
         "device": {"state_dir": str(state)},
+        # Without central's key the pilot's bundle is not usable: no match, payout or receipt.
+        "bundle": {"central_public_key": str(state / "keys" / "central_public.pem")},
         "models": {"dir": str(models_dir)},
         "flow": {"mode": "identify", "cooldown_s": 0.0},
         "camera": {"kind": "folder", "source": str(frames), "loop": True, "fps": 30.0},

@@ -46,10 +46,12 @@ def _fmt(spec: dict) -> str:
 
 def check_tensors(name: str, model: bytes, entry: dict) -> None:
     """Raise ModelError unless the model's input and output tensors match the manifest entry."""
-    from edge.vision.runtime import make_interpreter
+    from edge.vision.runtime import load_interpreter
 
+    # Tensor specs are known once the model is parsed; allocating would have XNNPACK pack every
+    # weight and plan arenas only to drop them, leaving megabytes in the daemon's heap.
     try:
-        interp = make_interpreter(model, 1)
+        interp = load_interpreter(model, 1)
     except Exception as exc:  # the runtime's own error types vary between LiteRT versions
         raise _fail(name, f"{entry['file']} does not load as a TFLite model ({exc})") from exc
     for kind, details in (

@@ -26,11 +26,19 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the machine
         RUNTIME = "none"
 
 
-def make_interpreter(model: bytes, threads: int = 1):
-    """Build and allocate an interpreter from model bytes (loaded once, reused per frame)."""
+def load_interpreter(model: bytes, threads: int = 1):
+    """Parse model bytes into an interpreter whose tensors are not allocated yet.
+
+    Its input and output details are readable; ``invoke`` needs ``allocate_tensors`` first.
+    """
     if _Interpreter is None:
         raise RuntimeError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)")
-    interp = _Interpreter(model_content=model, num_threads=threads)
+    return _Interpreter(model_content=model, num_threads=threads)
+
+
+def make_interpreter(model: bytes, threads: int = 1):
+    """Build and allocate an interpreter from model bytes (loaded once, reused per frame)."""
+    interp = load_interpreter(model, threads)
     interp.allocate_tensors()
     return interp
 
