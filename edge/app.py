@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -128,9 +129,16 @@ class App:
         from edge.mqtt.reporter import Reporter
 
         actions = terminal_actions(self.cfg, self.bundles, self.desk)
-        return Reporter.from_config(
-            self.cfg, self.ledger, self.identity, actions, health_source=self.health
-        )
+        try:
+            return Reporter.from_config(
+                self.cfg, self.ledger, self.identity, actions, health_source=self.health
+            )
+        except (OSError, ssl.SSLError) as exc:
+            # A terminal provisioned before its client certificate arrived must still pay out:
+            # events wait in the ledger outbox and the LED shows "no network" until a restart
+            # with the TLS files in place.
+            log.error("mqtt not started, events wait in the outbox: %s", exc)
+            return None
 
     # -- what the parts ask of each other ----------------------------------------------------
 
@@ -162,8 +170,10 @@ class App:
 
     @property
     def online(self) -> bool:
-        """False while MQTT is on and the broker is out of reach."""
-        return self.reporter is None or self.reporter.connected
+        """False while MQTT is on and the broker is out of reach, or its client did not start."""
+        if self.reporter is None:
+            return not self.cfg.mqtt.enabled
+        return self.reporter.connected
 
     def health(self) -> dict[str, Any]:
         """The app's part of the periodic health report."""

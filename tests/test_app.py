@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge import demo
-from edge.config import Config
+from edge.config import Config, MqttConfig
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
 from edge.ledger.audit import verify_events
@@ -115,6 +115,29 @@ def test_signals_followed_each_decision(photo_run):
     assert shown[0] == "ready" and shown[-1] == "off"
     for pattern in ("accepted", "already_paid", "refused", "busy"):
         assert pattern in shown
+
+
+def test_missing_tls_certificate_pays_out_offline(tmp_path, engine, models_dir, caplog):
+    """A terminal provisioned before its client certificate arrived still pays out: the events
+    wait in the outbox, the LED says no network, and the log says why."""
+    root = tmp_path / "demo"
+    state, photos = demo.build_pilot(root, engine, with_shared=False)
+    demo.photo_script(root / "frames", photos)
+    cfg = demo.demo_config(state, root / "frames", liveness=False, models_dir=str(models_dir))
+    missing = tmp_path / "not-yet-issued"
+    cfg.mqtt = MqttConfig(
+        enabled=True,
+        host="127.0.0.1",
+        tls=True,
+        cert_file=missing / "device.crt",
+        key_file=missing / "tls_key.pem",
+    )
+    with caplog.at_level("ERROR", logger="edge.app"):
+        run = run_app(cfg)
+    assert [str(d.outcome) for d in run.decisions][0] == "accepted"
+    assert run.app.reporter is None and run.app.online is False
+    assert "no_network" in run.app.signals.history
+    assert any("mqtt not started" in r.getMessage() for r in caplog.records)
 
 
 def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
