@@ -205,3 +205,50 @@ def verify_receipt_payload(text: str, device_public_pem: bytes) -> dict:
     except ValueError as exc:
         raise LedgerError("receipt record has a non-numeric seq or amount") from exc
     return out
+
+
+# -- head checkpoint --------------------------------------------------------------------------
+#
+# An unsigned ``head_seq`` row proves nothing: whoever holds the SD card can delete the newest
+# events and set it back. A head checkpoint is the device's signature over "my chain ended at
+# seq N with hash H at time T"; once one has left the terminal (health, status, receipt),
+# central and ``edge audit`` can prove that a later chain which is shorter, or differs at N,
+# was cut or forked. The device alone cannot prove it to itself: see docs/security.md.
+
+HEAD_SCHEMA = "bansos.head/1"
+
+
+def head_message(device_id: str, seq: int, hash_: str, ts: str) -> bytes:
+    """The bytes a head checkpoint signs (domain-separated from events and commands)."""
+    return canonical(
+        {"schema": HEAD_SCHEMA, "device_id": device_id, "seq": seq, "hash": hash_, "ts": ts}
+    )
+
+
+def sign_head(device_id: str, seq: int, hash_: str, ts: str, sign) -> dict:
+    """A head checkpoint ``{"seq", "hash", "ts", "sig"}``; ``sign(bytes) -> bytes``."""
+    sig = b64url(sign(head_message(device_id, seq, hash_, ts)))
+    return {"seq": seq, "hash": hash_, "ts": ts, "sig": sig}
+
+
+def check_head(
+    head: object, device_id: str, device_public: bytes | str | ed25519.Ed25519PublicKey
+) -> str | None:
+    """Why ``head`` is not a valid checkpoint of ``device_id``'s chain, or None."""
+    if not isinstance(head, dict) or set(head) != {"seq", "hash", "ts", "sig"}:
+        return "head checkpoint must have exactly seq, hash, ts and sig"
+    seq, hash_, ts, sig = head["seq"], head["hash"], head["ts"], head["sig"]
+    if type(seq) is not int or not 0 <= seq < 2**53:
+        return "head seq is not a non-negative integer"
+    if not isinstance(hash_, str) or len(hash_) != 64 or set(hash_) - set("0123456789abcdef"):
+        return "head hash is not a sha256 hex digest"
+    if not isinstance(ts, str) or not isinstance(sig, str):
+        return "head ts and sig must be strings"
+    try:
+        key = _key(device_public)
+        raw = unb64url(sig)
+    except (KeyFileError, binascii.Error, ValueError, TypeError):
+        return "head signature is unreadable"
+    if not verify_ed25519(key, raw, head_message(device_id, seq, hash_, ts)):
+        return "head signature does not verify"
+    return None

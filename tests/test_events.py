@@ -200,3 +200,17 @@ def test_ledger_and_clock_guard_share_one_floor(tmp_path, clock, ledger):
     clock.set(CLOCK_FLOOR)
     assert guard.check().ok
     assert ledger.record("no_face")["ts"] == "2025-01-01T00:00:00.000Z"
+
+
+def test_head_checkpoint_verifies_only_for_its_device_and_values(identity):
+    from edge.events import check_head, sign_head
+
+    head = sign_head("edge-a", 7, "ab" * 32, "2026-12-01T08:00:00.000Z", identity.sign)
+    pem = identity.device_public_pem()
+    assert check_head(head, "edge-a", pem) is None
+    assert check_head(head, "edge-b", pem) == "head signature does not verify"
+    assert check_head({**head, "seq": 6}, "edge-a", pem) == "head signature does not verify"
+    assert check_head({**head, "seq": True}, "edge-a", pem) is not None
+    assert check_head({**head, "extra": 1}, "edge-a", pem) is not None
+    other = DeviceIdentity.generate()
+    assert check_head(head, "edge-a", other.device_public_pem()) is not None
