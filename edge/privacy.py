@@ -6,6 +6,9 @@ masked too, so a log file handed to a technician does not list who collected aid
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 
 _KEEP_TAIL = 4
@@ -47,3 +50,19 @@ def mask_name(name: str | None) -> str:
     if len(words) == 1:
         return words[0][0] + "***"
     return " ".join([words[0]] + [w[0] + "***" for w in words[1:]])
+
+
+def household_ref(ref_key: bytes, round_id: str, household_id: str) -> str:
+    """The pseudonymous reference of a household in one round: what travels on the wire.
+
+    ``h_`` + base64url of the first 16 bytes of HMAC-SHA256(ref_key, round_id NUL household_id).
+    ``ref_key`` is secret to central and the terminals of one regency (it comes inside the
+    signed, encrypted enrolment bundle), so the broker, a log or a photographed receipt QR does
+    not reveal who collected, while central (which made the key) maps it back, and every
+    terminal of the regency computes the same reference for claims sync. Household ids are
+    low-entropy (a NIK is a birth date and a region), which is why a plain hash would not do.
+    """
+    if len(ref_key) < 16:
+        raise ValueError("ref_key must be at least 16 bytes")
+    mac = hmac.new(ref_key, f"{round_id}\0{household_id}".encode(), hashlib.sha256).digest()
+    return "h_" + base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode()
