@@ -74,8 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plain subscription (a single consumer, see docs/mqtt.md)",
     )
     p.add_argument(
-        "--registry", help="device public keys: folder of <device_id>.pem/.json, or a JSON file"
+        "--registry",
+        help="the signed device registry (edge registry build; needs --central-pub), or, "
+        "unsigned and without regency or revocation checks, a folder of <device_id>.pem/.json",
     )
+    p.add_argument("--central-pub", help="central Ed25519 public key: verifies --registry")
     p.add_argument("--client-id", help="MQTT client id (default: consumer-<group>-<host>)")
     p.add_argument(
         "--summary", action="store_true", help="print totals per regency and round, then exit"
@@ -124,7 +127,7 @@ def print_summary(store, out=None) -> None:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+    from edge.mqtt.consumer import Consumer, resend_requests
     from edge.mqtt.store import EventStore
 
     store = EventStore(args.db)
@@ -143,7 +146,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if not args.registry:
             print("edge consume: --registry is needed to verify device signatures", file=sys.stderr)
             return 2
-        registry = DeviceRegistry(args.registry)
+        registry = _consumer_registry(args.registry, args.central_pub)
         consumer = Consumer(
             _settings(args),
             store,
@@ -178,6 +181,23 @@ def cmd_consume(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _consumer_registry(path: str, central_pub: str | None):
+    """The signed registry when central's key is given; else the old unsigned one (migration)."""
+    from edge.errors import RegistryError
+    from edge.keys import load_central_public_pem
+    from edge.mqtt.consumer import DeviceRegistry
+    from edge.registry import RegistryStore
+
+    if central_pub is None:
+        log.warning("unsigned device registry: no regency or revocation checks (see --central-pub)")
+        return DeviceRegistry(path)
+    pem = load_central_public_pem(Path(central_pub), key="--central-pub")
+    store = RegistryStore(path, pem or b"")
+    if store.current() is None:
+        raise RegistryError(f"{path}: no valid signed device registry (see the log)")
+    return store
 
 
 def _publish_all(settings, messages: list[tuple[str, bytes]]) -> None:
