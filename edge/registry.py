@@ -244,7 +244,9 @@ def event_problem(
     return check_event(event, entry.public_pem)
 
 
-def mosquitto_acl(registry: Registry, prefix: str = "bansos/v1", central_user: str = "central") -> str:
+def mosquitto_acl(
+    registry: Registry, prefix: str = "bansos/v1", central_user: str = "central"
+) -> str:
     """A Mosquitto ``acl_file`` from the registry (usernames are the certificates' CNs).
 
     Each active terminal writes only its own event, status, health and command-result topics,
@@ -344,7 +346,9 @@ class RegistryStore:
                 )
             if cur is not None and reg.version == cur.version:
                 if reg.devices != cur.devices:
-                    raise RegistryError(f"registry version {reg.version} differs from the installed one")
+                    raise RegistryError(
+                        f"registry version {reg.version} differs from the installed one"
+                    )
                 return cur, False
             write_atomic(self.path, reg.blob, mode=0o644)
             self._current = reg

@@ -142,10 +142,19 @@ class Pki:
 class Broker:
     """One Mosquitto process; ``stop()`` then ``start()`` again keeps port and sessions."""
 
-    def __init__(self, root: Path, pki: Pki | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        pki: Pki | None = None,
+        port: int | None = None,
+        acl: str = ACL,
+        save_on_change: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pki = pki
+        # With a PKI: the acl_file (the default above, or e.g. `edge registry acl`'s output).
+        self.acl = acl
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.conf = self.root / "mosquitto.conf"
@@ -155,16 +164,22 @@ class Broker:
             # Started as root (CI containers), mosquitto would switch to a user that cannot
             # read the test's private temp dir; as any other user this line is ignored.
             f"user {getpass.getuser()}",
+            # As docs/mqtt.md documents: written after every change (retained message,
+            # subscription, queued message), so a SIGKILL loses sessions and retained status
+            # only from the last moment, not the last half hour (mosquitto's default).
             "persistence true",
             f"persistence_location {self.root}/",
-            "autosave_interval 1",
+        ]
+        if save_on_change:  # off: mosquitto's default, a save every 30 minutes
+            lines += ["autosave_on_changes true", "autosave_interval 1"]
+        lines += [
             "max_queued_messages 100000",
             "max_inflight_messages 100",
             f"listener {self.port} 127.0.0.1",
         ]
         if pki is not None:
             acl = self.root / "acl"
-            acl.write_text(ACL)
+            acl.write_text(self.acl)
             lines += [
                 f"cafile {pki.ca_file}",
                 f"certfile {pki.server_cert}",
@@ -207,6 +222,14 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or the OOM killer would: mosquitto saves nothing on the way."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=5)
         self.proc = None
 
     @property

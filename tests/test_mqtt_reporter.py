@@ -280,14 +280,19 @@ def test_acl_refusal_keeps_rows_unsent(broker, central, make_terminal, caplog):
         honest.close()
 
 
-def test_claims_sync_refuses_a_household_paid_elsewhere(broker, make_terminal, central_key, central_pem):
+def test_claims_sync_refuses_a_household_paid_elsewhere(
+    broker, make_terminal, central_key, central_pem
+):
     a = make_terminal("edge-a01")
     b = make_terminal("edge-b01")
     other = make_terminal("edge-c01", regency="3172")
     # Claims sync believes a synced payout only on the signed device registry's word.
     blob = sign_registry(
         central_key,
-        [DeviceEntry(t.device_id, t.cfg.device.regency, t.identity.device_public_pem()) for t in (a, b, other)],
+        [
+            DeviceEntry(t.device_id, t.cfg.device.regency, t.identity.device_public_pem())
+            for t in (a, b, other)
+        ],
         version=1,
     )
     try:

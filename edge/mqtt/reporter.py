@@ -136,9 +136,7 @@ class Reporter:
             registry = RegistryStore(cfg.state_path / REGISTRY_FILE, pem)
         else:
             log.warning("no central public key configured: remote commands are disabled")
-        return cls(
-            cfg, ledger, identity, commands, health_source=health_source, registry=registry
-        )
+        return cls(cfg, ledger, identity, commands, health_source=health_source, registry=registry)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -146,6 +144,11 @@ class Reporter:
     def connected(self) -> bool:
         """True while the broker has accepted our connection."""
         return self._connected
+
+    @property
+    def claims(self) -> ClaimsSync:
+        """Claims sync (its counters and the reasons of its last refusals)."""
+        return self._claims
 
     def start(self) -> None:
         """Connect in the background (retrying with back-off) and start the worker thread."""
