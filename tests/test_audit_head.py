@@ -14,6 +14,7 @@ import pytest
 from support import DEVICE_ID, pay
 
 from edge.__main__ import main
+from edge.devices.receipt import COLUMNS, Receipt, render_text
 from edge.events import receipt_payload, sign_head
 from edge.keys import DevicePublic, write_card
 from edge.ledger.audit import audit_ledger, check_receipt, head_problems, verify_events
@@ -137,3 +138,16 @@ def test_edge_audit_takes_the_head_from_a_health_message(before, tmp_path, ident
     assert main(["audit", str(path), "--device-pub", str(card), "--receipt", receipt]) == 1
     out = capsys.readouterr().out
     assert "receipt valid" in out and "seq 2) is missing from the ledger" in out
+
+
+def test_the_receipt_prints_where_its_payout_sits_in_the_chain(before, make_ledger):
+    path, _, _, _ = before
+    with make_ledger(path) as ledger:
+        paid = next(e for e in ledger.events() if e.get("household_id") == HH2)
+    slip = Receipt.from_event(
+        paid, point_name="Pos", masked_name="S*** A***", masked_household="KPM-****", qr_payload="q"
+    )
+    lines = render_text(slip).splitlines()
+    assert all(len(line) <= COLUMNS for line in lines)
+    [line] = [line for line in lines if line.startswith("Rantai")]
+    assert line.endswith(f"#2 {paid['hash'][:12]}")

@@ -22,9 +22,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from support import pay
 
 from edge.config import parse_config
-from edge.events import canonical
+from edge.events import canonical, check_head
 from edge.mqtt.client import connect_async, make_client
 from edge.mqtt.reporter import Reporter
+from edge.mqtt.schemas import errors
 from edge.registry import (
     DeviceEntry,
     RegistryStore,
@@ -270,4 +271,33 @@ def test_broker_killed_with_sigkill_keeps_sessions_and_retained_status(
             spy.close()
             back.close()
     finally:
+        broker.stop()
+
+
+def test_health_and_status_carry_a_signed_head_of_the_chain(
+    tmp_path, pki, fleet, central_pem, make_ledger
+):
+    broker = Broker(tmp_path / "broker", pki)
+    broker.start()
+    spy = Spy(broker, ["bansos/v1/3172/edge-b02/status", "bansos/v1/3172/edge-b02/health"])
+    identity = fleet["edge-b02"]
+    ledger, reporter, _ = start_terminal(
+        broker, tmp_path, "edge-b02", identity, make_ledger, central_pem
+    )
+    try:
+        pay(ledger, VICTIM_HOUSEHOLD, ROUND)
+        last = ledger.record("no_match", score=0.2, threshold=0.6)
+        reporter.publish_health({"reason": "test"})
+        assert wait_for(lambda: any(h.get("reason") == "test" for h in spy.on("/health")), 10)
+        health = [h for h in spy.on("/health") if h.get("reason") == "test"][-1]
+        status = spy.on("/status")[-1]
+        assert errors("health", health) == [] and errors("status", status) == []
+        assert (health["head"]["seq"], health["head"]["hash"]) == (2, last["hash"])
+        assert check_head(health["head"], "edge-b02", identity.device_public_pem()) is None
+        assert status["head"]["seq"] == 0  # online was said before the first payout
+        assert check_head(status["head"], "edge-b02", identity.device_public_pem()) is None
+        assert health["registry_version"] is None  # nothing installed on this terminal
+    finally:
+        reporter.stop()
+        spy.close()
         broker.stop()
