@@ -338,3 +338,46 @@ def test_acl_lists_each_active_device_with_its_own_topics_only(v1):
         "topic read bansos/v1/registry",
     ]
     assert "user central\ntopic readwrite bansos/v1/#" in acl
+
+
+def test_the_daemon_reporter_reads_the_installed_registry(
+    tmp_path, v1, devices, make_ledger, central_pem
+):
+    """Reporter.from_config (what the app builds) checks synced payouts against
+    state_dir/registry.json, verified with the configured central key."""
+    from edge.config import parse_config
+    from edge.mqtt.reporter import Reporter
+
+    (tmp_path / "central.pub").write_bytes(central_pem)
+    RegistryStore(tmp_path / "registry.json", central_pem).install(v1.blob)
+    _, b02 = devices["edge-b02"]
+    cfg = parse_config(
+        {
+            "device": {"id": "edge-b02", "regency": "3172", "state_dir": str(tmp_path)},
+            "mqtt": {"tls": False},
+            "bundle": {"central_public_key": str(tmp_path / "central.pub")},
+        }
+    )
+    here = make_ledger(tmp_path / "ledger.sqlite", b02, "edge-b02", "3172")
+    reporter = Reporter.from_config(cfg, here, b02)
+    _, b01 = devices["edge-b01"]
+    ev = pay(make_ledger(tmp_path / "b01.sqlite", b01, "edge-b01", "3172"), HOUSEHOLD)
+    assert reporter.claims.handle("bansos/v1/3172/edge-b01/event", canonical(ev))
+    assert here.is_paid(HOUSEHOLD, ROUND)["device_id"] == "edge-b01"
+
+
+def test_consume_takes_the_signed_registry_or_the_old_folder(tmp_path, v1, central_pem, devices):
+    from edge.cli.mqtt import _consumer_registry
+
+    (tmp_path / "central.pub").write_bytes(central_pem)
+    (tmp_path / "registry.json").write_bytes(v1.blob)
+    signed = _consumer_registry(str(tmp_path / "registry.json"), str(tmp_path / "central.pub"))
+    assert isinstance(signed, RegistryStore) and signed.lookup("edge-b01").regency == "3172"
+    (tmp_path / "forged.json").write_bytes(v1.blob.replace(b'"3171"', b'"3172"'))
+    with pytest.raises(RegistryError, match="no valid signed device registry"):
+        _consumer_registry(str(tmp_path / "forged.json"), str(tmp_path / "central.pub"))
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "edge-a01.pem").write_bytes(devices["edge-a01"][1].device_public_pem())
+    legacy = _consumer_registry(str(folder), None)
+    assert isinstance(legacy, DeviceRegistry) and legacy.lookup("edge-a01").regency is None
