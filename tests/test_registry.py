@@ -175,14 +175,16 @@ def test_event_problem_names_each_reason(v1, devices, make_ledger, central_key, 
 
 
 def test_claims_sync_believes_only_registered_devices_of_its_regency(
-    v1, devices, make_ledger, tmp_path
+    v1, devices, make_ledger, tmp_path, central_pem
 ):
     """The issue's forgery without a broker: edge-a01 of 3171 publishes into 3172, with a
     garbage signature and with its own (stolen, valid) key; neither turns the household away."""
     _, a01 = devices["edge-a01"]
     _, b01 = devices["edge-b01"]
     here = make_ledger(tmp_path / "b02.sqlite", devices["edge-b02"][1], "edge-b02", "3172")
-    sync = ClaimsSync(here, "edge-b02", "3172", registry=lambda: v1)
+    store = RegistryStore(tmp_path / "registry.json", central_pem)
+    store.install(v1.blob)
+    sync = ClaimsSync(here, "edge-b02", "3172", registry=store)
     forged = pay(make_ledger(tmp_path / "x.sqlite", a01, "edge-a01", "3172"), HOUSEHOLD)
     garbage = {**forged, "sig": base64.b64encode(bytes(64)).decode()}
     topic = "bansos/v1/3172/edge-a01/event"

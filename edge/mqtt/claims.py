@@ -17,12 +17,11 @@ believing any publisher lets one stolen terminal turn away any recipient.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from edge.errors import PayloadError
+from edge.errors import PayloadError, RegistryError
 from edge.mqtt.schemas import parse
 from edge.mqtt.topics import DEFAULT_PREFIX, split
-from edge.registry import Registry, event_problem
+from edge.registry import RegistryStore, event_problem
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,9 @@ log = logging.getLogger(__name__)
 class ClaimsSync:
     """Records the accepted payouts that other terminals of the regency publish.
 
-    ``registry`` returns the installed, verified device registry (or None when there is none);
-    ``refusals`` keeps the last reasons a synced payout was refused (a fake-friendly history).
+    ``registry`` is the installed device registry (``state_dir/registry.json``), which central's
+    retained registry messages update through :meth:`install_registry`; ``refusals`` keeps the
+    last reasons a synced payout was refused (a history tests can read).
     """
 
     def __init__(
@@ -40,13 +40,13 @@ class ClaimsSync:
         device_id: str,
         regency: str,
         prefix: str = DEFAULT_PREFIX,
-        registry: Callable[[], Registry | None] | None = None,
+        registry: RegistryStore | None = None,
     ) -> None:
         self._ledger = ledger
         self._device_id = device_id
         self._regency = regency
         self._prefix = prefix
-        self._registry = registry or (lambda: None)
+        self.registry = registry
         self._warned_no_registry = False
         self.recorded = 0
         self.rejected = 0
@@ -67,7 +67,7 @@ class ClaimsSync:
             return False
         if event["device_id"] != where[1]:
             return self._refuse("event names another device than its topic")
-        registry = self._registry()
+        registry = self.registry.current() if self.registry is not None else None
         if registry is None:
             if not self._warned_no_registry:
                 log.warning("claims sync: no device registry installed, synced payouts ignored")
@@ -86,6 +86,21 @@ class ClaimsSync:
             self.recorded += 1
             log.info("claims sync: payout %s from %s recorded", event["event_id"], where[1])
         return stored
+
+    def install_registry(self, payload: bytes) -> bool:
+        """Install a registry central published; an older or forged one changes nothing."""
+        if self.registry is None:
+            return False
+        try:
+            return self.registry.install(bytes(payload))[1]
+        except RegistryError as exc:
+            log.warning("device registry from the broker refused: %s", exc)
+            return False
+
+    def registry_version(self) -> int | None:
+        """Version of the installed registry (for health reports), or None."""
+        current = self.registry.current() if self.registry is not None else None
+        return current.version if current is not None else None
 
     def _refuse(self, why: str) -> bool:
         self.rejected += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.errors import PayloadError, RegistryError
+from edge.errors import PayloadError
 from edge.events import canonical, iso_utc
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
@@ -48,8 +48,7 @@ class Reporter:
 
     ``commands`` is an optional ``CommandProcessor``; ``health_source`` an optional callable
     returning the app's part of the health report (model and bundle ids, faults, ...);
-    ``registry`` the installed device registry, which claims sync checks every synced payout
-    against and which central's retained registry messages update.
+    ``registry`` the installed device registry claims sync checks synced payouts against.
     """
 
     def __init__(
@@ -75,13 +74,8 @@ class Reporter:
         self._session_expiry_s = session_expiry_s
         self._clock = clock
         self.topics = Topics(cfg.device.regency, cfg.device.id, cfg.mqtt.topic_prefix)
-        self._registry = registry
         self._claims = ClaimsSync(
-            ledger,
-            cfg.device.id,
-            cfg.device.regency,
-            cfg.mqtt.topic_prefix,
-            registry=registry.current if registry is not None else None,
+            ledger, cfg.device.id, cfg.device.regency, cfg.mqtt.topic_prefix, registry
         )
         self._settings = BrokerSettings.from_config(cfg.mqtt)
         self._client = make_client(
@@ -234,7 +228,7 @@ class Reporter:
         subs = [(self.topics.regency_events, SubscribeOptions(qos=1, noLocal=True))]
         if self._commands is not None:
             subs.append((self.topics.commands, SubscribeOptions(qos=1, noLocal=True)))
-        if self._registry is not None:
+        if self._claims.registry is not None:
             # Retained: a terminal that connects gets the newest registry at once.
             subs.append((registry_topic(self.topics.prefix), SubscribeOptions(qos=1)))
         client.subscribe(subs)
@@ -304,16 +298,7 @@ class Reporter:
             elif kind == "health":
                 self._send_health(data)
             elif kind == "registry":
-                self._install_registry(data)
-
-    def _install_registry(self, payload: bytes) -> None:
-        if self._registry is None:
-            return
-        try:
-            self._registry.install(bytes(payload))
-        except RegistryError as exc:
-            # An older or forged registry changes nothing: the installed one stays.
-            log.warning("device registry from the broker refused: %s", exc)
+                self._claims.install_registry(data)
 
     def _collect_acks(self) -> None:
         for event_id, info in list(self._inflight.items()):
@@ -373,10 +358,8 @@ class Reporter:
             "temperature_c": read_temperature(),
             "faults": [],
             "head": self._head(),
+            "registry_version": self._claims.registry_version(),
         }
-        if self._registry is not None:
-            current = self._registry.current()
-            report["registry_version"] = current.version if current else None
         if self._health_source is not None:
             report.update(self._health_source())
         report.update(extra)
@@ -390,7 +373,7 @@ class Reporter:
             self._client.publish(self.topics.health, canonical(report), qos=0)
 
     def _head(self) -> dict | None:
-        """The ledger's signed head checkpoint (see edge.events.sign_head), when it has one."""
+        # The signed head checkpoint (edge.events.sign_head) that proves a later cut or fork.
         signed_head = getattr(self._ledger, "signed_head", None)
         return signed_head() if signed_head else None
 
