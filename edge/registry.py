@@ -286,8 +286,8 @@ class RegistryStore:
     """The installed registry, one file: install after verification, never an older version.
 
     Terminals keep it in ``state_dir/registry.json``; central's consumer may point at the file
-    central signs. ``lookup`` re-reads the file (at most every ``reload_s``) when it meets an
-    unknown device, so a registry updated on disk needs no restart. Thread-safe.
+    central signs. ``lookup`` re-reads the file when it changed on disk (looked at no more than
+    every ``reload_s``), so a new device or a revocation needs no restart. Thread-safe.
     """
 
     def __init__(self, path: Path | str, central_public_pem: bytes, reload_s: float = 5.0):
@@ -297,11 +297,14 @@ class RegistryStore:
         self._lock = threading.Lock()
         self._current: Registry | None = None
         self._loaded_at = 0.0
+        self._stamp: tuple[int, int] | None = None
         self._load()
 
     def _load(self) -> None:
         self._loaded_at = time.monotonic()
         try:
+            st = self.path.stat()
+            self._stamp = (st.st_mtime_ns, st.st_size)
             blob = self.path.read_bytes()
         except FileNotFoundError:
             return
@@ -323,13 +326,17 @@ class RegistryStore:
             return self._current
 
     def lookup(self, device_id: str) -> DeviceEntry | None:
-        """The device's entry in the current registry (re-read once in a while when unknown)."""
+        """The device's entry in the current registry (the file re-read when it changed)."""
         with self._lock:
-            entry = self._current.lookup(device_id) if self._current else None
-            if entry is None and time.monotonic() - self._loaded_at > self._reload_s:
-                self._load()
-                entry = self._current.lookup(device_id) if self._current else None
-            return entry
+            if time.monotonic() - self._loaded_at > self._reload_s:
+                self._loaded_at = time.monotonic()
+                try:
+                    st = self.path.stat()
+                except OSError:
+                    st = None
+                if st is not None and (st.st_mtime_ns, st.st_size) != self._stamp:
+                    self._load()
+            return self._current.lookup(device_id) if self._current else None
 
     def install(self, blob: bytes) -> tuple[Registry, bool]:
         """Verify and keep ``blob``; ``(registry, True)`` when it replaced the installed one.
@@ -351,6 +358,7 @@ class RegistryStore:
                     )
                 return cur, False
             write_atomic(self.path, reg.blob, mode=0o644)
-            self._current = reg
+            st = self.path.stat()
+            self._current, self._stamp = reg, (st.st_mtime_ns, st.st_size)
         log.info("device registry version %d installed (%d devices)", reg.version, len(reg.devices))
         return reg, True

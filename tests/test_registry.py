@@ -143,6 +143,19 @@ def test_the_store_keeps_the_newest_and_refuses_an_older_one(
     assert again.lookup("edge-b02").revoked_at == "2026-11-30T00:53:20.000Z"
 
 
+def test_a_revocation_written_by_central_reaches_a_running_consumer(
+    tmp_path, central_key, central_pem, v1
+):
+    path = tmp_path / "registry.json"
+    path.write_bytes(v1.blob)
+    store = RegistryStore(path, central_pem, reload_s=0.0)
+    assert not store.lookup("edge-a01").revoked
+    path.write_bytes(sign_registry(central_key, revoke(v1, "edge-a01"), 2))
+    assert store.lookup("edge-a01").revoked and store.current().version == 2
+    path.write_bytes(v1.blob)  # an older file put back: the newer one stays
+    assert store.lookup("edge-a01").revoked
+
+
 def test_a_registry_file_edited_on_the_card_is_not_believed(tmp_path, central_pem, v1):
     path = tmp_path / "registry.json"
     RegistryStore(path, central_pem).install(v1.blob)
