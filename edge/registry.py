@@ -244,6 +244,22 @@ def event_problem(
     return check_event(event, entry.public_pem)
 
 
+def message_problem(entry: DeviceEntry | None, message: dict) -> str | None:
+    """Why ``message`` (a command result: ``sig`` is base64 Ed25519 over the canonical form
+    without ``sig``) was not signed by ``entry``'s device, or None when it was."""
+    if entry is None:
+        return "unknown device"
+    if entry.revoked:
+        return f"device revoked at {entry.revoked_at}"
+    body = {k: v for k, v in message.items() if k != "sig"}
+    try:
+        sig = base64.b64decode(str(message.get("sig") or ""), validate=True)
+        signed = canonical(body)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return "signature unreadable"
+    return None if verify_ed25519(entry.public_pem, sig, signed) else "bad signature"
+
+
 def mosquitto_acl(
     registry: Registry, prefix: str = "bansos/v1", central_user: str = "central"
 ) -> str:

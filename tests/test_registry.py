@@ -391,6 +391,8 @@ def test_consume_takes_the_signed_registry_or_the_old_folder(tmp_path, v1, centr
     (tmp_path / "forged.json").write_bytes(v1.blob.replace(b'"3171"', b'"3172"'))
     with pytest.raises(RegistryError, match="no valid signed device registry"):
         _consumer_registry(str(tmp_path / "forged.json"), str(tmp_path / "central.pub"))
+    with pytest.raises(RegistryError, match="give --central-pub"):
+        _consumer_registry(str(tmp_path / "registry.json"), None)
     folder = tmp_path / "keys"
     folder.mkdir()
     (folder / "edge-a01.pem").write_bytes(devices["edge-a01"][1].device_public_pem())
