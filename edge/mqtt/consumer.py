@@ -3,9 +3,10 @@
 It joins an MQTT 5 shared subscription (``$share/<group>/bansos/v1/+/+/event``): the broker
 hands each event to one member of the group, so central scales by starting more consumers.
 Each event is schema-checked, its device looked up in the device registry (signed by central,
-:mod:`edge.registry`: known, not revoked, registered in the regency of the event and its topic),
-its hash and signature verified against the registered key, then stored once (``event_id`` is the primary key). The store is written
-before paho sends the PUBACK, so a consumer that dies mid-message gets the event again.
+:mod:`edge.registry`: known, not revoked, registered in the regency of the event and its
+topic), its hash and signature verified against the registered key, then stored once
+(``event_id`` is the primary key). The store is written before paho sends the PUBACK, so a
+consumer that dies mid-message gets the event again.
 """
 
 from __future__ import annotations
