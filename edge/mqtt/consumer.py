@@ -39,8 +39,9 @@ class DeviceRegistry:
     Kept for migration only: it knows keys but neither regencies nor revocations, so events
     are checked for hash and signature alone. Central signs a real registry with ``edge
     registry build`` and gives the consumer that file with ``--central-pub``
-    (:class:`edge.registry.RegistryStore`, which has the same ``lookup``). A folder holds ``<device_id>.pem`` (bare public key) or ``<device_id>.json`` (device card
-    from ``edge keys``); a file is a JSON object ``{"device_id": "PEM", ...}``. An unknown id
+    (:class:`edge.registry.RegistryStore`, which has the same ``lookup``). A folder holds
+    ``<device_id>.pem`` (bare public key) or ``<device_id>.json`` (device card from
+    ``edge keys``); a file is a JSON object ``{"device_id": "PEM", ...}``. An unknown id
     triggers a re-read (at most every few seconds), so a newly provisioned terminal needs no
     consumer restart.
     """
