@@ -2,8 +2,10 @@
 
 ``Pki`` makes a test CA, a server certificate for 127.0.0.1 and client certificates whose CN
 is the MQTT username (``use_identity_as_username``). ``Broker`` writes a mosquitto.conf with a
-mutual-TLS listener (or plain TCP), an ACL that confines each device to its own topics, and
-persistence, so it can be stopped and started again on the same port like a real outage.
+mutual-TLS listener (or plain TCP), an ACL, and persistence saved on every change, so it can be
+stopped (or killed) and started again on the same port like a real outage. The default ACL is
+the old pattern one (each device writes only under its own id, in any regency); tests of the
+per-regency ACL pass ``acl=`` the output of ``edge.registry.mosquitto_acl``.
 """
 
 from __future__ import annotations
