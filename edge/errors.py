@@ -64,3 +64,7 @@ class GalleryError(EdgeError):
 
 class KeyFileError(EdgeError):
     """A key file is missing, unreadable or of the wrong kind."""
+
+
+class RegistryError(EdgeError):
+    """A device registry is unsigned, tampered, malformed or older than the one installed."""

@@ -241,6 +241,13 @@ class Provisioner(Target):
 
         if self.args.central_pub:
             load_central_public_key(Path(self.args.central_pub).read_bytes())
+        if self.args.registry:
+            from edge.registry import open_registry
+
+            if not self.args.central_pub:
+                raise SystemExit("provision: --registry needs --central-pub to verify it")
+            central = Path(self.args.central_pub).read_bytes()
+            open_registry(Path(self.args.registry).read_bytes(), central)
         if self.args.models:
             check_models(Path(self.args.models))
 
@@ -249,6 +256,9 @@ class Provisioner(Target):
             self.copy(Path(self.args.central_pub), CENTRAL_PUB)
         if self.args.ca:
             self.copy(Path(self.args.ca), CA_FILE)
+        if self.args.registry:
+            # Claims sync works from the first boot; newer versions then arrive retained.
+            self.copy(Path(self.args.registry), STATE / "registry.json", 0o644)
 
     def install_unit(self) -> None:
         self.copy(find_asset("edge.service"), UNIT)
@@ -360,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", default="picamera2", choices=("picamera2", "opencv", "auto"))
     p.add_argument("--central-pub", help="central Ed25519 public key PEM (verifies bundles)")
     p.add_argument("--ca", help="CA certificate PEM of the broker")
+    p.add_argument("--registry", help="device registry signed by central (edge registry build)")
     p.add_argument("--no-tls", action="store_true", help="plain MQTT (lab only)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wheel", help="bansos_edge wheel to install")

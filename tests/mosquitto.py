@@ -2,8 +2,10 @@
 
 ``Pki`` makes a test CA, a server certificate for 127.0.0.1 and client certificates whose CN
 is the MQTT username (``use_identity_as_username``). ``Broker`` writes a mosquitto.conf with a
-mutual-TLS listener (or plain TCP), an ACL that confines each device to its own topics, and
-persistence, so it can be stopped and started again on the same port like a real outage.
+mutual-TLS listener (or plain TCP), an ACL, and persistence saved on every change, so it can be
+stopped (or killed) and started again on the same port like a real outage. The default ACL is
+the old pattern one (each device writes only under its own id, in any regency); tests of the
+per-regency ACL pass ``acl=`` the output of ``edge.registry.mosquitto_acl``.
 """
 
 from __future__ import annotations
@@ -142,10 +144,19 @@ class Pki:
 class Broker:
     """One Mosquitto process; ``stop()`` then ``start()`` again keeps port and sessions."""
 
-    def __init__(self, root: Path, pki: Pki | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        pki: Pki | None = None,
+        port: int | None = None,
+        acl: str = ACL,
+        save_on_change: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pki = pki
+        # With a PKI: the acl_file (the default above, or e.g. `edge registry acl`'s output).
+        self.acl = acl
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.conf = self.root / "mosquitto.conf"
@@ -155,16 +166,22 @@ class Broker:
             # Started as root (CI containers), mosquitto would switch to a user that cannot
             # read the test's private temp dir; as any other user this line is ignored.
             f"user {getpass.getuser()}",
+            # As docs/mqtt.md documents: written after every change (retained message,
+            # subscription, queued message), so a SIGKILL loses sessions and retained status
+            # only from the last moment, not the last half hour (mosquitto's default).
             "persistence true",
             f"persistence_location {self.root}/",
-            "autosave_interval 1",
+        ]
+        if save_on_change:  # off: mosquitto's default, a save every 30 minutes
+            lines += ["autosave_on_changes true", "autosave_interval 1"]
+        lines += [
             "max_queued_messages 100000",
             "max_inflight_messages 100",
             f"listener {self.port} 127.0.0.1",
         ]
         if pki is not None:
             acl = self.root / "acl"
-            acl.write_text(ACL)
+            acl.write_text(self.acl)
             lines += [
                 f"cafile {pki.ca_file}",
                 f"certfile {pki.server_cert}",
@@ -207,6 +224,14 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or the OOM killer would: mosquitto saves nothing on the way."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=5)
         self.proc = None
 
     @property

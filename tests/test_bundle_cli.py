@@ -13,6 +13,7 @@ from support import pay
 
 from edge.__main__ import main
 from edge.config import Config
+from edge.keys import write_card
 from edge.payout.claim import decode_claim
 
 DEVICE = "edge-cli-0001"
@@ -102,11 +103,16 @@ def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys, make_identi
     capsys.readouterr()
 
     text = receipt_payload(ev)
-    assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", tmp_path / "dev.pem") == 0
+    # A receipt is checked against a key that names its device (a card, or the registry).
+    card = tmp_path / "dev.json"
+    write_card(ident, DEVICE, card)
+    assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", card) == 0
     assert "receipt valid" in capsys.readouterr().out
     forged = text.replace("KPM-3171-0001-0001", "KPM-3171-0001-0009")
-    assert edge(cfg_file, "audit", "--receipt", forged, "--device-pub", tmp_path / "dev.pem") == 1
+    assert edge(cfg_file, "audit", "--receipt", forged, "--device-pub", card) == 1
     assert "INVALID" in capsys.readouterr().out
+    assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", tmp_path / "dev.pem") == 1
+    assert "bare public key" in capsys.readouterr().out
 
     conn = sqlite3.connect(db)
     conn.execute("DROP TRIGGER events_append_only_u")

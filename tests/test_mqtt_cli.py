@@ -10,10 +10,12 @@ from support import pay
 
 from edge.__main__ import main
 from edge.config import parse_config
+from edge.keys import DeviceIdentity
 from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore
+from edge.registry import DeviceEntry, sign_registry
 
 
 def tls_args(broker, cn: str) -> list[str]:
@@ -97,6 +99,16 @@ def test_command_cli_sends_a_signed_command_and_prints_the_result(
         assert main([*base, "selfdestruct"]) == 1
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["error"] == "unknown command: selfdestruct"
+        # With the signed device registry each result's signature is checked too.
+        pub = tmp_path / "central.pub"
+        pub.write_bytes(central_pem)
+        checked = [*base, "--central-pub", str(pub), "--registry"]
+        for version, key in ((1, identity), (2, DeviceIdentity.generate())):
+            entry = DeviceEntry("edge-a01", "3171", key.device_public_pem())
+            reg = tmp_path / f"registry-{version}.json"
+            reg.write_bytes(sign_registry(central_key, [entry], version))
+            assert main([*checked, str(reg), "health"]) == (0 if key is identity else 1)
+        assert "result not from edge-a01: bad signature" in capsys.readouterr().err
     finally:
         reporter.stop()
         commands.close()

@@ -22,6 +22,7 @@ from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors
 from edge.mqtt.store import EventStore
+from edge.registry import DeviceEntry, RegistryStore, sign_registry
 
 REGENCY = "3171"
 ROUND = "2026-11"
@@ -279,13 +280,26 @@ def test_acl_refusal_keeps_rows_unsent(broker, central, make_terminal, caplog):
         honest.close()
 
 
-def test_claims_sync_refuses_a_household_paid_elsewhere(broker, make_terminal):
+def test_claims_sync_refuses_a_household_paid_elsewhere(
+    broker, make_terminal, central_key, central_pem
+):
     a = make_terminal("edge-a01")
     b = make_terminal("edge-b01")
     other = make_terminal("edge-c01", regency="3172")
+    # Claims sync believes a synced payout only on the signed device registry's word.
+    blob = sign_registry(
+        central_key,
+        [
+            DeviceEntry(t.device_id, t.cfg.device.regency, t.identity.device_public_pem())
+            for t in (a, b, other)
+        ],
+        version=1,
+    )
     try:
         for t in (a, b, other):
-            t.start()
+            registry = RegistryStore(t.state / "registry.json", central_pem)
+            registry.install(blob)
+            t.start(registry=registry)
         assert wait_for(lambda: all(t.reporter.connected for t in (a, b, other)), 10)
         pay(a.ledger, "KPM-3171-0000-0042", ROUND, 6)
         a.ledger.record("no_match", household_id="KPM-3171-0000-0043", round_id=ROUND)

@@ -308,3 +308,25 @@ def test_unit_and_provisioning_agree_on_paths():
     assert set(module.GROUPS) == {
         line.split()[2] for line in sysusers.splitlines() if line[:2] == "m "
     }
+
+
+def test_a_signed_device_registry_is_installed_and_a_forged_one_refused(tmp_path, kit):
+    """`--registry` puts central's signed registry in the state dir, so claims sync works from
+    the first boot; one not signed by central stops provisioning before anything is written."""
+    from edge.keys import DeviceIdentity, load_central_private_key
+    from edge.registry import DeviceEntry, open_registry, sign_registry
+
+    central = load_central_private_key(kit / "central.key")
+    entry = DeviceEntry("edge-3171-0001", "3171", DeviceIdentity.generate().device_public_pem())
+    (kit / "registry.json").write_bytes(sign_registry(central, [entry], 3))
+    res = provision(tmp_path, kit, "--registry", str(kit / "registry.json"))
+    assert res.returncode == 0, res.stderr
+    installed = (tmp_path / "root/var/lib/edge/registry.json").read_bytes()
+    assert open_registry(installed, (kit / "central.key.pub").read_bytes()).version == 3
+
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(installed.replace(b'"3171"', b'"3172"'))
+    (tmp_path / "again").mkdir()
+    res = provision(tmp_path / "again", kit, "--registry", str(forged))
+    assert res.returncode != 0 and "not signed by central" in res.stderr
+    assert not (tmp_path / "again/root/var/lib/edge").exists()

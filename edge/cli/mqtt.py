@@ -74,8 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plain subscription (a single consumer, see docs/mqtt.md)",
     )
     p.add_argument(
-        "--registry", help="device public keys: folder of <device_id>.pem/.json, or a JSON file"
+        "--registry",
+        help="the signed device registry (edge registry build; needs --central-pub), or, "
+        "unsigned and without regency or revocation checks, a folder of <device_id>.pem/.json",
     )
+    p.add_argument("--central-pub", help="central Ed25519 public key: verifies --registry")
     p.add_argument("--client-id", help="MQTT client id (default: consumer-<group>-<host>)")
     p.add_argument(
         "--summary", action="store_true", help="print totals per regency and round, then exit"
@@ -101,6 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle-file", help="bundle: the bundle blob to send (chunked)")
     p.add_argument("--bundle-id", help="bundle: its id")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the results")
+    p.add_argument(
+        "--registry", help="signed device registry: check each result's device signature"
+    )
+    p.add_argument("--central-pub", help="central Ed25519 public key: verifies --registry")
     p.set_defaults(func=cmd_command)
 
 
@@ -124,7 +131,7 @@ def print_summary(store, out=None) -> None:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+    from edge.mqtt.consumer import Consumer, resend_requests
     from edge.mqtt.store import EventStore
 
     store = EventStore(args.db)
@@ -143,7 +150,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if not args.registry:
             print("edge consume: --registry is needed to verify device signatures", file=sys.stderr)
             return 2
-        registry = DeviceRegistry(args.registry)
+        registry = _consumer_registry(args.registry, args.central_pub)
         consumer = Consumer(
             _settings(args),
             store,
@@ -178,6 +185,37 @@ def cmd_consume(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _consumer_registry(path: str, central_pub: str | None):
+    """The signed registry when central's key is given; else the old unsigned one (migration)."""
+    from edge.errors import RegistryError
+    from edge.keys import load_central_public_pem
+    from edge.mqtt.consumer import DeviceRegistry
+    from edge.registry import RegistryStore
+
+    if central_pub is None:
+        if Path(path).is_file() and b'"schema":"bansos.registry/1"' in Path(path).read_bytes():
+            raise RegistryError(f"{path} is a signed device registry: give --central-pub")
+        log.warning("unsigned device registry: no regency or revocation checks (see --central-pub)")
+        return DeviceRegistry(path)
+    pem = load_central_public_pem(Path(central_pub), key="--central-pub")
+    store = RegistryStore(path, pem or b"")
+    if store.current() is None:
+        raise RegistryError(f"{path}: no valid signed device registry (see the log)")
+    return store
+
+
+def _results_signed(args: argparse.Namespace, results: list[dict]) -> bool:
+    """True when every result carries the signature of the device the registry names."""
+    from edge.registry import message_problem
+
+    registry = _consumer_registry(args.registry, args.central_pub)
+    entry = registry.lookup(args.device)
+    problems = [p for p in (message_problem(entry, r) for r in results) if p]
+    for problem in problems:
+        print(f"edge command: result not from {args.device}: {problem}", file=sys.stderr)
+    return not problems
 
 
 def _publish_all(settings, messages: list[tuple[str, bytes]]) -> None:
@@ -229,6 +267,8 @@ def cmd_command(args: argparse.Namespace) -> int:
         client.loop_stop()
     for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "sig"}, ensure_ascii=False))
+    if args.registry and not _results_signed(args, results):
+        return 1
     if len(results) < len(payloads):
         print(
             f"edge command: {len(payloads) - len(results)} result(s) not received", file=sys.stderr

@@ -49,6 +49,9 @@ class Receipt:
 
     ``ts`` is a UTC datetime, an ISO 8601 string (``...Z``) or epoch seconds; it prints in WIB.
     ``qr_payload`` is the signed record (``edge.events.receipt_payload``) printed as a QR code.
+    ``chain`` is where the payout sits in the terminal's hash chain, ``#seq`` and the first 12
+    hex digits of the event hash: a checkpoint in the recipient's hand that a later ledger
+    cut back and rewritten cannot match (``edge audit --receipt``, docs/security.md).
     """
 
     point_name: str
@@ -60,6 +63,7 @@ class Receipt:
     amount: int
     event_id: str
     qr_payload: str
+    chain: str = ""
 
     @classmethod
     def from_event(
@@ -83,6 +87,7 @@ class Receipt:
             amount=int(event.get("amount") or 0),
             event_id=event["event_id"],
             qr_payload=qr_payload,
+            chain=chain_mark(event),
         )
 
 
@@ -194,6 +199,12 @@ def _header(title: str, point_name: str, ts: datetime | str | float) -> list[Lin
     ]
 
 
+def chain_mark(event: dict) -> str:
+    """``#seq hash[:12]`` of an event: short enough for one 58 mm line, long enough to compare."""
+    seq, digest = event.get("seq"), str(event.get("hash") or "")
+    return f"#{seq} {digest[:12]}" if seq is not None and digest else ""
+
+
 def _footer(device_id: str, event_id: str) -> list[Line]:
     return [
         *_field("Terminal", device_id),
@@ -215,6 +226,7 @@ def receipt_blocks(r: Receipt, reprint: bool = False) -> list[Block]:
         *_field("Jumlah", format_rupiah(r.amount), bold=True, tall=True),
         _rule(),
         *_footer(r.device_id, r.event_id),
+        *(_field("Rantai", r.chain) if r.chain else []),
         Line(""),
         Qr(r.qr_payload),
         *_centered("Pindai untuk memeriksa keaslian"),
@@ -295,4 +307,5 @@ def example_receipt() -> Receipt:
         amount=300000,
         event_id="5b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15",
         qr_payload="bansos.rcpt/1:EXAMPLE-ONLY:5b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15",
+        chain="#1287 9f3c2a7be041",
     )

@@ -2,8 +2,15 @@
 
 Beyond :func:`verify_events` (hashes, signatures, chain, sequence gaps) a ledger file is
 cross-checked against itself: every accepted event has its payout row and the reverse, no
-payout row was removed, the head sequence number in ``meta`` matches the last event (so
-deleting the newest events shows), and SQLite's own integrity check passes.
+payout row was removed, the head sequence number in ``meta`` matches the last event, and
+SQLite's own integrity check passes.
+
+None of that can see the newest events deleted by someone who also sets ``head_seq`` back: a
+ledger is only proven whole up to a signed head checkpoint that left the terminal (health and
+status messages, central's record) or a receipt in a recipient's hand. :func:`head_problems`
+and :func:`receipt_problems` compare the ledger with one; without one the report says that
+truncation cannot be excluded. Receipts are checked against the device registry
+(:func:`check_receipt`): the key must be the one central registered for the receipt's device.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from edge.events import (
     GENESIS,
     REQUIRED,
     SCHEMA,
+    check_head,
     event_hash,
     receipt_signature_ok,
     signature_ok,
+    verify_receipt_payload,
 )
-from edge.keys import load_ed25519_public
+from edge.keys import DevicePublic, load_ed25519_public
 from edge.ledger.schema import receipt_notes
 from edge.privacy import mask_id
 
@@ -42,6 +51,8 @@ class AuditReport:
     boot_sessions: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # The newest seq a signed checkpoint from outside the ledger proved present (None: none).
+    proven_to: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,6 +68,13 @@ class AuditReport:
         lines += [f"GAP: seq {a}..{b} missing" for a, b in self.gaps]
         lines += [f"ERROR: {e}" for e in self.errors]
         lines += [f"warning: {w}" for w in self.warnings]
+        if self.proven_to is None:
+            lines.append(
+                "NOTE: no signed head checkpoint given (--head or --receipt): deleting the "
+                "newest events cannot be excluded"
+            )
+        else:
+            lines.append(f"whole up to the signed checkpoint at seq {self.proven_to}")
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
 
@@ -168,6 +186,16 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def ledger_device_id(path: Path | str) -> str:
+    """The device id a ledger file's ``meta`` names (to find its key in the registry)."""
+    conn = _open_ro(Path(path))
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
+    finally:
+        conn.close()
+    return str(row[0]) if row else ""
+
+
 def read_events(path: Path | str) -> Iterator[dict]:
     """Events of a ledger file in sequence order, parsed from their stored canonical JSON."""
     conn = _open_ro(Path(path))
@@ -191,12 +219,19 @@ def read_event_stream(path: Path | str) -> list[dict]:
     return sorted(events, key=lambda e: e.get("seq", 0) if isinstance(e.get("seq"), int) else 0)
 
 
-def audit_ledger(path: Path | str, device_public_pem: bytes | None = None) -> AuditReport:
+def audit_ledger(
+    path: Path | str,
+    device_public_pem: bytes | None = None,
+    *,
+    head: dict | None = None,
+    receipt: dict | None = None,
+) -> AuditReport:
     """Verify a ledger file; without ``device_public_pem`` the key stored in the ledger is used.
 
     The stored key proves only that the ledger is self-consistent: whoever can rewrite the file
     can re-sign it with a key of their own. Pass the key registered at provisioning to prove the
-    events came from that device.
+    events came from that device. ``head`` (a signed head checkpoint) and ``receipt`` (a
+    verified receipt record) are checkpoints from outside the file: see :func:`head_problems`.
     """
     path = Path(path)
     conn = _open_ro(path)
@@ -214,6 +249,10 @@ def audit_ledger(path: Path | str, device_public_pem: bytes | None = None) -> Au
         elif meta.get("device_public_pem", "").encode().strip() != device_public_pem.strip():
             report.errors.append("ledger meta holds a different device key than the one given")
         _cross_check(conn, meta, report)
+        if head is not None:
+            head_problems(head, meta.get("device_id", ""), pem, read_events(path), report)
+        if receipt is not None:
+            receipt_problems(receipt, read_events(path), report)
     finally:
         conn.close()
     return report
@@ -247,3 +286,100 @@ def _cross_check(conn: sqlite3.Connection, meta: dict, report: AuditReport) -> N
     if any(d != meta.get("device_id") for d in devices):
         report.errors.append(f"events from other devices in this ledger: {devices}")
     report.warnings += receipt_notes(conn)  # cut-off slips: noted, not tampering
+
+
+# -- checkpoints from outside the ledger ------------------------------------------------------
+
+
+def head_problems(
+    head: dict,
+    device_id: str,
+    device_public_pem: bytes,
+    events: Iterable[dict],
+    report: AuditReport,
+) -> None:
+    """Compare a chain with a signed head checkpoint of ``device_id``; problems go to ``report``.
+
+    The chain must reach the checkpoint's seq and hold the checkpoint's hash there: shorter
+    means the newest events were deleted; another hash at that seq means the ledger was cut
+    back and written again (the same seq re-used, e.g. to pay a household a second time).
+    """
+    problem = check_head(head, device_id, device_public_pem)
+    if problem:
+        report.errors.append(f"head checkpoint: {problem}")
+        return
+    seq, ts = head["seq"], head["ts"]
+    found = GENESIS if seq == 0 else None
+    last = 0
+    for ev in events:
+        if isinstance(ev.get("seq"), int):
+            last = max(last, ev["seq"])
+            if ev["seq"] == seq:
+                found = ev.get("hash")
+    if last < seq:
+        report.errors.append(
+            f"ledger ends at seq {last}, but the device signed a head at seq {seq} ({ts}): "
+            "the newest events were deleted"
+        )
+    elif found != head["hash"]:
+        report.errors.append(
+            f"seq {seq} differs from the device's signed head of {ts}: the chain was cut back "
+            "and written again after that checkpoint (forked)"
+        )
+    else:
+        report.proven_to = max(report.proven_to or 0, seq)
+
+
+def receipt_problems(receipt: dict, events: Iterable[dict], report: AuditReport) -> None:
+    """A verified receipt record (``check_receipt``) is a checkpoint too: its event must be in
+    the chain, at its seq, with its id."""
+    seq = receipt["seq"]
+    match = next((ev for ev in events if ev.get("seq") == seq), None)
+    if match is None:
+        report.errors.append(f"the receipt's event (seq {seq}) is missing from the ledger")
+        return
+    # The event id is under the receipt signature and the event's own hash: the same id at the
+    # same seq of a verified chain is the same event.
+    if match.get("event_id") != receipt.get("event_id"):
+        report.errors.append(
+            f"seq {seq} in the ledger is not the event on the receipt: the chain was cut back "
+            "and written again after it was printed"
+        )
+        return
+    report.proven_to = max(report.proven_to or 0, seq)
+
+
+def check_receipt(text: str, *, registry=None, device: DevicePublic | None = None) -> dict:
+    """Verify a receipt QR against the key registered for the device it names; its fields.
+
+    ``registry`` (an :class:`edge.registry.Registry`) gives the key of the receipt's
+    ``device_id`` and refuses an unknown or revoked device; without it, ``device`` must be that
+    device's card (which names its id). A bare public key is refused: it does not say whose it
+    is, and any key verifies what that key signed. Raises LedgerError.
+    """
+    parts = (text or "").strip().split("|")
+    device_id = parts[2] if len(parts) > 2 else ""
+    if registry is not None:
+        entry = registry.lookup(device_id)
+        if entry is None:
+            raise LedgerError("the receipt names a device that is not in the registry")
+        if entry.revoked:
+            raise LedgerError(
+                f"device {device_id} was revoked at {entry.revoked_at}: its signature proves "
+                "nothing any more; check central's record of the payout"
+            )
+        if device is not None and device.sign_public_pem.strip() != entry.public_pem.strip():
+            raise LedgerError(f"the key given is not the one registered for {device_id}")
+        pem = entry.public_pem
+    elif device is not None and device.device_id:
+        if device.device_id != device_id:
+            raise LedgerError(
+                f"the receipt names another device than the card ({device.device_id})"
+            )
+        pem = device.sign_public_pem
+    else:
+        raise LedgerError(
+            "a bare public key does not say which device it belongs to: give the device "
+            "registry (--registry) or the device's card (--device-pub card.json)"
+        )
+    return verify_receipt_payload(text, pem)

@@ -38,6 +38,7 @@ from edge.events import (
     canonical,
     event_hash,
     iso_utc,
+    sign_head,
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
@@ -325,6 +326,16 @@ class Ledger(ReceiptRows, RemotePayouts):
                 "SELECT body FROM events WHERE event_id = ?", (event_id,)
             ).fetchone()
         return _load(row[0]) if row else None
+
+    def signed_head(self) -> dict:
+        """A head checkpoint ``{"seq", "hash", "ts", "sig"}`` of the chain as it is now.
+
+        Signed by the device (:func:`edge.events.sign_head`); health, status and receipts carry
+        it off the terminal, where it later proves a cut or forked ledger (docs/security.md).
+        """
+        with self._lock:
+            seq, digest = self._head()
+        return sign_head(self.device_id, seq, digest, iso_utc(self._clock()), self._identity.sign)
 
     def stats(self) -> dict:
         """Counts for health reports: events, payouts, outbox depth, receipts not yet printed

@@ -2,27 +2,37 @@
 
 Every terminal subscribes to ``{prefix}/{regency}/+/event``. An accepted payout from another
 terminal is written with ``ledger.record_remote_payout``; from then on ``Ledger.record`` refuses
-that household and round as already paid. The terminal does not hold the other terminals'
-public keys, so a remote payout is trusted because the broker only lets a device publish under
-its own topic (ACL by the certificate's CN); central still verifies every signature and flags
-double payouts that happened while terminals were cut off from each other.
+that household and round as already paid.
+
+A synced payout turns a recipient away here, so it is believed only on central's word: the
+device registry (:mod:`edge.registry`, signed by central) must list its device as active, in
+this terminal's regency and the regency of the topic and the event, and the event's hash and
+signature must check against the registered key. The broker's ACL (generated from the same
+registry) is the first wall; this check is the second, for a broker that is misconfigured or
+itself compromised. Without an installed registry nothing is synced: a payout another terminal
+made offline-style is then caught by central as a double payout, which is recoverable, whereas
+believing any publisher lets one stolen terminal turn away any recipient.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from edge.errors import PayloadError
-from edge.events import check_event
+from edge.errors import PayloadError, RegistryError
 from edge.mqtt.schemas import parse
 from edge.mqtt.topics import DEFAULT_PREFIX, split
+from edge.registry import RegistryStore, event_problem
 
 log = logging.getLogger(__name__)
 
 
 class ClaimsSync:
-    """Records the accepted payouts that other terminals of the regency publish."""
+    """Records the accepted payouts that other terminals of the regency publish.
+
+    ``registry`` is the installed device registry (``state_dir/registry.json``), which central's
+    retained registry messages update through :meth:`install_registry`; ``refusals`` keeps the
+    last reasons a synced payout was refused (a history tests can read).
+    """
 
     def __init__(
         self,
@@ -30,16 +40,17 @@ class ClaimsSync:
         device_id: str,
         regency: str,
         prefix: str = DEFAULT_PREFIX,
-        device_keys: Callable[[str], bytes | None] | None = None,
+        registry: RegistryStore | None = None,
     ) -> None:
         self._ledger = ledger
         self._device_id = device_id
         self._regency = regency
         self._prefix = prefix
-        # Optional: when central ships the regency's device keys, signatures are checked too.
-        self._device_keys = device_keys
+        self.registry = registry
+        self._warned_no_registry = False
         self.recorded = 0
         self.rejected = 0
+        self.refusals: list[str] = []
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Process one message from the regency's event topics; True when a payout was stored."""
@@ -51,23 +62,49 @@ class ClaimsSync:
         try:
             event = parse("event", payload)
         except PayloadError as exc:
-            self.rejected += 1
-            log.warning("claims sync: malformed event from %s: %s", where[1], exc)
-            return False
+            return self._refuse(f"malformed event: {exc}")
         if event["outcome"] != "accepted":
             return False
-        if event["device_id"] != where[1] or event["regency"] != self._regency:
-            self.rejected += 1
-            log.warning("claims sync: event on %s names another device or regency", topic)
-            return False
-        key = self._device_keys(event["device_id"]) if self._device_keys else None
-        problem = check_event(event, key)
+        if event["device_id"] != where[1]:
+            return self._refuse("event names another device than its topic")
+        registry = self.registry.current() if self.registry is not None else None
+        if registry is None:
+            if not self._warned_no_registry:
+                log.warning("claims sync: no device registry installed, synced payouts ignored")
+                self._warned_no_registry = True
+            return self._refuse("no device registry installed")
+        problem = event_problem(
+            registry.lookup(event["device_id"]),
+            event,
+            topic_regency=where[0],
+            own_regency=self._regency,
+        )
         if problem:
-            self.rejected += 1
-            log.warning("claims sync: event %s refused: %s", event["event_id"], problem)
-            return False
+            return self._refuse(problem)
         stored = bool(self._ledger.record_remote_payout(event))
         if stored:
             self.recorded += 1
             log.info("claims sync: payout %s from %s recorded", event["event_id"], where[1])
         return stored
+
+    def install_registry(self, payload: bytes) -> bool:
+        """Install a registry central published; an older or forged one changes nothing."""
+        if self.registry is None:
+            return False
+        try:
+            return self.registry.install(bytes(payload))[1]
+        except RegistryError as exc:
+            log.warning("device registry from the broker refused: %s", exc)
+            return False
+
+    def registry_version(self) -> int | None:
+        """Version of the installed registry (for health reports), or None."""
+        current = self.registry.current() if self.registry is not None else None
+        return current.version if current is not None else None
+
+    def _refuse(self, why: str) -> bool:
+        self.rejected += 1
+        self.refusals = [*self.refusals[-63:], why]
+        # The reason names devices and regencies, never households.
+        log.warning("claims sync: payout refused: %s", why)
+        return False

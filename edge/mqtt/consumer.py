@@ -2,9 +2,11 @@
 
 It joins an MQTT 5 shared subscription (``$share/<group>/bansos/v1/+/+/event``): the broker
 hands each event to one member of the group, so central scales by starting more consumers.
-Each event is schema-checked, its hash and device signature verified against the registry of
-device public keys, then stored once (``event_id`` is the primary key). The store is written
-before paho sends the PUBACK, so a consumer that dies mid-message gets the event again.
+Each event is schema-checked, its device looked up in the device registry (signed by central,
+:mod:`edge.registry`: known, not revoked, registered in the regency of the event and its
+topic), its hash and signature verified against the registered key, then stored once
+(``event_id`` is the primary key). The store is written before paho sends the PUBACK, so a
+consumer that dies mid-message gets the event again.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import KeyFileError, PayloadError
-from edge.events import check_event
 from edge.keys import load_device_public
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
 from edge.mqtt.schemas import parse
 from edge.mqtt.store import EventStore
 from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, shared, split
+from edge.registry import DeviceEntry, RegistryStore, event_problem
 
 log = logging.getLogger(__name__)
 
 
 class DeviceRegistry:
-    """Device id -> Ed25519 public PEM, from a folder or a JSON file.
+    """The old, unsigned registry: device id -> Ed25519 public PEM, from a folder or a JSON file.
 
-    A folder holds ``<device_id>.pem`` (bare public key) or ``<device_id>.json`` (device card
-    from ``edge keys``); a file is a JSON object ``{"device_id": "PEM", ...}``. An unknown id
+    Kept for migration only: it knows keys but neither regencies nor revocations, so events
+    are checked for hash and signature alone. Central signs a real registry with ``edge
+    registry build`` and gives the consumer that file with ``--central-pub``
+    (:class:`edge.registry.RegistryStore`, which has the same ``lookup``). A folder holds
+    ``<device_id>.pem`` (bare public key) or ``<device_id>.json`` (device card from
+    ``edge keys``); a file is a JSON object ``{"device_id": "PEM", ...}``. An unknown id
     triggers a re-read (at most every few seconds), so a newly provisioned terminal needs no
     consumer restart.
     """
@@ -72,6 +78,11 @@ class DeviceRegistry:
         with self._lock:
             self._keys[device_id] = public_pem
 
+    def lookup(self, device_id: str) -> DeviceEntry | None:
+        """The device as an entry of no known regency, or None when it is not provisioned."""
+        pem = self.get(device_id)
+        return None if pem is None else DeviceEntry(device_id, None, pem)
+
     def get(self, device_id: str) -> bytes | None:
         """The device's public PEM, or None when it is not provisioned."""
         with self._lock:
@@ -89,7 +100,7 @@ class Consumer:
         self,
         settings: BrokerSettings,
         store: EventStore,
-        registry: DeviceRegistry,
+        registry: DeviceRegistry | RegistryStore,
         *,
         group: str | None = "central",
         prefix: str = DEFAULT_PREFIX,
@@ -201,12 +212,13 @@ class Consumer:
         return "duplicate"
 
     def _problem(self, topic: str, event: dict) -> str | None:
-        """Why a well-formed event may not be stored: wrong topic, unknown device, not intact."""
+        """Why a well-formed event may not be stored: wrong topic, unknown or revoked device,
+        registered in another regency, not intact."""
         where = split(topic, self._prefix)
         if where is None or (where[0], where[1]) != (event["regency"], event["device_id"]):
             return "event does not belong to the topic it came on"
-        key = self._registry.get(event["device_id"])
-        return "unknown device" if key is None else check_event(event, key)
+        entry = self._registry.lookup(event["device_id"])
+        return event_problem(entry, event, topic_regency=where[0])
 
     def _reject(self, topic: str, problem: str, payload: bytes) -> str:
         self.rejected += 1

@@ -25,6 +25,8 @@ from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.schemas import validate
 from edge.mqtt.topics import Topics, result_topic, split
+from edge.registry import FILE_NAME as REGISTRY_FILE
+from edge.registry import RegistryStore, registry_topic
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ class Reporter:
     """Publishes the ledger outbox, status and health; receives commands and claims.
 
     ``commands`` is an optional ``CommandProcessor``; ``health_source`` an optional callable
-    returning the app's part of the health report (model and bundle ids, faults, ...).
+    returning the app's part of the health report (model and bundle ids, faults, ...);
+    ``registry`` the installed device registry claims sync checks synced payouts against.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Reporter:
         reconnect_max_s: float = 60.0,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         clock=time.time,
+        registry: RegistryStore | None = None,
     ) -> None:
         self._cfg = cfg
         self._ledger = ledger
@@ -70,7 +74,9 @@ class Reporter:
         self._session_expiry_s = session_expiry_s
         self._clock = clock
         self.topics = Topics(cfg.device.regency, cfg.device.id, cfg.mqtt.topic_prefix)
-        self._claims = ClaimsSync(ledger, cfg.device.id, cfg.device.regency, cfg.mqtt.topic_prefix)
+        self._claims = ClaimsSync(
+            ledger, cfg.device.id, cfg.device.regency, cfg.mqtt.topic_prefix, registry
+        )
         self._settings = BrokerSettings.from_config(cfg.mqtt)
         self._client = make_client(
             cfg.device.id,
@@ -115,15 +121,16 @@ class Reporter:
         """
         from edge.keys import load_central_public_pem
 
-        commands = None
+        commands = registry = None
         pem = load_central_public_pem(cfg.bundle.central_public_key)
         if pem is not None:
             from edge.mqtt.commands import CommandProcessor
 
             commands = CommandProcessor(pem, cfg.device.id, cfg.state_path, dict(actions or {}))
+            registry = RegistryStore(cfg.state_path / REGISTRY_FILE, pem)
         else:
             log.warning("no central public key configured: remote commands are disabled")
-        return cls(cfg, ledger, identity, commands, health_source=health_source)
+        return cls(cfg, ledger, identity, commands, health_source=health_source, registry=registry)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -131,6 +138,11 @@ class Reporter:
     def connected(self) -> bool:
         """True while the broker has accepted our connection."""
         return self._connected
+
+    @property
+    def claims(self) -> ClaimsSync:
+        """Claims sync (its counters and the reasons of its last refusals)."""
+        return self._claims
 
     def start(self) -> None:
         """Connect in the background (retrying with back-off) and start the worker thread."""
@@ -216,6 +228,9 @@ class Reporter:
         subs = [(self.topics.regency_events, SubscribeOptions(qos=1, noLocal=True))]
         if self._commands is not None:
             subs.append((self.topics.commands, SubscribeOptions(qos=1, noLocal=True)))
+        if self._claims.registry is not None:
+            # Retained: a terminal that connects gets the newest registry at once.
+            subs.append((registry_topic(self.topics.prefix), SubscribeOptions(qos=1)))
         client.subscribe(subs)
         self._next_health = 0.0  # a fresh health report on every (re)connection
         self._wake.set()
@@ -235,6 +250,8 @@ class Reporter:
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic.endswith("/event"):
             self._inbox.put(("claim", msg.topic, msg.payload))
+        elif msg.topic == registry_topic(self.topics.prefix):
+            self._inbox.put(("registry", msg.topic, msg.payload))
         elif msg.topic.startswith(self.topics.base + "/cmd/"):
             if msg.retain:
                 log.warning("ignoring a retained command on %s", msg.topic)
@@ -280,6 +297,8 @@ class Reporter:
                 self._handle_command(topic, data)
             elif kind == "health":
                 self._send_health(data)
+            elif kind == "registry":
+                self._claims.install_registry(data)
 
     def _collect_acks(self) -> None:
         for event_id, info in list(self._inflight.items()):
@@ -338,6 +357,8 @@ class Reporter:
             "bundle_id": None,
             "temperature_c": read_temperature(),
             "faults": [],
+            "head": self._head(),
+            "registry_version": self._claims.registry_version(),
         }
         if self._health_source is not None:
             report.update(self._health_source())
@@ -350,6 +371,11 @@ class Reporter:
             return
         if self._connected:
             self._client.publish(self.topics.health, canonical(report), qos=0)
+
+    def _head(self) -> dict | None:
+        # The signed head checkpoint (edge.events.sign_head) that proves a later cut or fork.
+        signed_head = getattr(self._ledger, "signed_head", None)
+        return signed_head() if signed_head else None
 
     def _last_seq(self) -> int | None:
         stats = getattr(self._ledger, "stats", None)
@@ -365,6 +391,9 @@ class Reporter:
         boot = getattr(self._ledger, "boot_session", None)
         if boot:
             body["boot_session"] = boot
+        head = self._head()
+        if head is not None:
+            body["head"] = head
         if reason:
             body["reason"] = reason
         return canonical(body)
