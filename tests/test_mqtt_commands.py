@@ -51,9 +51,7 @@ class Actions:
             "config": lambda a: self._run(
                 "config",
                 a,
-                apply_config_changes(
-                    self.cfg, a["set"], limits=LIMITS, floors=floors_of(DEFAULT)
-                ),
+                apply_config_changes(self.cfg, a["set"], limits=LIMITS, floors=floors_of(DEFAULT)),
             ),
             "reprint": lambda a: self._run("reprint", a, {"queued": a["event_id"]}),
             "health": lambda a: self._run("health", a, {"queued": True}),
