@@ -7,6 +7,7 @@ the project's own builders refuse to make. These helpers sign whatever they are 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -63,7 +64,7 @@ def body_of(blob: bytes) -> dict:
 
 def sign_body(body: object, central_key) -> bytes:
     """A bundle file whose body is ``body`` (any JSON value, or raw bytes), signed by central."""
-    raw = body if isinstance(body, bytes) else canonical(body)
+    raw = body if isinstance(body, bytes) else _bytes(body)
     envelope = {
         "format": "bansos.bundle/1",
         "body": base64.b64encode(raw).decode(),
@@ -72,10 +73,21 @@ def sign_body(body: object, central_key) -> bytes:
     return json.dumps(envelope).encode()
 
 
+def _bytes(obj: object) -> bytes:
+    # canonical() cannot encode a lone surrogate; an attacker just writes it as an escape.
+    try:
+        return canonical(obj)
+    except UnicodeEncodeError:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
 def resign_event(event: dict, identity) -> dict:
     """``event`` with its hash and device signature made again (a device signs anything)."""
     ev = {k: v for k, v in event.items() if k not in ("hash", "sig")}
-    ev["hash"] = event_hash(ev)
+    try:
+        ev["hash"] = event_hash(ev)
+    except UnicodeEncodeError:
+        ev["hash"] = hashlib.sha256(_bytes(ev)).hexdigest()
     ev["sig"] = base64.b64encode(identity.sign(ev["hash"].encode())).decode()
     return ev
 
