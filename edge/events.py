@@ -88,9 +88,7 @@ def strict_json(data: bytes) -> Any:
         raise ValueError("nested too deeply") from exc
     except UnicodeEncodeError as exc:
         raise ValueError("contains a lone surrogate") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError("not UTF-8") from exc
-    except ValueError as exc:  # JSONDecodeError, NaN, an integer of thousands of digits
+    except ValueError as exc:  # not UTF-8, JSONDecodeError, NaN, thousands of digits
         raise ValueError(f"not JSON ({exc.__class__.__name__})") from exc
     if "\\u0000" in text:
         raise ValueError("contains a NUL character")

@@ -17,7 +17,7 @@ from edge.cli.config_text import dump_effective, dump_toml, explain, json_schema
 from edge.config import RULES, Config, load_config, parse_config, revalidate
 from edge.errors import CommandRefused, ConfigError, KeyFileError
 from edge.keys import DeviceIdentity, load_central_public_pem, public_pem
-from edge.mqtt.commands import apply_config_changes
+from edge.mqtt.remote_config import apply_config_changes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "systemd" / "config.example.toml"

@@ -42,7 +42,7 @@ BOUNDS: dict[str, Bound] = {
     "vision.duplicate_threshold": Bound(0.0, 1.0, lo_open=True, stricter=-1, signed=True),
     "liveness.threshold": Bound(0.0, 1.0, lo_open=True, stricter=+1, signed=True),
     "flow.cooldown_s": Bound(0.0, 60.0),
-    "flow.capture_timeout_s": Bound(1.0, 60.0),
+    "flow.capture_timeout_s": Bound(0.5, 60.0),
     "mqtt.health_interval_s": Bound(5.0, 3600.0),
 }
 # Only thresholds and timings may change remotely; identity, keys and broker settings never do.
