@@ -223,3 +223,35 @@ def test_command_results_stay_encodable_whatever_the_topic(tmp_path, central_pem
     assert result["status"] == "refused"
     json.dumps(result, ensure_ascii=False).encode()  # what the reporter signs
     assert result["name"] == "?x"
+
+
+def test_config_ids_refuse_a_trailing_newline():
+    from edge.config import parse_config
+
+    for key, value in (("id", "edge-a01\n"), ("regency", "3171\n")):
+        with pytest.raises(ConfigError, match=f"device.{key}"):
+            parse_config({"device": {key: value}})
+
+
+def test_a_signed_command_with_an_impossible_date_is_refused_not_failed(
+    tmp_path, central_key, central_pem
+):
+    from edge.events import canonical
+    from edge.mqtt.commands import CommandProcessor
+
+    body = {
+        "schema": "bansos.command/1",
+        "id": "00000000-0000-4000-8000-000000000000",
+        "device_id": DEVICE,
+        "name": "health",
+        "issued_at": "2026-13-45T99:99:99Z",  # fits the schema's pattern, is no date
+        "counter": 1,
+        "args": {},
+    }
+    body["sig"] = base64.b64encode(central_key.sign(canonical(body))).decode()
+    proc = CommandProcessor(central_pem, DEVICE, tmp_path / "c.sqlite", {"health": lambda a: {}})
+    try:
+        result = proc.handle(f"bansos/v1/3171/{DEVICE}/cmd/health", canonical(body))
+    finally:
+        proc.close()
+    assert result["status"] == "refused" and "issued_at" in result["error"]
