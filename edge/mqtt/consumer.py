@@ -194,8 +194,12 @@ class Consumer:
         acknowledged); only a store that cannot write raises, so the broker sends it again.
         """
         event, problem = self._parse(topic, payload)
-        if event is None or problem:
+        if event is None:
             return self._reject(topic, problem or "unreadable event", payload)
+        # Outside the parser's guard: a registry that cannot be read is an outage, not poison.
+        problem = self._problem(topic, event)
+        if problem:
+            return self._reject(topic, problem, payload)
         try:
             added = self._store.add(event)
         except (OverflowError, TypeError, ValueError, UnicodeError) as exc:
@@ -208,14 +212,13 @@ class Consumer:
         return "duplicate"
 
     def _parse(self, topic: str, payload: bytes) -> tuple[dict | None, str | None]:
-        """The event and why it may not be stored (None when it may); never raises."""
+        """The event, or None and why it cannot be read; never raises."""
         try:
-            event = parse("event", payload)
-            return event, self._problem(topic, event)
+            return parse("event", payload), None
         except PayloadError as exc:
             return None, str(exc)
         except Exception as exc:  # a parser bug must not stall the network thread
-            log.exception("event on %s broke a parser", safe_text(topic))
+            log.debug("event on %s broke a parser", safe_text(topic), exc_info=True)
             return None, f"unreadable event ({exc.__class__.__name__})"
 
     def _problem(self, topic: str, event: dict) -> str | None:
