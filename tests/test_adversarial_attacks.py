@@ -13,6 +13,7 @@ import json
 import paho.mqtt.client as mqtt
 import pytest
 from forge import raw_event, resign_event
+from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
 from support import pay
 
 from edge.__main__ import main
@@ -43,6 +44,17 @@ TOPIC = f"bansos/v1/3171/{DEVICE}/event"
 @pytest.fixture
 def central(tmp_path, identity):
     store = EventStore(tmp_path / "central.sqlite")
+    registry = DeviceRegistry(keys={DEVICE: identity.device_public_pem()})
+    consumer = Consumer(BrokerSettings(tls=False), store, registry)
+    yield consumer, store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_central(request, tmp_path, identity):
+    """The consumer over each backend central runs (PostgreSQL refuses NUL in text)."""
+    dsn = tmp_path / "central.sqlite" if request.param == "sqlite" else None
+    store = EventStore(dsn or request.getfixturevalue("pg_dsn"))
     registry = DeviceRegistry(keys={DEVICE: identity.device_public_pem()})
     consumer = Consumer(BrokerSettings(tls=False), store, registry)
     yield consumer, store
@@ -80,6 +92,24 @@ def test_a_lone_surrogate_is_a_recorded_and_acknowledged_rejection(central, ledg
     assert consumer.rejected == 1 and store.rejected_count() == 1 and store.count() == 0
     with pytest.raises(PayloadError, match="lone surrogate"):
         schemas.parse("event", raw_event(poisoned))
+
+
+def test_every_poison_is_acknowledged_and_kept_on_every_backend(any_central, ledger, identity):
+    consumer, store = any_central
+    genuine = pay(ledger)
+    poisons = [
+        raw_event(resign_event({**genuine, "household_id": "KPM-\ud800"}, identity)),
+        raw_event(resign_event({**genuine, "household_id": "KPM-\x00"}, identity)),
+        raw_event(resign_event({**genuine, "seq": 2**63 - 1}, identity)),
+        b'{"schema": "bansos.event/1", "x": "\x00\xff"}',
+        b"[" * 100_000,
+    ]
+    for mid, payload in enumerate(poisons, 1):
+        assert deliver(consumer, payload, mid).acks == [mid]
+    assert consumer.unacked == 0 and store.rejected_count() == len(poisons)
+    assert store.count() == 0
+    deliver(consumer, raw_event(genuine), 99)
+    assert store.count() == 1  # and the consumer still stores what is genuine
 
 
 def test_claims_sync_counts_a_lone_surrogate_as_rejected(make_ledger, identity, tmp_path):

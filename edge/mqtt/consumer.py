@@ -233,8 +233,7 @@ class Consumer:
         self.rejected += 1
         topic, problem = safe_text(topic), safe_text(problem)
         log.warning("rejected a message on %s: %s", topic, problem)
-        # PostgreSQL text cannot hold NUL: kept visible as "\\0" rather than refused again.
-        self._store.reject(topic, problem, bytes(payload).replace(b"\x00", b"\\0"))
+        self._store.reject(topic, problem, bytes(payload))
         return f"rejected: {problem}"
 
 
