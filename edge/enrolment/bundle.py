@@ -77,7 +77,7 @@ class Bundle:
     model_sha256: str
     device_id: str
     households: dict[str, Household]
-    # Signed ranges for remote threshold changes: key -> (min, max); see edge.mqtt.commands.
+    # Signed ranges for remote threshold changes: key -> (min, max); edge.mqtt.remote_config.
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     _labels: list[str] = field(repr=False, default_factory=list)
     _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
@@ -304,10 +304,9 @@ def verify_and_open(
 
 
 def _date(body: dict, key: str) -> datetime:
-    value = body.get(key)
     try:
-        return parse_iso_utc(value) if isinstance(value, str) else parse_iso_utc("")
-    except ValueError as exc:
+        return parse_iso_utc(body[key])
+    except (KeyError, AttributeError, ValueError) as exc:  # missing, not text, not a time
         raise BundleError(f"{key} is not an ISO 8601 time") from exc
 
 
