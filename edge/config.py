@@ -258,7 +258,13 @@ class LivenessConfig(Section):
     enabled: bool = Field(
         default=True, description="Check liveness; off, a photo of a recipient is accepted"
     )
-    threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fused score below which: spoof (0 would pass every photo while claiming "
+        "to check; say enabled = false instead)",
+    )
     min_frames: int = Field(
         default=20,
         ge=2,

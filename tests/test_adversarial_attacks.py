@@ -285,3 +285,11 @@ def test_a_signed_command_with_an_impossible_date_is_refused_not_failed(
     finally:
         proc.close()
     assert result["status"] == "refused" and "issued_at" in result["error"]
+
+
+def test_a_liveness_threshold_of_zero_is_refused_in_the_file_too():
+    from edge.config import parse_config
+
+    with pytest.raises(ConfigError, match="liveness.threshold"):
+        parse_config({"liveness": {"threshold": 0.0}})
+    assert parse_config({"liveness": {"enabled": False}}).liveness.enabled is False

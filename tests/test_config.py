@@ -472,7 +472,7 @@ def test_check_config_explain_lists_every_key_with_type_default_and_description(
         assert f"\n    {field.description}\n" in out, path
     block = out.split("[liveness]\n")[1]
     assert "min_frames = 20\n    integer, x >= 2\n    Frames with a good face" in block
-    assert "threshold = 0.5\n    number, 0 <= x <= 1\n" in block
+    assert "threshold = 0.5\n    number, 0 < x <= 1\n" in block
     mqtt = out.split("[mqtt]\n")[1]
     assert "ca_file = (unset)\n    path, optional\n" in mqtt
     assert 'kind = "mock"\n    one of "gpiozero", "mock", "log"\n' in out
