@@ -87,9 +87,9 @@ class App:
             on_fault=self._camera_fault,
             stall_s=cfg.camera.stall_s,
         )
-        self.reporter = self._make_reporter()
         self.clock_guard = health.ClockGuard(state, cfg.device.max_clock_skew_s)
         self.clock_pause = health.ClockPause(self.clock_guard, self.flow)
+        self.reporter = self._make_reporter()
 
     # -- construction helpers ----------------------------------------------------------------
 
@@ -128,10 +128,15 @@ class App:
         from edge.mqtt.commands import terminal_actions
         from edge.mqtt.reporter import Reporter
 
-        actions = terminal_actions(self.cfg, self.bundles, self.desk)
+        actions = terminal_actions(self.cfg, self.bundles, self.desk, self.ledger)
         try:
             return Reporter.from_config(
-                self.cfg, self.ledger, self.identity, actions, health_source=self.health
+                self.cfg,
+                self.ledger,
+                self.identity,
+                actions,
+                health_source=self.health,
+                clock_guard=self.clock_guard,
             )
         except (OSError, ssl.SSLError) as exc:
             # A terminal provisioned before its client certificate arrived must still pay out:

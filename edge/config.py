@@ -31,6 +31,8 @@ from edge.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = Path("/etc/edge/config.toml")
+# A real config is a few kB; a huge file is a mistake (or an attack on the parser).
+MAX_CONFIG_BYTES = 1 << 20
 
 # The Pi's primary UART (what a serial receipt printer is wired to) sits on GPIO 14 and 15.
 UART_PORTS = frozenset({"/dev/serial0", "/dev/ttyAMA0", "/dev/ttyS0"})
@@ -256,7 +258,13 @@ class LivenessConfig(Section):
     enabled: bool = Field(
         default=True, description="Check liveness; off, a photo of a recipient is accepted"
     )
-    threshold: float = Field(default=0.5, ge=0, le=1, description="Fused score below which: spoof")
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fused score below which: spoof (0 would pass every photo while claiming "
+        "to check; say enabled = false instead)",
+    )
     min_frames: int = Field(
         default=20,
         ge=2,
@@ -637,6 +645,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         return Config.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: values nested too deeply") from exc
 
 
 def revalidate(cfg: Config, source: str = "<config>") -> None:
@@ -660,8 +670,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: config file of {len(raw)} bytes is too large")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        # tomllib parses nested arrays recursively: 1,000 "[" must be an error, not a traceback.
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deeply") from exc
     return parse_config(data, str(p))

@@ -15,8 +15,10 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -40,6 +42,12 @@ OUTCOMES = (
     "duplicate_face",
     "bad_qr",
 )
+# Bounds of the integers in an event, so every reader can hold them (a JSON number above
+# 2**53 loses precision in JavaScript; 2**63 overflows SQLite and PostgreSQL bigint).
+# event.v1.json says the same; tests/test_adversarial.py keeps them in step.
+SEQ_MAX = 2**53 - 1
+# Rupiah: no bansos payout comes near a billion; anything above is a typo or an attack.
+AMOUNT_MAX = 1_000_000_000
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
 RECEIPT_PREFIX = "BSR1"
 
@@ -58,6 +66,33 @@ def canonical(obj: object) -> bytes:
     bundle bodies all use it, and central must produce the same bytes to verify them.
     """
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def strict_json(data: bytes) -> Any:
+    """Parse JSON that must have a canonical form: UTF-8, no NaN or Infinity, no lone
+    surrogates (``"\\ud800"`` is valid JSON text but cannot be encoded again, so it would
+    break hashes, signatures and every database downstream), no NUL characters (PostgreSQL text
+    cannot hold them), nothing nested beyond what the parser can recurse into.
+
+    Raises ValueError naming the problem, never echoing the input.
+    """
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        text = json.dumps(obj, ensure_ascii=False)
+        text.encode("utf-8")
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    except UnicodeEncodeError as exc:
+        raise ValueError("contains a lone surrogate") from exc
+    except ValueError as exc:  # not UTF-8, JSONDecodeError, NaN, thousands of digits
+        raise ValueError(f"not JSON ({exc.__class__.__name__})") from exc
+    if "\\u0000" in text:
+        raise ValueError("contains a NUL character")
+    return obj
 
 
 def event_hash(event: dict) -> str:
@@ -107,7 +142,7 @@ def signature_ok(event: dict, device_public: bytes | str | ed25519.Ed25519Public
     """
     try:
         key = _key(device_public)
-        sig = base64.b64decode(event.get("sig") or "", validate=True)
+        sig = unb64(event.get("sig") or "")
         message = str(event.get("hash") or "").encode()
     except (KeyFileError, binascii.Error, ValueError, TypeError):
         return False
@@ -133,8 +168,32 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+# Strict decoding: Python's decoders skip characters outside the alphabet (urlsafe always,
+# standard without validate=True) and accept non-zero padding bits, so one signature could be
+# written many ways. Only the one canonical spelling is accepted; anything else is
+# binascii.Error (a ValueError).
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+def unb64(text: str) -> bytes:
+    """Standard base64 with padding, strictly: junk, wrong padding or non-zero spare bits raise."""
+    if not isinstance(text, str) or not text.isascii():
+        raise binascii.Error("base64 text must be ASCII")
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data).decode() != text:
+        raise binascii.Error("base64 text is not in canonical form")
+    return data
+
+
 def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Unpadded base64url, strictly: junk characters, padding or non-zero spare bits raise."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise binascii.Error("not unpadded base64url text")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(data) != text:
+        raise binascii.Error("base64url text is not in canonical form")
+    return data
 
 
 # -- receipt record ---------------------------------------------------------------------------
@@ -185,9 +244,18 @@ def receipt_payload(event: dict) -> str:
 
 
 def verify_receipt_payload(text: str, device_public_pem: bytes) -> dict:
-    """Check a receipt QR against the device's public key; return its fields or raise."""
-    parts = (text or "").strip().split("|")
+    """Check a receipt QR against the device's public key; return its fields or raise.
+
+    Raises LedgerError for anything that is not a genuine record (never another exception
+    for any input text); KeyFileError when ``device_public_pem`` is not a key.
+    """
+    # A genuine record is short printable ASCII: refuse anything else before touching it.
+    if not isinstance(text, str) or len(text) > 1024 or not text.isascii():
+        raise LedgerError("not a bansos receipt record")
+    parts = text.strip().split("|")
     if len(parts) != len(_RECEIPT_FIELDS) + 2 or parts[0] != RECEIPT_PREFIX:
+        raise LedgerError("not a bansos receipt record")
+    if not all(p.isprintable() for p in parts):
         raise LedgerError("not a bansos receipt record")
     fields = dict(zip(_RECEIPT_FIELDS, parts[1:-1], strict=True))
     message = "|".join(parts[:-1]).encode()
@@ -199,11 +267,15 @@ def verify_receipt_payload(text: str, device_public_pem: bytes) -> dict:
     if not verify_ed25519(key, sig, message):
         raise LedgerError("receipt signature does not verify: forged, altered or another device")
     out: dict = dict(fields)
-    try:
-        out["seq"] = int(fields["seq"])
-        out["amount"] = int(fields["amount"]) if fields["amount"] else None
-    except ValueError as exc:
-        raise LedgerError("receipt record has a non-numeric seq or amount") from exc
+    # int() would also take "+1", " 1" or "1_0": only plain digits within the event bounds.
+    if not _DIGITS.fullmatch(fields["seq"]) or (
+        fields["amount"] and not _DIGITS.fullmatch(fields["amount"])
+    ):
+        raise LedgerError("receipt record has a non-numeric seq or amount")
+    out["seq"] = int(fields["seq"])
+    out["amount"] = int(fields["amount"]) if fields["amount"] else None
+    if out["seq"] > SEQ_MAX or (out["amount"] or 0) > AMOUNT_MAX:
+        raise LedgerError("receipt record has a seq or amount out of range")
     return out
 
 

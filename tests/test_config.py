@@ -17,7 +17,7 @@ from edge.cli.config_text import dump_effective, dump_toml, explain, json_schema
 from edge.config import RULES, Config, load_config, parse_config, revalidate
 from edge.errors import CommandRefused, ConfigError, KeyFileError
 from edge.keys import DeviceIdentity, load_central_public_pem, public_pem
-from edge.mqtt.commands import apply_config_changes
+from edge.mqtt.remote_config import apply_config_changes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "systemd" / "config.example.toml"
@@ -472,7 +472,7 @@ def test_check_config_explain_lists_every_key_with_type_default_and_description(
         assert f"\n    {field.description}\n" in out, path
     block = out.split("[liveness]\n")[1]
     assert "min_frames = 20\n    integer, x >= 2\n    Frames with a good face" in block
-    assert "threshold = 0.5\n    number, 0 <= x <= 1\n" in block
+    assert "threshold = 0.5\n    number, 0 < x <= 1\n" in block
     mqtt = out.split("[mqtt]\n")[1]
     assert "ca_file = (unset)\n    path, optional\n" in mqtt
     assert 'kind = "mock"\n    one of "gpiozero", "mock", "log"\n' in out

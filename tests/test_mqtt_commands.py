@@ -23,11 +23,11 @@ from edge.errors import CommandRefused
 from edge.events import canonical, verify_receipt_payload
 from edge.mqtt.commands import (
     CommandProcessor,
-    apply_config_changes,
     bundle_action,
     bundle_commands,
     sign_command,
 )
+from edge.mqtt.remote_config import apply_config_changes, floors_of
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors
 
@@ -35,6 +35,8 @@ DEVICE = "edge-a01"
 TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
 NOW = T0  # where the `clock` fixture stands
 DEFAULT = Config()
+# The ranges central signs into the bundle for remote threshold changes.
+LIMITS = {"vision.match_threshold": (0.5, 0.9), "liveness.threshold": (0.5, 0.95)}
 
 
 class Actions:
@@ -46,7 +48,11 @@ class Actions:
 
     def table(self) -> dict:
         return {
-            "config": lambda a: self._run("config", a, apply_config_changes(self.cfg, a["set"])),
+            "config": lambda a: self._run(
+                "config",
+                a,
+                apply_config_changes(self.cfg, a["set"], limits=LIMITS, floors=floors_of(DEFAULT)),
+            ),
             "reprint": lambda a: self._run("reprint", a, {"queued": a["event_id"]}),
             "health": lambda a: self._run("health", a, {"queued": True}),
             "bundle": lambda a: self._run("bundle", a, {"installed": a["bundle_id"]}),
@@ -190,12 +196,13 @@ def test_failing_action_is_reported_as_failed(setup, central_key):
     assert r["status"] == "failed" and "printer jammed" in r["error"]
 
 
-def test_chunked_bundle_is_reassembled_in_any_order_then_installed(setup, central_key):
+def test_chunked_bundle_is_reassembled_then_installed(setup, central_key):
     proc, actions, _, _ = setup
     blob = os.urandom(300_000)
     parts = bundle_commands(central_key, DEVICE, "b-2026-11", blob, 100_000, issued_at=NOW)
     assert len(parts) == 3
-    results = [proc.handle(TOPIC + "bundle", parts[i]) for i in (2, 0, 1)]
+    # Sent in counter order, as MQTT delivers one topic's QoS 1 messages.
+    results = [proc.handle(TOPIC + "bundle", p) for p in parts]
     assert [r["status"] for r in results] == ["partial", "partial", "applied"]
     assert all(errors("command_result", r) == [] for r in results)
     [(name, args)] = actions.calls

@@ -17,8 +17,9 @@ from edge.events import canonical
 from edge.keys import DeviceIdentity, public_pem
 from edge.ledger.store import Ledger
 from edge.mqtt.client import make_client
-from edge.mqtt.commands import CommandProcessor, apply_config_changes, sign_command
+from edge.mqtt.commands import CommandProcessor, sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+from edge.mqtt.remote_config import apply_config_changes
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors
 from edge.mqtt.store import EventStore
@@ -355,7 +356,9 @@ def test_published_payloads_are_canonical_json(terminal):
 def test_commands_over_the_broker_are_applied_or_refused_and_answered(
     broker, terminal, central_key
 ):
-    terminal.actions["config"] = lambda a: apply_config_changes(terminal.cfg, a["set"])
+    terminal.actions["config"] = lambda a: apply_config_changes(
+        terminal.cfg, a["set"], limits={"liveness.threshold": (0.5, 0.9)}
+    )
     reporter = terminal.start()
     spy = Spy(broker, ["bansos/v1/3171/edge-a01/cmd/+/result", "bansos/v1/3171/edge-a01/health"])
     assert wait_for(lambda: reporter.connected, 10)

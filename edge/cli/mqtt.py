@@ -89,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="publish signed resend commands for every sequence gap, then exit",
     )
     p.add_argument("--central-key", help="central Ed25519 private key (PEM), for --request-resend")
+    _counter_arg(p)
     p.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: run)"
     )
@@ -108,7 +109,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--registry", help="signed device registry: check each result's device signature"
     )
     p.add_argument("--central-pub", help="central Ed25519 public key: verifies --registry")
+    _counter_arg(p)
     p.set_defaults(func=cmd_command)
+
+
+def _counter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--counters",
+        help="central's command counter file (default: beside --central-key, "
+        "<key>.counters.sqlite); every command gets a larger counter than the last",
+    )
+
+
+def _counters(args: argparse.Namespace):
+    from edge.mqtt.counter import CommandCounter
+
+    path = args.counters or str(Path(args.central_key).with_suffix(".counters.sqlite"))
+    return CommandCounter(path)
 
 
 def print_summary(store, out=None) -> None:
@@ -143,7 +160,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             if not args.central_key:
                 print("edge consume: --request-resend needs --central-key", file=sys.stderr)
                 return 2
-            requests = resend_requests(store, Path(args.central_key).read_bytes(), args.prefix)
+            key = Path(args.central_key).read_bytes()
+            requests = resend_requests(store, key, args.prefix, counter=_counters(args))
             _publish_all(_settings(args), requests)
             print(f"requested {len(requests)} resend(s)")
             return 0
@@ -238,15 +256,19 @@ def cmd_command(args: argparse.Namespace) -> int:
     from edge.mqtt.topics import Topics, result_topic
 
     key = Path(args.central_key).read_bytes()
+    counter = _counters(args)
     topics = Topics(args.regency, args.device, args.prefix)
     if args.name == "bundle":
         if not (args.bundle_file and args.bundle_id):
             print("edge command bundle: needs --bundle-file and --bundle-id", file=sys.stderr)
             return 2
         blob = Path(args.bundle_file).read_bytes()
-        payloads = bundle_commands(key, args.device, args.bundle_id, blob)
+        payloads = bundle_commands(key, args.device, args.bundle_id, blob, counter=counter)
     else:
-        payloads = [sign_command(key, args.device, args.name, json.loads(args.args))]
+        payloads = [
+            sign_command(key, args.device, args.name, json.loads(args.args), counter=counter)
+        ]
+    counter.close()
     topic = topics.command(args.name)
     settings = _settings(args)
     results: list[dict] = []

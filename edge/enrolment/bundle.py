@@ -17,7 +17,6 @@ in docs/ledger.md.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import os
@@ -32,16 +31,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.enrolment.bundle_body import DIM, ROLES, check_body, check_limits  # noqa: F401
 from edge.errors import BundleError, KeyFileError
-from edge.events import canonical, iso_utc, parse_iso_utc
+from edge.events import canonical, iso_utc, parse_iso_utc, strict_json, unb64
 from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
 
 log = logging.getLogger(__name__)
 
 FORMAT = "bansos.bundle/1"
 WRAP_ALG = "X25519-HKDF-SHA256-A256GCM"
-DIM = 128
-ROLES = ("recipient", "representative")
 _WRAP_INFO = b"bansos.bundle/1 content-key wrap"
 
 
@@ -79,6 +77,8 @@ class Bundle:
     model_sha256: str
     device_id: str
     households: dict[str, Household]
+    # Signed ranges for remote threshold changes: key -> (min, max); edge.mqtt.remote_config.
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     _labels: list[str] = field(repr=False, default_factory=list)
     _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
 
@@ -112,7 +112,7 @@ def _b64(b: bytes) -> str:
 
 
 def _unb64(s: str) -> bytes:
-    return base64.b64decode(s, validate=True)
+    return unb64(s)  # strict: junk characters or wrong padding raise binascii.Error
 
 
 def _wrap_key(epk_raw: bytes, device_raw: bytes, shared: bytes) -> bytes:
@@ -126,7 +126,9 @@ class BundleSpec:
     """What a bundle is for: one terminal, one distribution point, one round, one model.
 
     ``bundle_id`` defaults to a new UUID4 and ``issued_at`` to now; a newer ``issued_at``
-    replaces an installed bundle of the same round.
+    replaces an installed bundle of the same round. ``limits`` (key -> (min, max), keys from
+    ``bundle_body.LIMIT_KEYS``) is the range inside which a signed ``config`` command may move that
+    threshold on the terminal; without it the threshold cannot be changed remotely.
     """
 
     device_id: str
@@ -139,6 +141,7 @@ class BundleSpec:
     valid_until: datetime
     bundle_id: str | None = None
     issued_at: datetime | None = None
+    limits: dict[str, tuple[float, float]] | None = None
 
 
 def build_bundle(
@@ -173,6 +176,9 @@ def build_bundle(
         "households": [_household_body(h) for h in households],
         "templates": _encrypt_templates(labels, matrix, bundle_id, device_bundle_public),
     }
+    if spec.limits:
+        body["limits"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in spec.limits.items()}
+    check_body(body)  # central signs only what a terminal would accept
     body_bytes = canonical(body)
     envelope = {
         "format": FORMAT,
@@ -248,7 +254,7 @@ def open_envelope(blob: bytes) -> tuple[bytes, bytes | None]:
         sig = _unb64(env["sig"]) if env.get("sig") else None
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise BundleError("not a bundle file (unreadable envelope)") from exc
     return body, sig
 
@@ -257,12 +263,12 @@ def read_metadata(blob: bytes) -> dict:
     """The body of a bundle without its encrypted templates, unverified (for ``inspect``)."""
     body, sig = open_envelope(blob)
     try:
-        meta = json.loads(body)
-    except ValueError as exc:
-        raise BundleError("bundle body is not JSON") from exc
-    tpl = meta.pop("templates", {}) or {}
-    meta["template_count"] = len(tpl.get("labels", []))
-    meta["signed"] = sig is not None
+        meta = strict_json(body)
+        tpl = meta.pop("templates", {}) or {}
+        meta["template_count"] = len(tpl.get("labels", []))
+        meta["signed"] = sig is not None
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise BundleError("bundle body is not a JSON object") from exc
     return meta
 
 
@@ -290,14 +296,42 @@ def verify_and_open(
     if not verify_ed25519(central, sig, body_bytes):
         raise BundleError("bundle signature does not verify: tampered or not signed by central")
     try:
-        b = json.loads(body_bytes)
-        dev = b["device"]
-        model = b["model"]
-        valid_from, valid_until = parse_iso_utc(b["valid_from"]), parse_iso_utc(b["valid_until"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError("signed bundle body is malformed") from exc
-    if b.get("format") != FORMAT:
-        raise BundleError(f"unsupported bundle format {b.get('format')!r}")
+        return _open_body(body_bytes, identity, model_id, model_sha256, now, device_id)
+    except BundleError:
+        raise
+    except Exception as exc:  # total: a signed body no rule foresaw is refused, not a crash
+        raise BundleError(f"signed bundle body is malformed ({exc.__class__.__name__})") from exc
+
+
+def _date(body: dict, key: str) -> datetime:
+    try:
+        return parse_iso_utc(body[key])
+    except (KeyError, AttributeError, ValueError) as exc:  # missing, not text, not a time
+        raise BundleError(f"{key} is not an ISO 8601 time") from exc
+
+
+def _open_body(
+    body_bytes: bytes,
+    identity: DeviceIdentity,
+    model_id: str,
+    model_sha256: str,
+    now: float,
+    device_id: str | None,
+) -> Bundle:
+    """The checks of :func:`verify_and_open` after the signature, then decryption."""
+    try:
+        b = strict_json(body_bytes)
+    except ValueError as exc:
+        raise BundleError(f"signed bundle body is malformed: {exc}") from exc
+    if not isinstance(b, dict) or b.get("format") != FORMAT:
+        found = b.get("format") if isinstance(b, dict) else None
+        raise BundleError(f"unsupported bundle format {str(found)[:32]!r}")
+    check_body(b)
+    dev, model = b["device"], b["model"]
+    valid_from, valid_until = _date(b, "valid_from"), _date(b, "valid_until")
+    issued_at = _date(b, "issued_at")
+    if valid_until <= valid_from:
+        raise BundleError("valid_until must be after valid_from")
     if dev.get("bundle_key") != identity.bundle_fingerprint() or (
         device_id is not None and dev.get("id") != device_id
     ):
@@ -316,24 +350,26 @@ def verify_and_open(
         round_id=b["round_id"],
         point_name=b["point_name"],
         regency=b["regency"],
-        issued_at=parse_iso_utc(b["issued_at"]),
+        issued_at=issued_at,
         valid_from=valid_from,
         valid_until=valid_until,
         model_id=model["id"],
         model_sha256=model["sha256"],
-        device_id=dev.get("id", ""),
+        device_id=dev["id"],
         households=_households(b),
+        limits=check_limits(b.get("limits")),
         _labels=labels,
         _matrix=matrix,
     )
 
 
 def _households(body: dict) -> dict[str, Household]:
+    # The body passed check_body: every key is there with the right type.
     households = {}
-    for h in body.get("households", []):
-        members = [Member(m["member_id"], m["role"]) for m in h.get("members", [])]
+    for h in body["households"]:
+        members = [Member(m["member_id"], m["role"]) for m in h["members"]]
         households[h["household_id"]] = Household(
-            h["household_id"], h["masked_name"], h["regency"], int(h["amount"]), members
+            h["household_id"], h["masked_name"], h["regency"], h["amount"], members
         )
     return households
 
@@ -355,7 +391,7 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
         raise BundleError("templates do not decrypt with this device's key") from exc
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # binascii.Error is a ValueError
         raise BundleError("template block is malformed") from exc
     matrix = np.frombuffer(plain, dtype="<f4").astype(np.float32)
     if matrix.size != len(labels) * DIM:

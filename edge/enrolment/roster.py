@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Analyse = Callable[[np.ndarray], tuple[np.ndarray | None, str]]
 Progress = Callable[[int, int], None]
 REQUIRED_COLUMNS = ("household_id", "member_id", "role", "name", "regency", "photos")
-_MEMBER_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_MEMBER_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # fullmatch: "$" would take a final newline
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _row_problem(rec: dict, hid: str, mid: str, seen: set[tuple[str, str]]) -> s
         validate_household_id(hid)
     except ClaimError as exc:
         return str(exc)
-    if not _MEMBER_RE.match(mid):
+    if not _MEMBER_RE.fullmatch(mid):
         return "member id must be 1-32 characters of A-Z, a-z, 0-9, '_' and '-'"
     if (hid, mid) in seen:
         return "member listed twice"

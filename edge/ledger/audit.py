@@ -130,7 +130,7 @@ class _Walk:
                 problems.append("ledger does not start at seq 1 (head deleted)")
         report.last_seq = ev["seq"]
         self.sessions.add(str(ev.get("boot_session")))
-        outcome = str(ev.get("outcome"))
+        outcome = str(ev.get("outcome") or ev.get("kind"))  # a config event has no outcome
         report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
         return problems
 

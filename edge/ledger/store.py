@@ -42,6 +42,7 @@ from edge.events import (
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
+from edge.ledger.changes import ConfigEvents
 from edge.ledger.receipts import ReceiptRows
 from edge.ledger.remote import RemotePayouts
 from edge.ledger.schema import (
@@ -56,7 +57,7 @@ from edge.privacy import mask_id
 log = logging.getLogger(__name__)
 
 
-class Ledger(ReceiptRows, RemotePayouts):
+class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
     """Durable, tamper-evident record of every decision on this terminal. Thread-safe."""
 
     def __init__(
@@ -169,7 +170,7 @@ class Ledger(ReceiptRows, RemotePayouts):
         )
         return event
 
-    def _commit(self, fields: dict, ts: str, extra: dict | None) -> dict:
+    def _commit(self, fields: dict, ts: str, extra: dict | None, kind: str = "decision") -> dict:
         """One transaction: double-payout check, next link of the chain, every row; fsynced."""
         conn = self._conn
         accepted = fields["outcome"] == "accepted"
@@ -180,7 +181,7 @@ class Ledger(ReceiptRows, RemotePayouts):
                 if paid:
                     raise AlreadyPaid(paid)
             seq, prev_hash = self._head()
-            event = self._signed_event(seq + 1, prev_hash, ts, fields, extra)
+            event = self._signed_event(seq + 1, prev_hash, ts, fields, extra, kind)
             self._insert_event(event)
             conn.execute("COMMIT")  # synchronous=FULL: on disk before this returns
         except sqlite3.IntegrityError as exc:
@@ -196,7 +197,7 @@ class Ledger(ReceiptRows, RemotePayouts):
         return event
 
     def _signed_event(
-        self, seq: int, prev_hash: str, ts: str, fields: dict, extra: dict | None
+        self, seq: int, prev_hash: str, ts: str, fields: dict, extra: dict | None, kind: str
     ) -> dict:
         """The event linked to ``prev_hash``, with its receipt signature, hash and signature."""
         event = {
@@ -207,7 +208,7 @@ class Ledger(ReceiptRows, RemotePayouts):
             "boot_session": self.boot_session,
             "seq": seq,
             "ts": ts,
-            "kind": "decision",
+            "kind": kind,
             **fields,
             "prev_hash": prev_hash,
         }
@@ -231,7 +232,7 @@ class Ledger(ReceiptRows, RemotePayouts):
                 seq,
                 event_id,
                 ts,
-                event["outcome"],
+                event["outcome"] or event["kind"],  # the column is NOT NULL: "config"
                 hid,
                 rid,
                 event["hash"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from edge.errors import PayloadError, RegistryError
-from edge.mqtt.schemas import parse
+from edge.mqtt.schemas import parse, safe_text
 from edge.mqtt.topics import DEFAULT_PREFIX, split
 from edge.registry import RegistryStore, event_problem
 
@@ -53,7 +53,22 @@ class ClaimsSync:
         self.refusals: list[str] = []
 
     def handle(self, topic: str, payload: bytes) -> bool:
-        """Process one message from the regency's event topics; True when a payout was stored."""
+        """Process one message from the regency's event topics; True when a payout was stored.
+
+        Total: a message that cannot be read is counted and logged as rejected, never raised.
+        """
+        try:
+            return self._handle(topic, payload)
+        except Exception as exc:  # a poison message must not stop the reporter's worker
+            self.rejected += 1
+            log.warning(
+                "claims sync: message on %s rejected: %s",
+                safe_text(topic),
+                exc.__class__.__name__,
+            )
+            return False
+
+    def _handle(self, topic: str, payload: bytes) -> bool:
         where = split(topic, self._prefix)
         if where is None or where[2] != "event" or where[0] != self._regency:
             return False

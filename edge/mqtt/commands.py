@@ -2,17 +2,20 @@
 
 A command is a ``bansos.command/1`` JSON object signed with central's Ed25519 key (the same
 key that signs enrolment bundles). It is refused, reported, and changes nothing when it is
-malformed, unsigned, badly signed, addressed to another terminal, too old or from the future,
-already seen (ids are remembered durably in SQLite), unknown, or asks for a config key that is
-not on the allow-list. Large enrolment bundles arrive in chunks; each chunk is a separately
-signed command, and the blob is verified (sha256 here, signature by the bundle store) only
-once it is whole.
+malformed, unsigned, badly signed, addressed to another terminal, sent while the terminal's
+clock is not trusted, too old or from the future, replayed, unknown, or asks for a config
+change outside its bounds (:mod:`edge.mqtt.remote_config`). Replays are refused by a
+counter, not by the clock: central gives every command for a device a larger ``counter``
+than the last (:class:`CommandCounter`), and the terminal keeps the highest counter it applied
+durably and refuses any command whose counter is not above it, however its clock moves.
+Large enrolment bundles arrive in chunks; each chunk is a separately signed command (with its
+own counter, sent in order), and the blob is verified (sha256 here, signature by the bundle
+store) only once it is whole.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import logging
 import sqlite3
@@ -27,26 +30,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from edge.errors import CommandRefused, KeyFileError, PayloadError
-from edge.events import canonical, iso_utc, parse_iso_utc
+from edge.events import canonical, iso_utc, parse_iso_utc, unb64
 from edge.keys import load_ed25519_public, verify_ed25519
-from edge.mqtt.schemas import parse
+from edge.mqtt.counter import CommandCounter, fallback_counter
+from edge.mqtt.remote_config import check_keys, config_action
+from edge.mqtt.schemas import parse, safe_text
 from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
 COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend")
 MAX_RESEND = 10000
-# Only thresholds and timings may change remotely; identity, keys and broker settings never do.
-ALLOWED_CONFIG_KEYS = frozenset(
-    {
-        "vision.match_threshold",
-        "vision.duplicate_threshold",
-        "liveness.threshold",
-        "flow.cooldown_s",
-        "flow.capture_timeout_s",
-        "mqtt.health_interval_s",
-    }
-)
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_SKEW_S = 300.0
 CHUNK_BYTES = 128 * 1024
@@ -62,15 +56,23 @@ def sign_command(
     *,
     issued_at: float | None = None,
     command_id: str | None = None,
+    counter: int | CommandCounter | None = None,
 ) -> bytes:
-    """Build and sign one command for ``device_id`` (central side and tests)."""
+    """Build and sign one command for ``device_id`` (central side and tests).
+
+    ``counter`` is the command's replay counter, or a :class:`CommandCounter` to allocate it
+    from; None takes central's microsecond clock (one signer only).
+    """
     key = _signing_key(central_private_key)
+    if isinstance(counter, CommandCounter):
+        counter = counter.next(device_id)
     body = {
         "schema": "bansos.command/1",
         "id": command_id or str(uuid.uuid4()),
         "device_id": device_id,
         "name": name,
         "issued_at": iso_utc(time.time() if issued_at is None else issued_at),
+        "counter": fallback_counter() if counter is None else counter,
         "args": args,
     }
     body["sig"] = base64.b64encode(key.sign(canonical(body))).decode("ascii")
@@ -93,8 +95,10 @@ def bundle_commands(
     blob: bytes,
     chunk_bytes: int = CHUNK_BYTES,
     issued_at: float | None = None,
+    counter: CommandCounter | None = None,
 ) -> list[bytes]:
-    """Split an enrolment bundle blob into signed ``bundle`` commands, one per chunk."""
+    """Split an enrolment bundle blob into signed ``bundle`` commands, one per chunk, with
+    increasing counters (send them in this order)."""
     digest = hashlib.sha256(blob).hexdigest()
     parts = [blob[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [b""]
     return [
@@ -110,42 +114,10 @@ def bundle_commands(
                 "data": base64.b64encode(part).decode("ascii"),
             },
             issued_at=issued_at,
+            counter=counter,
         )
         for i, part in enumerate(parts)
     ]
-
-
-def apply_config_changes(cfg: Any, changes: dict[str, Any]) -> dict:
-    """Apply allow-listed ``section.key`` changes to a live Config, all or nothing.
-
-    Every value is validated on a copy first (the config schema validates assignments), so a
-    bad value leaves the live config untouched. Returns ``{"changed": {key: [old, new]}}``.
-    """
-    bad = sorted(set(changes) - ALLOWED_CONFIG_KEYS)
-    if bad:
-        raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
-    trial = cfg.model_copy(deep=True)
-    for key, value in changes.items():
-        section, field = key.split(".", 1)
-        try:
-            setattr(getattr(trial, section), field, value)
-        except ValueError as exc:
-            raise CommandRefused(f"bad value for {key}: {str(exc).splitlines()[0]}") from exc
-    from edge.config import revalidate
-    from edge.errors import ConfigError
-
-    try:
-        # A key's own section is checked on assignment; rules across sections only here.
-        revalidate(trial, "config command")
-    except ConfigError as exc:
-        raise CommandRefused(" ".join(str(exc).split())) from exc
-    changed = {}
-    for key, value in changes.items():
-        section, field = key.split(".", 1)
-        old = getattr(getattr(cfg, section), field)
-        setattr(getattr(cfg, section), field, value)
-        changed[key] = [old, value]
-    return {"changed": changed}
 
 
 def bundle_action(bundle_store) -> Action:
@@ -167,33 +139,39 @@ def bundle_action(bundle_store) -> Action:
     return install
 
 
-def terminal_actions(cfg: Any, bundle_store: Any, desk: Reprinter) -> dict[str, Action]:
+def terminal_actions(
+    cfg: Any, bundle_store: Any, desk: Reprinter, ledger: Any = None
+) -> dict[str, Action]:
     """The daemon's own command actions (the reporter adds ``health`` and ``resend``).
 
     ``bundle`` installs a bundle into ``bundle_store`` (see :func:`bundle_action`); ``config``
-    applies allow-listed changes to the live ``cfg``; ``reprint`` prints a copy of the receipt
-    of ``event_id``, marked as a reprint, through ``desk`` (a ReceiptDesk).
+    applies bounded changes to the live ``cfg`` (:mod:`edge.mqtt.remote_config`: within the
+    installed bundle's signed ``limits``, never laxer than ``cfg`` is now, at start-up) and,
+    with a ``ledger``, records each applied change as a signed ``config`` event first (so it is
+    reported like every event); ``reprint`` prints a copy of the receipt of ``event_id``,
+    marked as a reprint, through ``desk`` (a ReceiptDesk).
     """
-
-    def configure(args: dict) -> dict:
-        return apply_config_changes(cfg, args["set"])
 
     def reprint(args: dict) -> dict:
         return {"printed": bool(desk.reprint(args["event_id"]))}
 
-    return {"bundle": bundle_action(bundle_store), "config": configure, "reprint": reprint}
+    return {
+        "bundle": bundle_action(bundle_store),
+        "config": config_action(cfg, bundle_store, ledger),
+        "reprint": reprint,
+    }
 
 
 class CommandProcessor:
     """Checks commands addressed to one terminal and runs the matching action.
 
     ``actions`` maps a command name (``bundle``, ``config``, ``reprint``, ``health``,
-    ``resend``) to a
-    callable taking the command's args and returning a small dict for the result. The
+    ``resend``) to a callable taking the command's args and returning a small dict. The
     ``bundle`` action receives ``{"bundle_id", "sha256", "blob": bytes}`` once every chunk is
-    in; ``config`` receives ``{"set": {...}}`` with allow-listed keys only.
-    ``state_path`` is the SQLite file that remembers seen command ids and pending chunks
-    (a directory gets ``commands.sqlite`` inside it).
+    in; ``config`` receives ``{"set": {...}, "command_id", "counter"}`` with allow-listed keys
+    only. ``state_path`` is the SQLite file that keeps the highest counter applied and pending
+    chunks (a directory gets ``commands.sqlite`` inside it). ``clock_guard`` (an
+    ``edge.ops.health.ClockGuard``): every command is refused while it distrusts the clock.
     """
 
     def __init__(
@@ -206,8 +184,10 @@ class CommandProcessor:
         clock: Callable[[], float] = time.time,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         max_skew_s: float = DEFAULT_MAX_SKEW_S,
+        clock_guard: Any = None,
     ) -> None:
         self._key = load_ed25519_public(central_public_pem)
+        self._clock_guard = clock_guard
         self.device_id = device_id
         self._actions = dict(actions)
         self._clock = clock
@@ -222,8 +202,9 @@ class CommandProcessor:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # The highest counter applied per device (this terminal's own id only, in practice).
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, name TEXT, issued REAL, at REAL)"
+            "CREATE TABLE IF NOT EXISTS counters (device_id TEXT PRIMARY KEY, highest INTEGER)"
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS chunks (sha256 TEXT, chunk INTEGER, chunks INTEGER,"
@@ -249,10 +230,10 @@ class CommandProcessor:
                 cmd = self._check(topic_name, payload, seen)
                 status, result = self._run(cmd)
         except CommandRefused as exc:
-            log.warning("command refused: %s", exc)
+            log.warning("command refused: %s", safe_text(exc))
             return self._result(seen.get("cmd"), topic_name, "refused", str(exc))
         except Exception as exc:  # an action failed: report it, keep the daemon alive
-            log.exception("command %s failed", topic_name)
+            log.exception("command %s failed", safe_text(topic_name))
             error = f"{exc.__class__.__name__}: {exc}"
             return self._result(seen.get("cmd"), topic_name, "failed", error)
         log.info("command %s %s", cmd["name"], status)
@@ -264,9 +245,25 @@ class CommandProcessor:
         # The order is the contract: a command is refused for the first rule it breaks.
         cmd = self._check_signed(payload, seen)
         self._check_addressed(cmd, topic_name)
+        self._check_clock_trusted()
         self._check_fresh(cmd)
         self._check_args(cmd["name"], cmd["args"])
         return cmd
+
+    def _check_clock_trusted(self) -> None:
+        # A terminal whose clock jumped cannot judge a command's age: it acts on none.
+        if self._clock_guard is None:
+            return
+        reading = self._clock_guard.check()
+        if not reading.ok:
+            raise CommandRefused(f"device clock is not trusted ({reading.reason}): try later")
+
+    def highest_counter(self) -> int:
+        """The highest command counter this terminal has applied (0 before the first)."""
+        row = self._db.execute(
+            "SELECT highest FROM counters WHERE device_id = ?", (self.device_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def _check_signed(self, payload: bytes, seen: dict) -> dict:
         """The parsed command when it is well formed and signed by central."""
@@ -280,8 +277,8 @@ class CommandProcessor:
         seen["cmd"] = cmd
         body = {k: v for k, v in cmd.items() if k != "sig"}
         try:
-            sig = base64.b64decode(cmd["sig"], validate=True)
-        except binascii.Error as exc:
+            sig = unb64(cmd["sig"])
+        except ValueError as exc:
             raise CommandRefused("bad signature") from exc
         if not verify_ed25519(self._key, sig, canonical(body)):
             raise CommandRefused("bad signature")
@@ -297,22 +294,26 @@ class CommandProcessor:
             raise CommandRefused(f"unknown command: {cmd['name']}")
 
     def _check_fresh(self, cmd: dict) -> None:
-        """Refuse a command from the future, past its age limit, or already seen."""
+        """Refuse a replay (counter not above the highest applied), then a command from the
+        future or past its age limit (the clock is trusted by now)."""
+        highest = self.highest_counter()
+        if cmd["counter"] <= highest:
+            log.warning("command counter %s is not above %s", cmd["counter"], highest)
+            raise CommandRefused("replayed command")
         now = self._clock()
-        issued = parse_iso_utc(cmd["issued_at"]).timestamp()
+        try:
+            issued = parse_iso_utc(cmd["issued_at"]).timestamp()
+        except ValueError as exc:  # the schema's pattern lets 2026-13-45 through
+            raise CommandRefused("malformed command: issued_at is no date") from exc
         if issued > now + self._max_skew_s:
             raise CommandRefused("command issued in the future")
         if issued < now - self._max_age_s:
             raise CommandRefused("command expired")
-        if self._db.execute("SELECT 1 FROM seen WHERE id = ?", (cmd["id"],)).fetchone():
-            raise CommandRefused("replayed command")
 
     def _check_args(self, name: str, args: dict) -> None:
         """Refuse arguments the schema allows but this terminal will not act on."""
         if name == "config":
-            bad = sorted(set(args["set"]) - ALLOWED_CONFIG_KEYS)
-            if bad:
-                raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
+            check_keys(args["set"])
         if name == "bundle":
             self._check_chunk(args)
         if name == "resend":
@@ -324,8 +325,8 @@ class CommandProcessor:
         if args["chunk"] >= args["chunks"]:
             raise CommandRefused("chunk index out of range")
         try:
-            base64.b64decode(args["data"], validate=True)
-        except binascii.Error as exc:
+            unb64(args["data"])
+        except ValueError as exc:
             raise CommandRefused("chunk data is not base64") from exc
         row = self._db.execute(
             "SELECT chunks, bundle_id FROM chunks WHERE sha256 = ? LIMIT 1", (args["sha256"],)
@@ -337,11 +338,12 @@ class CommandProcessor:
 
     def _remember(self, cmd: dict, now: float) -> None:
         horizon = now - self._max_age_s - self._max_skew_s
-        self._db.execute("DELETE FROM seen WHERE issued < ?", (horizon,))
+        # Only unfinished bundles expire by the clock; replay protection does not.
         self._db.execute("DELETE FROM chunks WHERE at < ?", (horizon,))
         self._db.execute(
-            "INSERT INTO seen (id, name, issued, at) VALUES (?, ?, ?, ?)",
-            (cmd["id"], cmd["name"], parse_iso_utc(cmd["issued_at"]).timestamp(), now),
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (device_id) DO UPDATE"
+            " SET highest = excluded.highest WHERE excluded.highest > counters.highest",
+            (self.device_id, cmd["counter"]),
         )
 
     def _run(self, cmd: dict) -> tuple[str, dict]:
@@ -350,9 +352,11 @@ class CommandProcessor:
         # rather than risk running twice.
         self._remember(cmd, now)
         name, args = cmd["name"], cmd["args"]
+        if name == "config":  # the ledger's config event names the command that made it
+            args = {**args, "command_id": cmd["id"], "counter": cmd["counter"]}
         if name != "bundle":
             return "applied", dict(self._actions[name](args) or {})
-        data = base64.b64decode(args["data"])
+        data = unb64(args["data"])
         self._db.execute(
             "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
             (args["sha256"], args["chunk"], args["chunks"], args["bundle_id"], data, now),
@@ -384,10 +388,10 @@ class CommandProcessor:
             "schema": "bansos.command_result/1",
             "command_id": cmd["id"] if cmd else None,
             "device_id": self.device_id,
-            "name": name[:64] if name else None,
+            "name": safe_text(name, 64) if name else None,
             "ok": status in ("applied", "partial"),
             "status": status,
-            "error": error[:200] if error else None,
+            "error": safe_text(error, 200) if error else None,
             "result": result or {},
             "ts": iso_utc(self._clock()),
         }

@@ -25,7 +25,7 @@ from edge.errors import KeyFileError, PayloadError
 from edge.keys import load_device_public
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
-from edge.mqtt.schemas import parse
+from edge.mqtt.schemas import parse, safe_text
 from edge.mqtt.store import EventStore
 from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, shared, split
 from edge.registry import DeviceEntry, RegistryStore, event_problem
@@ -181,35 +181,56 @@ class Consumer:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         # Acknowledged by hand, and only once stored: an event the database could not take
         # stays unacknowledged and the broker delivers it again after a reconnect.
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers check topics are UTF-8; do not trust that
+            topic = safe_text(bytes(msg._topic).decode("utf-8", "replace"))
         for attempt in range(3):
             try:
                 # paho types the payload bytes | bytearray; bytes() of bytes is the same object
-                self.handle(msg.topic, bytes(msg.payload))
+                self.handle(topic, bytes(msg.payload))
             except Exception:
-                log.exception(
-                    "could not store an event from %s (attempt %d)", msg.topic, attempt + 1
-                )
+                log.exception("could not store an event from %s (attempt %d)", topic, attempt + 1)
                 time.sleep(0.2 * (attempt + 1))
                 continue
             client.ack(msg.mid, msg.qos)
             return
         self.unacked += 1
-        log.error("event on %s left unacknowledged; the broker re-sends it", msg.topic)
+        log.error("event on %s left unacknowledged; the broker re-sends it", topic)
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Verify and store one event: ``stored``, ``duplicate`` or ``rejected: <why>``."""
-        try:
-            event = parse("event", payload)
-        except PayloadError as exc:
-            return self._reject(topic, str(exc), payload)
+        """Verify and store one event: ``stored``, ``duplicate`` or ``rejected: <why>``.
+
+        Total: whatever the message holds, it is stored or recorded as rejected (and then
+        acknowledged); only a store that cannot write raises, so the broker sends it again.
+        """
+        event, problem = self._parse(topic, payload)
+        if event is None:
+            return self._reject(topic, problem or "unreadable event", payload)
+        # Outside the parser's guard: a registry that cannot be read is an outage, not poison.
         problem = self._problem(topic, event)
         if problem:
             return self._reject(topic, problem, payload)
-        if self._store.add(event):
+        try:
+            added = self._store.add(event)
+        except (OverflowError, TypeError, ValueError, UnicodeError) as exc:
+            # What the database cannot hold is poison, not an outage: retrying cannot help.
+            return self._reject(topic, f"event not storable ({exc.__class__.__name__})", payload)
+        if added:
             self.stored += 1
             return "stored"
         self.duplicates += 1
         return "duplicate"
+
+    def _parse(self, topic: str, payload: bytes) -> tuple[dict | None, str | None]:
+        """The event, or None and why it cannot be read; never raises."""
+        try:
+            return parse("event", payload), None
+        except PayloadError as exc:
+            return None, str(exc)
+        except Exception as exc:  # a parser bug must not stall the network thread
+            log.debug("event on %s broke a parser", safe_text(topic), exc_info=True)
+            return None, f"unreadable event ({exc.__class__.__name__})"
 
     def _problem(self, topic: str, event: dict) -> str | None:
         """Why a well-formed event may not be stored: wrong topic, unknown or revoked device,
@@ -222,8 +243,9 @@ class Consumer:
 
     def _reject(self, topic: str, problem: str, payload: bytes) -> str:
         self.rejected += 1
+        topic, problem = safe_text(topic), safe_text(problem)
         log.warning("rejected a message on %s: %s", topic, problem)
-        self._store.reject(topic, problem, payload)
+        self._store.reject(topic, problem, bytes(payload))
         return f"rejected: {problem}"
 
 
@@ -232,11 +254,13 @@ def resend_requests(
     central_private_key,
     prefix: str = DEFAULT_PREFIX,
     heads: dict[str, int] | None = None,
+    counter=None,
 ) -> list[tuple[str, bytes]]:
     """Signed ``resend`` commands (topic, payload) for every sequence gap in the store.
 
     ``heads`` (device id -> last seq, e.g. from health reports) also covers events missing at
-    the end of a device's stream, which no gap can show.
+    the end of a device's stream, which no gap can show. ``counter`` (a
+    ``edge.mqtt.counter.CommandCounter``) allocates each command's replay counter.
     """
     devices = store.devices()
     gaps = store.gaps()
@@ -250,5 +274,8 @@ def resend_requests(
         for lo, hi in spans:
             for start in range(lo, hi + 1, MAX_RESEND):
                 args = {"from_seq": start, "to_seq": min(hi, start + MAX_RESEND - 1)}
-                out.append((topic, sign_command(central_private_key, device_id, "resend", args)))
+                signed = sign_command(
+                    central_private_key, device_id, "resend", args, counter=counter
+                )
+                out.append((topic, signed))
     return out

@@ -110,14 +110,21 @@ class Reporter:
 
     @classmethod
     def from_config(
-        cls, cfg, ledger, identity, actions: dict | None = None, health_source=None
+        cls,
+        cfg,
+        ledger,
+        identity,
+        actions: dict | None = None,
+        health_source=None,
+        clock_guard=None,
     ) -> Reporter:
         """The reporter the daemon runs: commands enabled when central's public key is known.
 
         ``actions`` are the app's command actions (``bundle``, ``config``, ``reprint``);
         ``health`` and ``resend`` are the reporter's own. Central's key is the file
         ``bundle.central_public_key``; without it every command is ignored (nothing to verify
-        with). A configured key file that cannot be read is a KeyFileError.
+        with). A configured key file that cannot be read is a KeyFileError. While
+        ``clock_guard`` distrusts the clock, every command is refused.
         """
         from edge.keys import load_central_public_pem
 
@@ -126,7 +133,9 @@ class Reporter:
         if pem is not None:
             from edge.mqtt.commands import CommandProcessor
 
-            commands = CommandProcessor(pem, cfg.device.id, cfg.state_path, dict(actions or {}))
+            commands = CommandProcessor(
+                pem, cfg.device.id, cfg.state_path, dict(actions or {}), clock_guard=clock_guard
+            )
             registry = RegistryStore(cfg.state_path / REGISTRY_FILE, pem)
         else:
             log.warning("no central public key configured: remote commands are disabled")

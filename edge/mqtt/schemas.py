@@ -9,11 +9,13 @@ Their canonical form and time format are the event rules of :mod:`edge.events`.
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from edge.errors import PayloadError
+from edge.events import strict_json
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -38,14 +40,28 @@ def schema(kind: str) -> dict:
     return json.loads(text.read_text("utf-8"))
 
 
+def _ecma_pattern(validator, pattern: str, instance: Any, schema: dict):
+    # JSON Schema patterns are ECMA-262, where "$" ends the text; Python's "$" also matches
+    # before a final newline, so "edge-a01\n" would pass ^[a-z0-9-]+$. Anchor at \Z instead.
+    from jsonschema.exceptions import ValidationError
+
+    if not isinstance(instance, str):
+        return
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    if not re.search(pattern, instance):
+        yield ValidationError(f"{instance!r:.40} does not match {pattern!r}")
+
+
 @cache
 def _validator(kind: str) -> Draft202012Validator:
     # Imported here: jsonschema costs the daemon ~2.5 MB and is needed only to word a failure.
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
 
     doc = schema(kind)
     Draft202012Validator.check_schema(doc)
-    return Draft202012Validator(doc)
+    strict = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+    return strict(doc)
 
 
 def errors(kind: str, obj: Any) -> list[str]:
@@ -65,24 +81,42 @@ def _compiled(kind: str):
 def validate(kind: str, obj: Any) -> None:
     """Raise PayloadError naming the first violations when ``obj`` breaks the ``kind`` schema."""
     fast = _compiled(kind)
+    fast_error = None
     if fast is not None:
         try:
             fast(obj)
             return
-        except fastjsonschema.JsonSchemaException:
-            pass  # the reference validator below words the errors
-    problems = errors(kind, obj)
+        except fastjsonschema.JsonSchemaException as exc:
+            fast_error = exc  # the reference validator below words the errors
+    try:
+        problems = errors(kind, obj)
+    except RecursionError:
+        problems = ["(root): nested too deeply"]
+    if not problems and fast_error is not None:
+        # The two validators disagree (they should not): the stricter one wins.
+        problems = [str(fast_error)[:160]]
     if problems:
         raise PayloadError(f"{kind}: " + "; ".join(problems[:3]))
 
 
+def safe_text(text: object, limit: int = 300) -> str:
+    """``text`` made safe to log and store: lone surrogates replaced, at most ``limit`` chars."""
+    return str(text)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
 def parse(kind: str, payload: bytes, max_bytes: int = 1 << 20) -> dict:
-    """Decode and validate an incoming payload; raise PayloadError when it is malformed."""
+    """Decode and validate an incoming payload; raise PayloadError when it is malformed.
+
+    Total: whatever the bytes, the result is a valid dict or a PayloadError. JSON is read by
+    :func:`edge.events.strict_json` (no NaN, lone surrogates, NUL or absurd nesting).
+    """
+    if not isinstance(payload, bytes | bytearray):
+        raise PayloadError(f"{kind}: payload is not bytes")
     if len(payload) > max_bytes:
         raise PayloadError(f"{kind}: payload of {len(payload)} bytes is too large")
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"{kind}: not JSON ({exc.__class__.__name__})") from exc
+        obj = strict_json(bytes(payload))
+    except ValueError as exc:
+        raise PayloadError(f"{kind}: {exc}") from exc
     validate(kind, obj)
     return obj

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "bansos/v1"
+# The same alphabets as device.id and device.regency in edge/config.py and the JSON Schemas.
+DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,62}")
+REGENCY_RE = re.compile(r"[0-9]{4}")
 
 
 @dataclass(frozen=True)
@@ -68,5 +72,8 @@ def split(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str, str] | No
         return None
     parts = topic[len(prefix) + 1 :].split("/", 2)
     if len(parts) != 3 or not all(parts):
+        return None
+    # fullmatch: "$" would also take a trailing newline.
+    if not (REGENCY_RE.fullmatch(parts[0]) and DEVICE_ID_RE.fullmatch(parts[1])):
         return None
     return parts[0], parts[1], parts[2]

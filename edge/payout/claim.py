@@ -21,8 +21,9 @@ from edge.errors import ClaimError
 
 PREFIX = "BANSOS"
 VERSION = 1
-_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{2,39}$")
-_ROUND_RE = re.compile(r"^[0-9]{4}-[0-9]{2}[A-Z0-9-]{0,16}$")
+# Used with fullmatch: "$" would also accept a trailing newline.
+_ID_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{2,39}")
+_ROUND_RE = re.compile(r"[0-9]{4}-[0-9]{2}[A-Z0-9-]{0,16}")
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ def _check(household_id: str, round_id: str) -> str:
 
 def validate_household_id(household_id: str) -> str:
     """Return the id if it fits the claim alphabet (A-Z, 0-9, dash); raise ClaimError otherwise."""
-    if not isinstance(household_id, str) or not _ID_RE.match(household_id):
+    if not isinstance(household_id, str) or not _ID_RE.fullmatch(household_id):
         raise ClaimError("household id must be 3-40 characters of A-Z, 0-9 and '-'")
     return household_id
 
 
 def validate_round_id(round_id: str) -> str:
     """Return the round id if it looks like ``YYYY-MM`` (optionally a suffix); else ClaimError."""
-    if not isinstance(round_id, str) or not _ROUND_RE.match(round_id):
+    if not isinstance(round_id, str) or not _ROUND_RE.fullmatch(round_id):
         raise ClaimError("round id must look like YYYY-MM (e.g. 2026-12)")
     return round_id
 
