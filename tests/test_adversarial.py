@@ -34,6 +34,7 @@ from edge.mqtt.remote_config import apply_config_changes
 from edge.mqtt.schemas import KINDS, errors, parse
 from edge.mqtt.store import EventStore
 from edge.payout.claim import Claim, decode_claim, encode_claim
+from edge.registry import DeviceEntry, RegistryStore, sign_registry
 
 DEVICE = "edge-test-0001"
 EVENT_TOPIC = f"bansos/v1/3171/{DEVICE}/event"
@@ -161,11 +162,18 @@ def test_consumer_records_every_message_it_cannot_store(tmp_path, make_ledger, i
 # -- claims sync (terminal) ------------------------------------------------------------------
 
 
-def test_claims_sync_answers_every_message_with_true_or_false(make_ledger, identity, tmp_path):
+def test_claims_sync_answers_every_message_with_true_or_false(
+    make_ledger, identity, make_identity, tmp_path, central_key, central_pem
+):
     other = make_ledger(tmp_path / "other.sqlite", device_id="edge-b02")
     genuine = pay(make_ledger())
-    keys = {DEVICE: identity.device_public_pem()}
-    sync = ClaimsSync(other, "edge-b02", "3171", device_keys=keys.get)
+    devices = [
+        DeviceEntry(DEVICE, "3171", identity.device_public_pem()),
+        DeviceEntry("edge-b02", "3171", make_identity().device_public_pem()),
+    ]
+    registry = RegistryStore(tmp_path / "registry.json", central_pem)
+    registry.install(sign_registry(central_key, devices, 1))
+    sync = ClaimsSync(other, "edge-b02", "3171", registry=registry)
 
     @FUZZ
     @given(
