@@ -39,9 +39,10 @@ OUTCOMES = (
     "already_paid",
     "duplicate_face",
     "bad_qr",
+    "too_many_attempts",
 )
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
-RECEIPT_PREFIX = "BSR1"
+RECEIPT_PREFIX = "BSR2"  # 2: household_ref instead of the full household_id
 
 # The earliest wall-clock time anything may be signed at: the ledger refuses events and
 # ClockGuard distrusts the clock before it. A Pi has no battery-backed clock and boots at 1970
@@ -144,7 +145,9 @@ def unb64url(text: str) -> bytes:
 # a person checking the receipt cares about; it is inside the event's hash, so the chain
 # covers it too.
 
-_RECEIPT_FIELDS = ("event_id", "device_id", "seq", "ts", "household_id", "round_id", "amount")
+# The household is named by its pseudonymous reference (edge.privacy.household_ref): a receipt
+# photographed or thrown away does not tell who collected; the paper shows the masked id.
+_RECEIPT_FIELDS = ("event_id", "device_id", "seq", "ts", "household_ref", "round_id", "amount")
 
 
 def receipt_message(event: dict) -> bytes:
@@ -177,7 +180,7 @@ def receipt_signature_ok(
 def receipt_payload(event: dict) -> str:
     """Compact signed record for the receipt QR (~210 characters), verifiable offline.
 
-    ``BSR1|event_id|device_id|seq|ts|household_id|round_id|amount|sig`` (sig base64url).
+    ``BSR2|event_id|device_id|seq|ts|household_ref|round_id|amount|sig`` (sig base64url).
     """
     if not event.get("receipt_sig"):
         raise LedgerError("event has no receipt signature (only accepted payouts have receipts)")

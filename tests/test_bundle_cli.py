@@ -9,11 +9,12 @@ import sqlite3
 import cv2
 import numpy as np
 import pytest
-from support import pay
+from support import REF_KEY, pay
 
 from edge.__main__ import main
 from edge.config import Config
 from edge.payout.claim import decode_claim
+from edge.privacy import household_ref
 
 DEVICE = "edge-cli-0001"
 
@@ -104,7 +105,7 @@ def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys, make_identi
     text = receipt_payload(ev)
     assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", tmp_path / "dev.pem") == 0
     assert "receipt valid" in capsys.readouterr().out
-    forged = text.replace("KPM-3171-0001-0001", "KPM-3171-0001-0009")
+    forged = text.replace(ev["household_ref"], household_ref(REF_KEY, "2026-12", "KPM-9"))
     assert edge(cfg_file, "audit", "--receipt", forged, "--device-pub", tmp_path / "dev.pem") == 1
     assert "INVALID" in capsys.readouterr().out
 

@@ -8,5 +8,6 @@ COMMAND_MODULES = (
     "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
     "edge.cli.mqtt",  # consume, command
     "edge.cli.ops",  # check-config, selftest, health
+    "edge.cli.retention",  # prune
     "edge.cli.bench",  # bench
 )

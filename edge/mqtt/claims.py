@@ -2,10 +2,13 @@
 
 Every terminal subscribes to ``{prefix}/{regency}/+/event``. An accepted payout from another
 terminal is written with ``ledger.record_remote_payout``; from then on ``Ledger.record`` refuses
-that household and round as already paid. The terminal does not hold the other terminals'
-public keys, so a remote payout is trusted because the broker only lets a device publish under
-its own topic (ACL by the certificate's CN); central still verifies every signature and flags
-double payouts that happened while terminals were cut off from each other.
+that household and round as already paid. Payouts name the household by its ``household_ref``:
+the terminals of a regency share the round's reference key (in their bundles), so each computes
+the same reference for a claim, while the broker never sees a household id. The terminal does
+not hold the other terminals' public keys, so a remote payout is trusted because the broker
+only lets a device publish under its own topic (ACL by the certificate's CN); central still
+verifies every signature and flags double payouts that happened while terminals were cut off
+from each other.
 """
 
 from __future__ import annotations

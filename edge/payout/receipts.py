@@ -45,8 +45,12 @@ class ReceiptDesk:
         self._lock = threading.Lock()
 
     def receipt_for(self, event: dict[str, Any]) -> Receipt:
-        """The receipt of an accepted payout event, with masked name and household id."""
-        hid = event["household_id"]
+        """The receipt of an accepted payout event, with masked name and household id.
+
+        The event names the household by its reference only; the full id (masked on paper,
+        for the recipient and the officer) is the ledger's local note.
+        """
+        hid = self.ledger.household_of(event["event_id"]) or ""
         return Receipt.from_event(
             event,
             point_name=self.cfg.device.point_name,
