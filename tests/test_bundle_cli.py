@@ -234,6 +234,14 @@ def test_build_inspect_install_on_real_faces(
         tmp_path / "state", (tmp_path / "central.key.pub").read_bytes(), ident, *embedder_ids(cfg)
     )
     labels, matrix = store.current().templates()
+    # Central's manifest maps each household to the reference this terminal computes, with the
+    # round key kept beside central's private key for the next bundle of the regency and round.
+    manifest = json.loads(bundle.with_name(bundle.name + ".manifest.json").read_text())
+    key = (tmp_path / "ref_keys" / "3171_2026-12.key").read_bytes()
+    assert store.current().ref_key == key
+    rows = {h["household_id"]: h["household_ref"] for h in manifest["households"]}
+    assert len(rows) == 6 and manifest["bundle_id"] == store.current().bundle_id
+    assert all(store.current().household_ref(hid) == ref for hid, ref in rows.items())
     emb = (
         FaceEngine.from_config(cfg).analyse(load_photo(faces_dir / "orl__s03" / "7.pgm")).embedding
     )

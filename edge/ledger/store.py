@@ -146,8 +146,7 @@ class Ledger(ReceiptRows, RemotePayouts, ClaimHistory):
         For ``accepted`` the payout row, the event, its outbox row and a pending receipt are one
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
         household was already paid for this round, here or at another terminal. The event
-        carries ``household_ref`` (the pseudonym of the round, see :mod:`edge.privacy`), never
-        ``household_id``, which stays in this ledger's own columns.
+        carries ``household_ref``, never ``household_id`` (kept in this ledger's columns).
         """
         accepted = _check_decision(outcome, household_id, round_id, amount, household_ref)
         now = self._clock()
@@ -227,10 +226,8 @@ class Ledger(ReceiptRows, RemotePayouts, ClaimHistory):
         return event
 
     def _insert_event(self, event: dict, hid: str | None) -> None:
-        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt.
-
-        ``hid`` (the full household id) goes into the local columns only, not into the event.
-        """
+        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt;
+        ``hid`` (the full household id) goes into the local columns only."""
         q = self._conn.execute
         seq, event_id, ts = event["seq"], event["event_id"], event["ts"]
         rid = event["round_id"]
@@ -291,11 +288,8 @@ class Ledger(ReceiptRows, RemotePayouts, ClaimHistory):
     def is_paid(
         self, household_id: str, round_id: str, household_ref: str | None = None
     ) -> dict | None:
-        """The payout for this household and round (``where`` = local|remote), or None.
-
-        Payouts at other terminals are found by ``household_ref``: without it only local
-        payouts (and reports from before references) are seen.
-        """
+        """The payout for this household and round (``where`` = local|remote), or None;
+        other terminals' payouts are found by ``household_ref`` only."""
         with self._lock:
             return self._find_paid(household_id, round_id, household_ref)
 
@@ -392,8 +386,7 @@ def _check_decision(
         raise ValueError(f"unknown outcome {outcome!r}")
     accepted = outcome == "accepted"
     if accepted and not (household_id and household_ref and round_id and amount is not None):
-        # Without its reference a payout could not be matched by the other terminals of the
-        # regency (claims sync) nor by central's double-payout check.
+        # Without its reference, claims sync and central could not match the payout.
         raise ValueError("an accepted payout needs household_id, household_ref, round_id, amount")
     return accepted
 
