@@ -133,6 +133,25 @@ def test_prune_is_idempotent_and_puts_the_guards_back(ledger, history):
     pay(ledger, "KPM-3171-0001-0099", ROUND)
 
 
+def test_a_pruned_payout_is_not_reprinted(ledger, history):
+    from edge.config import Config
+    from edge.errors import CommandRefused
+    from edge.payout.receipts import ReceiptDesk
+
+    old, _, _ = history
+    prune(ledger)
+
+    class Paper:
+        enabled = True
+
+        def print_receipt(self, r, *, reprint=False):  # pragma: no cover - must not be called
+            raise AssertionError("a pruned payout was printed")
+
+    desk = ReceiptDesk(Config(), Paper(), ledger, lambda hid: None)
+    with pytest.raises(CommandRefused, match="past retention"):
+        desk.reprint(old["paid"]["event_id"])
+
+
 def test_synced_payouts_of_past_rounds_go(ledger, history):
     report = prune(ledger)
     assert report.remote_payouts == 1

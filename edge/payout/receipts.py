@@ -148,6 +148,8 @@ class ReceiptDesk:
                 raise CommandRefused(
                     f"event {event_id} is not a payout ({event['outcome']}): it has no receipt"
                 )
+            if event.get("pruned"):
+                raise CommandRefused(f"payout {event_id} is past retention: only its hash is kept")
             state = self.ledger.receipt_state(event_id)
             if state is not None and state.status != "printed":
                 self._recover(event_id, state)
