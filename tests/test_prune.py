@@ -213,3 +213,24 @@ def test_prune_timer_units_verify(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "edge-prune" not in done.stderr, done.stderr
+
+
+def test_a_resend_request_skips_pruned_stubs(ledger, history, identity):
+    from types import SimpleNamespace
+
+    from edge.config import Config
+    from edge.mqtt.reporter import Reporter
+    from edge.mqtt.schemas import validate
+
+    prune(ledger)
+    cfg = Config()
+    cfg.mqtt.tls = False
+    reporter = Reporter(cfg, ledger, identity)
+    sent: list[dict] = []
+    reporter._client = SimpleNamespace(
+        publish=lambda topic, payload, qos: sent.append(json.loads(payload))
+    )
+    assert reporter.resend_action({"from_seq": 1, "to_seq": 100}) == {"resent": len(sent)}
+    assert len(sent) == len(list(ledger.events())) - 3  # the three stubs stay home
+    for event in sent:
+        validate("event", event)
