@@ -148,9 +148,11 @@ class BundleSpec:
     model_sha256: str
     valid_from: datetime
     valid_until: datetime
+    # No default on purpose: a fresh random key per bundle would quietly split a regency's
+    # terminals, each unable to see the others' payouts (edge.enrolment.refkeys.ref_key_for).
+    ref_key: bytes = field(repr=False)
     bundle_id: str | None = None
     issued_at: datetime | None = None
-    ref_key: bytes = field(default_factory=lambda: os.urandom(REF_KEY_BYTES), repr=False)
 
 
 def build_bundle(
