@@ -234,3 +234,15 @@ def test_a_resend_request_skips_pruned_stubs(ledger, history, identity):
     assert len(sent) == len(list(ledger.events())) - 3  # the three stubs stay home
     for event in sent:
         validate("event", event)
+
+
+def test_prune_works_in_short_batches_and_refuses_a_missing_file(ledger, history, monkeypatch):
+    from edge.errors import LedgerError
+    from edge.ledger import prune as module
+
+    monkeypatch.setattr(module, "BATCH", 2)  # three stubs: two transactions of work, one empty
+    assert prune(ledger).events == 3
+    assert prune(ledger).events == 0
+    with pytest.raises(LedgerError, match="no such ledger"):
+        prune_ledger(ledger.path.with_name("absent.sqlite"), ledger_days=1, synced_days=1)
+    assert not ledger.path.with_name("absent.sqlite").exists()

@@ -41,6 +41,7 @@ STUB_FIELDS = (
     "prev_hash", "hash", "sig",
 )  # fmt: skip
 _GUARDS = ("events_append_only_u", "payouts_keep_d")
+BATCH = 500  # events per transaction: a concurrent payout waits milliseconds, not seconds
 
 
 @dataclass
@@ -80,8 +81,8 @@ def _prunable_events(conn: sqlite3.Connection, cutoff: str, keep: set[str]) -> l
         " LEFT JOIN receipts r ON r.event_id = e.event_id"
         " WHERE o.sent_at IS NOT NULL AND e.ts < ?"
         " AND json_extract(e.body, '$.pruned') IS NULL"
-        " AND (r.status IS NULL OR r.status = 'printed')" + skip_live,
-        (cutoff, *sorted(keep)),
+        " AND (r.status IS NULL OR r.status = 'printed')" + skip_live + " ORDER BY e.seq LIMIT ?",
+        (cutoff, *sorted(keep), BATCH),
     ).fetchall()
 
 
@@ -107,38 +108,57 @@ def prune_ledger(
     installed_rounds: Iterable[str] = (),
     now: float | None = None,
 ) -> PruneReport:
-    """Apply retention to the ledger file at ``path`` in one transaction (see module doc).
+    """Apply retention to the ledger file at ``path`` (see the module doc); what went.
 
-    Safe while the daemon runs: SQLite serialises the writers, and the append-only triggers
-    are lifted only inside this transaction, so no other writer ever sees them missing.
+    Safe while the daemon runs: SQLite serialises the writers, the work is cut into short
+    transactions of ``BATCH`` events so a payout never waits long for the file, and the
+    append-only triggers are lifted only inside each of them, so no other writer ever sees
+    them missing.
     """
+    if not Path(path).is_file():
+        raise LedgerError(f"{path}: no such ledger file")
     now = time.time() if now is None else now
+    cutoff = iso_utc(now - ledger_days * DAY)
     report = PruneReport()
     conn = connect(path)
     try:
         conn.executescript(SCHEMA_SQL)  # an older file gets its index; the triggers exist
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cutoff = iso_utc(now - ledger_days * DAY)
-            keep = live_rounds(conn, cutoff, installed_rounds)
-            rows = _prunable_events(conn, cutoff, keep)
-            if rows:
-                for name in _GUARDS:
-                    conn.execute(f"DROP TRIGGER {name}")
-                _rewrite(conn, rows, report)
-                for statement in _guard_sql():
-                    conn.execute(statement)
-            report.remote_payouts = _prune_remote(conn, now - synced_days * DAY, keep)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        keep = live_rounds(conn, cutoff, installed_rounds)
+        while _transaction(conn, _prune_batch, cutoff, keep, report):
+            pass
+        report.remote_payouts = _transaction(
+            conn, _prune_remote, iso_utc(now - synced_days * DAY), keep
+        )
     finally:
         conn.close()
     if report.events or report.remote_payouts:
         log.info("%s", report.summary())
     return report
+
+
+def _transaction(conn: sqlite3.Connection, fn, *args):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _prune_batch(conn: sqlite3.Connection, cutoff: str, keep: set[str], report) -> bool:
+    """One batch of events to stubs inside the caller's transaction; False when none was left."""
+    rows = _prunable_events(conn, cutoff, keep)
+    if not rows:
+        return False
+    for name in _GUARDS:
+        conn.execute(f"DROP TRIGGER {name}")
+    _rewrite(conn, rows, report)
+    for statement in _guard_sql():
+        conn.execute(statement)
+    return True
 
 
 def _guard_sql() -> list[str]:
@@ -152,12 +172,11 @@ def _guard_sql() -> list[str]:
     return out
 
 
-def _prune_remote(conn: sqlite3.Connection, before: float, keep: set[str]) -> int:
+def _prune_remote(conn: sqlite3.Connection, before: str, keep: set[str]) -> int:
     marks = ", ".join("?" * len(keep))
     skip_live = f" AND round_id NOT IN ({marks})" if keep else ""
     cur = conn.execute(
-        "DELETE FROM remote_payouts WHERE received_at < ?" + skip_live,
-        (iso_utc(before), *sorted(keep)),
+        "DELETE FROM remote_payouts WHERE received_at < ?" + skip_live, (before, *sorted(keep))
     )
     return cur.rowcount
 
