@@ -15,6 +15,9 @@ from pathlib import Path
 
 from bench.common import Context, require_module
 from bench.stats import summarise_ms
+from edge.privacy import household_ref
+
+BENCH_REF_KEY = bytes(32)  # the household reference key of the bench round
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,11 @@ def _measure(ledger, n: int) -> dict:
         )
 
     def payout(i: int) -> None:
+        hid = f"KPM-3171-{i:08d}"
         ledger.record(
             "accepted",
-            household_id=f"KPM-3171-{i:08d}",
+            household_id=hid,
+            household_ref=household_ref(BENCH_REF_KEY, "R-BENCH", hid),
             amount=600_000,
             score=0.82,
             liveness=0.95,

@@ -30,6 +30,7 @@ from edge.mqtt.client import make_client  # noqa: E402
 from edge.mqtt.consumer import Consumer, DeviceRegistry  # noqa: E402
 from edge.mqtt.reporter import Reporter  # noqa: E402
 from edge.mqtt.store import EventStore  # noqa: E402
+from edge.privacy import household_ref  # noqa: E402
 
 
 def _fill(
@@ -43,8 +44,10 @@ def _fill(
         ledger._conn.execute("PRAGMA synchronous=OFF")
     for i in range(n):
         if i % 4 == 0:
+            hid = f"{device_id}-{i:07d}"
+            ref = household_ref(bytes(32), "2026-11", hid)
             ledger.record(
-                "accepted", household_id=f"{device_id}-{i:07d}", round_id="2026-11", amount=600000
+                "accepted", household_id=hid, household_ref=ref, round_id="2026-11", amount=600000
             )
         else:
             ledger.record("no_match", score=0.21, threshold=0.6, liveness=0.9)

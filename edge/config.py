@@ -343,6 +343,18 @@ class FlowConfig(Section):
     store_debug_images: bool = Field(
         default=False, description="Keep face images for debugging (personal data: off by default)"
     )
+    max_attempts_per_round: int = Field(
+        default=5,
+        ge=0,
+        description="Failed verifications (no match, spoof, duplicate face) of one household in "
+        "one round before its letter is refused as too_many_attempts; 0: no limit",
+    )
+    attempt_window_h: float = Field(
+        default=0.0,
+        ge=0,
+        description="Only failures within this many hours count towards the limit (a cool-down "
+        "after which the household may try again); 0: the whole round",
+    )
 
 
 class CameraConfig(Section):
@@ -520,6 +532,29 @@ class BundleConfig(Section):
     )
 
 
+class RetentionConfig(Section):
+    """How long personal data stays on the terminal (``edge prune``, daily by systemd timer).
+
+    Nothing of the round of an installed bundle is pruned, nor any event central has not
+    acknowledged, nor a payout whose receipt is not printed yet.
+    """
+
+    ledger_days: int = Field(
+        default=90,
+        ge=1,
+        description="Events acknowledged by central and older than this lose their content "
+        "(the chain keeps hash and signature); payouts of past rounds are deleted",
+    )
+    synced_days: int = Field(
+        default=30,
+        ge=1,
+        description="Payouts reported by other terminals (claims sync) are kept this long",
+    )
+    debug_crops_days: int = Field(
+        default=7, ge=1, description="Face crops of flow.store_debug_images are kept this long"
+    )
+
+
 class LoggingConfig(Section):
     """What the daemon logs."""
 
@@ -553,6 +588,9 @@ class Config(Section):
     printer: PrinterConfig = Field(default_factory=PrinterConfig, description=PrinterConfig.__doc__)
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description=MqttConfig.__doc__)
     bundle: BundleConfig = Field(default_factory=BundleConfig, description=BundleConfig.__doc__)
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description=RetentionConfig.__doc__
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
 
     @property

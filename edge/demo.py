@@ -27,6 +27,7 @@ from edge.app import App
 from edge.config import PROJECT_ROOT, Config
 from edge.devices.receipt import render_text
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
+from edge.enrolment.refkeys import ref_key_for
 from edge.enrolment.store import BundleStore
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
 from edge.ledger.audit import verify_events
@@ -199,6 +200,7 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
         model_sha256=engine.model_sha256,
         valid_from=now - timedelta(days=1),
         valid_until=now + timedelta(days=30),
+        ref_key=ref_key_for(root / "central" / "ref_keys", "3171", ROUND),
     )
     blob = build_bundle(
         spec,

@@ -41,6 +41,7 @@ OUTCOMES = (
     "already_paid",
     "duplicate_face",
     "bad_qr",
+    "too_many_attempts",
 )
 # Bounds of the integers in an event, so every reader can hold them (a JSON number above
 # 2**53 loses precision in JavaScript; 2**63 overflows SQLite and PostgreSQL bigint).
@@ -49,7 +50,7 @@ SEQ_MAX = 2**53 - 1
 # Rupiah: no bansos payout comes near a billion; anything above is a typo or an attack.
 AMOUNT_MAX = 1_000_000_000
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
-RECEIPT_PREFIX = "BSR1"
+RECEIPT_PREFIX = "BSR2"  # 2: household_ref instead of the full household_id
 
 # The earliest wall-clock time anything may be signed at: the ledger refuses events and
 # ClockGuard distrusts the clock before it. A Pi has no battery-backed clock and boots at 1970
@@ -203,7 +204,9 @@ def unb64url(text: str) -> bytes:
 # a person checking the receipt cares about; it is inside the event's hash, so the chain
 # covers it too.
 
-_RECEIPT_FIELDS = ("event_id", "device_id", "seq", "ts", "household_id", "round_id", "amount")
+# The household is named by its pseudonymous reference (edge.privacy.household_ref): a receipt
+# photographed or thrown away does not tell who collected; the paper shows the masked id.
+_RECEIPT_FIELDS = ("event_id", "device_id", "seq", "ts", "household_ref", "round_id", "amount")
 
 
 def receipt_message(event: dict) -> bytes:
@@ -236,7 +239,7 @@ def receipt_signature_ok(
 def receipt_payload(event: dict) -> str:
     """Compact signed record for the receipt QR (~210 characters), verifiable offline.
 
-    ``BSR1|event_id|device_id|seq|ts|household_id|round_id|amount|sig`` (sig base64url).
+    ``BSR2|event_id|device_id|seq|ts|household_ref|round_id|amount|sig`` (sig base64url).
     """
     if not event.get("receipt_sig"):
         raise LedgerError("event has no receipt signature (only accepted payouts have receipts)")

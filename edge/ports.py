@@ -150,6 +150,10 @@ class Bundle(Protocol):
         """Gallery labels (``household/member``) and their template matrix."""
         ...
 
+    def household_ref(self, household_id: str) -> str | None:
+        """The household's pseudonymous reference in this bundle's round (None without a key)."""
+        ...
+
 
 # The bundle to use now (None when none is installed or it expired); e.g. BundleStore.current.
 BundleProvider = Callable[[], Bundle | None]
@@ -164,8 +168,14 @@ NameLookup = Callable[[str], str | None]
 class DecisionLedger(Protocol):
     """What the payout flow asks of the ledger."""
 
-    def is_paid(self, household_id: str, round_id: str) -> Any:
+    def is_paid(self, household_id: str, round_id: str, household_ref: str | None = None) -> Any:
         """The payout of this household and round (truthy), or None."""
+        ...
+
+    def count_outcomes(
+        self, household_id: str, round_id: str, outcomes: tuple[str, ...], since: str | None
+    ) -> int:
+        """How many recorded decisions of this household and round had one of ``outcomes``."""
         ...
 
     def record(
@@ -180,6 +190,7 @@ class DecisionLedger(Protocol):
         liveness: float | None = None,
         model_id: str | None = None,
         bundle_id: str | None = None,
+        household_ref: str | None = None,
     ) -> dict[str, Any]:
         """Write one signed decision event durably and return it (``AlreadyPaid`` on a double)."""
         ...
@@ -199,6 +210,10 @@ class ReceiptLedger(Protocol):
     def pending_receipts(self) -> list[dict[str, Any]]: ...
 
     def event(self, event_id: str) -> dict[str, Any] | None: ...
+
+    def household_of(self, event_id: str) -> str | None:
+        """The full household id the terminal noted for an event (never in the event)."""
+        ...
 
 
 class Ledger(DecisionLedger, ReceiptLedger, Protocol):

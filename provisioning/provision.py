@@ -36,8 +36,10 @@ from target import (  # noqa: E402
     SRC,
     STATE,
     SYSUSERS,
+    TIMER_WANTS,
     TOOLS,
     UNIT,
+    UNIT_DIR,
     VENV,
     WANTS,
     Report,
@@ -263,21 +265,29 @@ class Provisioner(Target):
     def install_unit(self) -> None:
         self.copy(find_asset("edge.service"), UNIT)
         self.copy(find_asset("edge.sysusers.conf"), SYSUSERS)
-        # What `systemctl enable` does, done by hand so it works on an SD card too.
-        link = self.path(WANTS)
-        want = f"/{UNIT}"
+        # The daily retention run (edge prune): a oneshot service and the timer that starts it.
+        for name in ("edge-prune.service", "edge-prune.timer"):
+            self.copy(find_asset(name), UNIT_DIR / name)
+        self.enable(WANTS, UNIT)
+        self.enable(TIMER_WANTS, UNIT_DIR / "edge-prune.timer")
+
+    def enable(self, wants: Path, unit: Path) -> None:
+        """What `systemctl enable` does, done by hand so it works on an SD card too."""
+        link = self.path(wants)
+        want = f"/{unit}"
         if link.is_symlink() and os.readlink(link) == want:
-            self.report.add("unchanged", f"/{WANTS}", "enabled")
+            self.report.add("unchanged", f"/{wants}", "enabled")
         else:
             link.parent.mkdir(parents=True, exist_ok=True)
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(want)
-            self.report.add("created", f"/{WANTS}", "enabled")
+            self.report.add("created", f"/{wants}", "enabled")
 
     def stage_tools(self) -> None:
         """Ship this script and its assets so first boot can finish the job on the Pi."""
-        for name in ("edge.service", "edge.sysusers.conf", "user-data", "operations.md"):
+        assets = ("edge.service", "edge-prune.service", "edge-prune.timer", "edge.sysusers.conf")
+        for name in (*assets, "user-data", "operations.md"):
             self.copy(find_asset(name), TOOLS / name)
         self.copy(Path(__file__).resolve(), TOOLS / "provision.py", 0o755)
         self.copy(HERE / "target.py", TOOLS / "target.py")

@@ -32,6 +32,7 @@ KEYS = STATE / "keys"
 UNIT_DIR = Path("etc/systemd/system")
 UNIT = UNIT_DIR / "edge.service"
 WANTS = UNIT_DIR / "multi-user.target.wants" / "edge.service"
+TIMER_WANTS = UNIT_DIR / "timers.target.wants" / "edge-prune.timer"
 SYSUSERS = Path("etc/sysusers.d/edge.conf")
 REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
 CHANGED_FLAG = "EDGE_PROVISION_CHANGED"

@@ -28,6 +28,8 @@ REGENCY = "3171"
 HOUSEHOLD = "KPM-3171-0001-0001"
 ROUND = "2026-12"
 AMOUNT = 300_000
+# The household reference key of the test regency and round (bundles carry the real one).
+REF_KEY = bytes(range(32))
 
 # The numbers a real 1:1 match leaves on an accepted event.
 MATCH = {
@@ -83,10 +85,15 @@ def pay(
     """Record an accepted payout through the real ledger and return its signed event.
 
     The match numbers default to :data:`MATCH`; pass any of them (or ``extra``) to change them.
+    The household's reference is computed with :data:`REF_KEY` unless ``household_ref`` is given.
     """
+    from edge.privacy import household_ref
+
+    ref = fields.pop("household_ref", None) or household_ref(REF_KEY, round_id, household_id)
     return ledger.record(
         "accepted",
         household_id=household_id,
+        household_ref=ref,
         round_id=round_id,
         amount=amount,
         **{**MATCH, **fields},

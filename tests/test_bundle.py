@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from support import FakeClock
+from support import REF_KEY, FakeClock
 
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle, read_metadata
 from edge.enrolment.store import BundleStore
@@ -63,6 +63,7 @@ def make(central, identity, *, model=MODEL, valid_days=30, issued=NOW - timedelt
         valid_from=NOW - timedelta(days=1),
         valid_until=NOW + timedelta(days=valid_days),
         issued_at=issued,
+        ref_key=REF_KEY,
     )
     content = dict(households=households(), labels=labels, matrix=m)
     for key, value in kw.items():

@@ -9,12 +9,13 @@ import sqlite3
 import cv2
 import numpy as np
 import pytest
-from support import pay
+from support import REF_KEY, pay
 
 from edge.__main__ import main
 from edge.config import Config
 from edge.keys import write_card
 from edge.payout.claim import decode_claim
+from edge.privacy import household_ref
 
 DEVICE = "edge-cli-0001"
 
@@ -108,7 +109,7 @@ def test_audit_ledger_stream_and_receipt(cfg_file, tmp_path, capsys, make_identi
     write_card(ident, DEVICE, card)
     assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", card) == 0
     assert "receipt valid" in capsys.readouterr().out
-    forged = text.replace("KPM-3171-0001-0001", "KPM-3171-0001-0009")
+    forged = text.replace(ev["household_ref"], household_ref(REF_KEY, "2026-12", "KPM-9"))
     assert edge(cfg_file, "audit", "--receipt", forged, "--device-pub", card) == 1
     assert "INVALID" in capsys.readouterr().out
     assert edge(cfg_file, "audit", "--receipt", text, "--device-pub", tmp_path / "dev.pem") == 1
@@ -239,6 +240,14 @@ def test_build_inspect_install_on_real_faces(
         tmp_path / "state", (tmp_path / "central.key.pub").read_bytes(), ident, *embedder_ids(cfg)
     )
     labels, matrix = store.current().templates()
+    # Central's manifest maps each household to the reference this terminal computes, with the
+    # round key kept beside central's private key for the next bundle of the regency and round.
+    manifest = json.loads(bundle.with_name(bundle.name + ".manifest.json").read_text())
+    key = (tmp_path / "ref_keys" / "3171_2026-12.key").read_bytes()
+    assert store.current().ref_key == key
+    rows = {h["household_id"]: h["household_ref"] for h in manifest["households"]}
+    assert len(rows) == 6 and manifest["bundle_id"] == store.current().bundle_id
+    assert all(store.current().household_ref(hid) == ref for hid, ref in rows.items())
     emb = (
         FaceEngine.from_config(cfg).analyse(load_photo(faces_dir / "orl__s03" / "7.pgm")).embedding
     )

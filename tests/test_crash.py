@@ -28,6 +28,7 @@ from edge.errors import AlreadyPaid
 from edge.events import verify_receipt_payload
 from edge.ledger.audit import audit_ledger, read_events
 from edge.payout.receipts import ReceiptDesk
+from edge.privacy import household_ref
 
 KILLS = 25
 DEVICE = "edge-crash-0001"
@@ -37,6 +38,7 @@ import random, sys
 from edge.keys import DeviceIdentity
 from edge.errors import AlreadyPaid
 from edge.ledger.store import Ledger
+from edge.privacy import household_ref
 
 db, keys, log_path, seed = sys.argv[1:5]
 ident = DeviceIdentity.load_or_create(keys)
@@ -53,6 +55,7 @@ while True:
         hh = "KPM-3171-%04d-0001" % rng.randrange(400)
     try:
         ev = led.record("accepted", household_id=hh, round_id="2026-12", amount=300000,
+                        household_ref=household_ref(bytes(32), "2026-12", hh),
                         score=0.8, threshold=0.6, liveness=0.9)
         log.write("paid %s %s\n" % (hh, ev["event_id"]))
     except AlreadyPaid:
@@ -75,6 +78,7 @@ from edge.devices.printer import make_printer
 from edge.errors import AlreadyPaid
 from edge.keys import DeviceIdentity
 from edge.ledger.store import Ledger
+from edge.privacy import household_ref
 from edge.payout.receipts import ReceiptDesk
 
 db, keys, spool, log_path, seed = sys.argv[1:6]
@@ -88,7 +92,8 @@ desk.retry_pending()
 while True:
     hh = "KPM-3171-%04d-0001" % rng.randrange(5000)
     try:
-        ev = led.record("accepted", household_id=hh, round_id="2026-12", amount=300000)
+        ev = led.record("accepted", household_id=hh, round_id="2026-12", amount=300000,
+                        household_ref=household_ref(bytes(32), "2026-12", hh))
     except AlreadyPaid:
         continue
     desk.handle(ev)
@@ -139,17 +144,20 @@ def test_sigkill_loses_no_payout_and_never_pays_twice(tmp_path, make_identity, m
     assert dups > 5, "no repeated claims were tried"
 
     events = list(read_events(db))
-    accepted = Counter(e["household_id"] for e in events if e["outcome"] == "accepted")
+    accepted = Counter(e["household_ref"] for e in events if e["outcome"] == "accepted")
     assert accepted and max(accepted.values()) == 1, "a household was paid twice"
     by_id = {e["event_id"]: e for e in events}
-    lost = [hh for hh, eid in committed.items() if by_id.get(eid, {}).get("household_id") != hh]
+    ref = {hh: household_ref(bytes(32), "2026-12", hh) for hh in committed}
+    lost = [
+        hh for hh, eid in committed.items() if by_id.get(eid, {}).get("household_ref") != ref[hh]
+    ]
     assert lost == [], f"{len(lost)} committed payouts missing from the ledger"
 
     conn = sqlite3.connect(db)
     payouts = dict(conn.execute("SELECT household_id, event_id FROM payouts"))
     (outbox,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
     conn.close()
-    assert set(payouts) == set(accepted)
+    assert {household_ref(bytes(32), "2026-12", hh) for hh in payouts} == set(accepted)
     assert all(payouts[hh] == eid for hh, eid in committed.items())
     assert outbox == len(events)
 

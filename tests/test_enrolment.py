@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import cv2
 import numpy as np
 import pytest
+from support import REF_KEY
 
 from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv
@@ -231,6 +232,7 @@ def test_enrolment_to_installed_bundle(enrolment, central_key, central_pem, iden
         model_sha256="s",
         valid_from=now - timedelta(hours=1),
         valid_until=now + timedelta(days=30),
+        ref_key=REF_KEY,
     )
     blob = build_bundle(
         spec,

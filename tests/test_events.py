@@ -7,7 +7,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from support import T0
+from support import REF_KEY, T0
 
 from edge.devices.receipt import REFUSAL_WORDS, Receipt, Refusal, render_text
 from edge.errors import LedgerError
@@ -28,6 +28,7 @@ from edge.keys import DeviceIdentity, load_ed25519_public
 from edge.mqtt.schemas import schema, validate
 from edge.ops.health import ClockGuard
 from edge.payout.flow import Outcome
+from edge.privacy import household_ref
 
 
 def signed(ident: DeviceIdentity, **fields) -> dict:
@@ -42,7 +43,7 @@ def signed(ident: DeviceIdentity, **fields) -> dict:
         "ts": iso_utc(T0),
         "kind": "decision",
         "outcome": "accepted",
-        "household_id": "KPM-3171-0001-0001",
+        "household_ref": household_ref(REF_KEY, "2026-12", "KPM-3171-0001-0001"),
         "round_id": "2026-12",
         "amount": 300_000,
         "score": 0.8123,
@@ -184,7 +185,7 @@ def test_an_unusable_key_is_a_bad_signature_not_an_exception(identity):
     ev = signed(identity)
     assert check_event(ev, b"-----BEGIN PUBLIC KEY-----\nnope\n") == "bad signature"
     assert not receipt_signature_ok(ev, b"junk")
-    assert not receipt_signature_ok({**ev, "household_id": "KPM|1"}, identity.device_public_pem())
+    assert not receipt_signature_ok({**ev, "household_ref": "h|1"}, identity.device_public_pem())
 
 
 # -- one clock floor -----------------------------------------------------------------------------

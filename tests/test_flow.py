@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from support import pay
+from support import REF_KEY, pay
 
 from edge.config import Config
 from edge.enrolment.bundle import Bundle, Household, Member
@@ -123,6 +123,7 @@ def make_bundle(
         },
         _labels=[f"{hid}/m1" for hid in households],
         _matrix=np.stack([faces[hid] for hid in households]),
+        ref_key=REF_KEY,
     )
 
 
@@ -238,7 +239,7 @@ def test_malformed_qr_is_refused_and_recorded(rig, tmp_path):
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     decisions = feed(rig, [rgb])
     assert [d.outcome for d in decisions] == [Outcome.BAD_QR]
-    assert decisions[0].event["household_id"] is None
+    assert decisions[0].event["household_ref"] is None
 
 
 def test_timeout_without_face_and_with_poor_faces(rig, qr_frames):

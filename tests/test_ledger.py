@@ -7,12 +7,13 @@ import sqlite3
 import threading
 
 import pytest
-from support import pay
+from support import REF_KEY, pay
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import GENESIS, event_hash, receipt_payload, verify_receipt_payload
 from edge.ledger.audit import audit_ledger, read_events, verify_events
 from edge.ledger.schema import RECEIPTS_COLUMNS, SCHEMA_SQL, ReceiptState
+from edge.privacy import household_ref
 
 
 def test_accepted_event_fields_and_signature(ledger, identity):
@@ -141,13 +142,16 @@ def test_remote_payouts_block_local_payout(ledger):
         "event_id": "0b8c1f5e-0000-4000-8000-000000000001",
         "device_id": "edge-other-0002",
         "outcome": "accepted",
-        "household_id": "KPM-3171-0001-0009",
+        "household_ref": household_ref(REF_KEY, "2026-12", "KPM-3171-0001-0009"),
         "round_id": "2026-12",
         "ts": "2026-11-30T01:00:00.000Z",
     }
     assert ledger.record_remote_payout(remote) is True
     assert ledger.record_remote_payout(remote) is False
-    paid = ledger.is_paid("KPM-3171-0001-0009", "2026-12")
+    ref = remote["household_ref"]
+    # Another terminal's payout is known by its reference only: without it, it is not seen.
+    assert ledger.is_paid("KPM-3171-0001-0009", "2026-12") is None
+    paid = ledger.is_paid("KPM-3171-0001-0009", "2026-12", ref)
     assert paid["where"] == "remote" and paid["device_id"] == "edge-other-0002"
     with pytest.raises(AlreadyPaid, match="edge-other-0002"):
         pay(ledger, "KPM-3171-0001-0009")
@@ -194,7 +198,9 @@ def test_receipt_payload_verifies_offline_and_is_small(ledger, identity, make_id
     assert len(text) < 260
     fields = verify_receipt_payload(text, identity.device_public_pem())
     assert fields["event_id"] == ev["event_id"]
-    assert fields["household_id"] == "KPM-3171-0001-0001"
+    assert fields["household_ref"] == ev["household_ref"]
+    assert fields["household_ref"] == household_ref(REF_KEY, "2026-12", "KPM-3171-0001-0001")
+    assert "KPM" not in text  # the QR names the household by its reference only
     assert fields["amount"] == 300_000 and fields["seq"] == 1
     forged = text.replace("|300000|", "|900000|")
     with pytest.raises(LedgerError, match="does not verify"):

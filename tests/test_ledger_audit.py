@@ -7,9 +7,11 @@ import json
 import sqlite3
 
 import pytest
+from support import REF_KEY
 
 from edge.events import canonical, event_hash
 from edge.ledger.audit import audit_ledger, read_event_stream, verify_events
+from edge.privacy import household_ref
 
 
 @pytest.fixture()
@@ -20,9 +22,9 @@ def made(tmp_path, identity, make_ledger, clock):
     led = make_ledger(path)
     for i in range(6):
         outcome = "accepted" if i % 2 == 0 else "no_match"
-        led.record(
-            outcome, household_id=f"KPM-3171-0001-000{i}", round_id="2026-12", amount=300_000
-        )
+        hid = f"KPM-3171-0001-000{i}"
+        ref = household_ref(REF_KEY, "2026-12", hid)
+        led.record(outcome, household_id=hid, household_ref=ref, round_id="2026-12", amount=300_000)
     led.close()
     conn = sqlite3.connect(path, isolation_level=None)
     for trig in (
@@ -149,7 +151,7 @@ def test_forged_receipt_signature_in_event(made):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("receipt_sig", "A"), ("receipt_sig", 5), ("household_id", "KPM|1"), ("sig", 5)],
+    [("receipt_sig", "A"), ("receipt_sig", 5), ("household_ref", "h|1"), ("sig", 5)],
 )
 def test_malformed_signature_fields_are_reported_not_raised(made, field, value):
     path, ident, conn = made

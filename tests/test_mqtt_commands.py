@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from escpos_decode import split_slips
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
-from support import T0, pay
+from support import REF_KEY, T0, pay
 
 from edge.app import App
 from edge.config import Config, MqttConfig, parse_config
@@ -269,6 +269,7 @@ def test_a_real_bundle_arrives_in_chunks_and_a_forged_one_is_refused(
             valid_from=now - timedelta(days=1),
             valid_until=now + timedelta(days=30),
             bundle_id=bundle_id,
+            ref_key=REF_KEY,
         )
         return build_bundle(
             spec,

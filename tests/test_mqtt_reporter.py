@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
-from support import pay
+from support import REF_KEY, pay
 
 from edge.config import parse_config
 from edge.errors import AlreadyPaid
@@ -23,6 +23,7 @@ from edge.mqtt.remote_config import apply_config_changes
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors
 from edge.mqtt.store import EventStore
+from edge.privacy import household_ref
 from edge.registry import DeviceEntry, RegistryStore, sign_registry
 
 REGENCY = "3171"
@@ -305,14 +306,17 @@ def test_claims_sync_refuses_a_household_paid_elsewhere(
         pay(a.ledger, "KPM-3171-0000-0042", ROUND, 6)
         a.ledger.record("no_match", household_id="KPM-3171-0000-0043", round_id=ROUND)
         a.reporter.wake()
-        assert wait_for(lambda: b.ledger.is_paid("KPM-3171-0000-0042", ROUND) is not None, 10)
-        paid = b.ledger.is_paid("KPM-3171-0000-0042", ROUND)
+        # Terminals of one regency share the round's reference key: b finds a's payout by it.
+        ref = household_ref(REF_KEY, ROUND, "KPM-3171-0000-0042")
+        assert wait_for(lambda: b.ledger.is_paid("KPM-3171-0000-0042", ROUND, ref) is not None, 10)
+        paid = b.ledger.is_paid("KPM-3171-0000-0042", ROUND, ref)
         assert paid["where"] == "remote" and paid["device_id"] == "edge-a01"
         with pytest.raises(AlreadyPaid):
             pay(b.ledger, "KPM-3171-0000-0042", ROUND, 6)
-        assert b.ledger.is_paid("KPM-3171-0000-0043", ROUND) is None
+        ref_43 = household_ref(REF_KEY, ROUND, "KPM-3171-0000-0043")
+        assert b.ledger.is_paid("KPM-3171-0000-0043", ROUND, ref_43) is None
         # Another regency does not hear about it.
-        assert other.ledger.is_paid("KPM-3171-0000-0042", ROUND) is None
+        assert other.ledger.is_paid("KPM-3171-0000-0042", ROUND, ref) is None
         assert a.ledger.stats()["remote_payouts"] == 0  # its own event does not come back
     finally:
         for t in (a, b, other):

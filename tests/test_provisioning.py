@@ -134,6 +134,12 @@ def test_layout_of_a_provisioned_card(tmp_path, kit, make_identity):
     assert unit.read_bytes() == (ROOT / "systemd/edge.service").read_bytes()
     wants = root / "etc/systemd/system/multi-user.target.wants/edge.service"
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edge.service"
+    timer = root / "etc/systemd/system/timers.target.wants/edge-prune.timer"
+    assert os.readlink(timer) == "/etc/systemd/system/edge-prune.timer"  # daily `edge prune`
+    for name in ("edge-prune.service", "edge-prune.timer"):
+        assert (root / "etc/systemd/system" / name).read_bytes() == (
+            ROOT / "systemd" / name
+        ).read_bytes()
     sysusers = (root / "etc/sysusers.d/edge.conf").read_text()
     assert "u edge" in sysusers and "m edge gpio" in sysusers
     # No system user on an SD card: that happens at first boot.

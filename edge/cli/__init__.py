@@ -9,5 +9,6 @@ COMMAND_MODULES = (
     "edge.cli.mqtt",  # consume, command
     "edge.cli.registry",  # registry build, revoke, show, acl, install, publish
     "edge.cli.ops",  # check-config, selftest, health
+    "edge.cli.retention",  # prune
     "edge.cli.bench",  # bench
 )

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--central-key", required=True, type=Path, help="central Ed25519 private key")
     b.add_argument("--out", required=True, type=Path, help="bundle file to write")
     b.add_argument("--report", type=Path, help="also write the enrolment report as CSV")
+    b.add_argument(
+        "--ref-keys",
+        type=Path,
+        help="folder of the household reference keys per regency and round (default: "
+        "ref_keys/ beside --central-key); every terminal of a regency needs the same key",
+    )
+    b.add_argument(
+        "--manifest",
+        type=Path,
+        help="central's manifest: household ids with their references (default: OUT.manifest.json)",
+    )
     b.add_argument("--point", help="distribution point name (default: config device.point_name)")
     b.add_argument("--regency", help="BPS regency code (default: config device.regency)")
     b.add_argument("--device-id", help="terminal id (default: from the device card)")
@@ -148,6 +160,7 @@ def embedder_ids(cfg) -> tuple[str, str]:
 
 def cmd_bundle_build(args) -> int:
     from edge.enrolment.bundle import BundleSpec, build_bundle
+    from edge.enrolment.refkeys import manifest, ref_key_for, write_manifest
     from edge.enrolment.roster import engine_analyse, enrol, read_csv
     from edge.keys import load_central_private_key, load_device_public
     from edge.vision.pipeline import FaceEngine
@@ -178,15 +191,19 @@ def cmd_bundle_build(args) -> int:
     if not result.households:
         raise BundleError("no household could be enrolled; bundle not written")
     valid_from = _parse_when(args.valid_from)
+    regency = args.regency or cfg.device.regency
+    ref_keys = args.ref_keys or args.central_key.parent / "ref_keys"
     spec = BundleSpec(
         device_id=device_id,
         round_id=args.round_id,
         point_name=args.point or cfg.device.point_name,
-        regency=args.regency or cfg.device.regency,
+        regency=regency,
         model_id=engine.model_id,
         model_sha256=engine.model_sha256,
         valid_from=valid_from,
         valid_until=valid_from + timedelta(days=args.valid_days),
+        bundle_id=str(uuid.uuid4()),
+        ref_key=ref_key_for(ref_keys, regency, args.round_id),
     )
     blob = build_bundle(
         spec,
@@ -199,6 +216,9 @@ def cmd_bundle_build(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(blob)
     print(f"bundle written: {args.out} ({len(blob)} bytes) for device {device_id}")
+    manifest_path = args.manifest or args.out.with_name(args.out.name + ".manifest.json")
+    write_manifest(manifest_path, manifest(spec, result.households))
+    print(f"manifest for central (full household ids, keep it there): {manifest_path}")
     return 0
 
 

@@ -35,6 +35,7 @@ REFUSAL_WORDS: dict[str, tuple[str, str]] = {
     "bad_qr": ("KODE QR TIDAK SAH", "Kode QR undangan tidak dikenali."),
     "no_face": ("WAJAH TIDAK TERLIHAT", "Wajah tidak terdeteksi kamera."),
     "poor_quality": ("FOTO KURANG JELAS", "Gambar wajah kurang jelas."),
+    "too_many_attempts": ("BATAS PERCOBAAN", "Terlalu banyak percobaan. Hubungi petugas."),
 }
 
 

@@ -62,6 +62,8 @@ PATTERNS: dict[str, Pattern] = {
     "refused": _steady(RED, beep=(0.2, 0.2, 2)),
     "already_paid": _steady(YELLOW, beep=(0.1, 0.1, 3)),
     "spoof": _blink(RED, 0.1, 0.1, beep=(1.0, 0.0, 1)),
+    # The letter was tried too often: the officer, not the camera, decides what happens next.
+    "too_many_attempts": _blink(YELLOW, 0.3, 0.3, beep=(0.6, 0.2, 3)),
     "fault": _blink(RED, 0.5, 0.5, beep=(0.6, 0.3, 2)),
     "no_network": _blink(MAGENTA, 1.0, 1.0),
 }
@@ -231,7 +233,12 @@ def make_signals(cfg, pin_factory=None) -> Signals:
 
 
 # The outcomes with a pattern of their own; every other outcome is a refusal.
-OUTCOME_PATTERNS = {"accepted": "accepted", "already_paid": "already_paid", "spoof": "spoof"}
+OUTCOME_PATTERNS = {
+    "accepted": "accepted",
+    "already_paid": "already_paid",
+    "spoof": "spoof",
+    "too_many_attempts": "too_many_attempts",
+}
 OUTCOME_HOLD_S = 3.0  # an outcome's pattern stays at least this long before idle again
 
 

@@ -10,8 +10,10 @@ without breaking it. The body (canonical JSON) holds the metadata, the household
 members in clear (ids, masked names, amounts: no biometrics), and the face templates encrypted
 for this one device: a random AES-256-GCM content key encrypts the float32 template matrix,
 and is itself wrapped with a key derived (HKDF-SHA256) from X25519 between a one-off central
-key and the device's bundle key. Templates are decrypted only in memory. Format details are
-in docs/ledger.md.
+key and the device's bundle key. The same content key encrypts the round's household
+reference key (``ref_key``, shared by the terminals of one regency and round; see
+:func:`edge.privacy.household_ref`). Templates and key are decrypted only in memory. Format
+details are in docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from edge.enrolment.bundle_body import DIM, ROLES, check_body, check_limits  # n
 from edge.errors import BundleError, KeyFileError
 from edge.events import canonical, iso_utc, parse_iso_utc, strict_json, unb64
 from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
+from edge.privacy import household_ref
 
 log = logging.getLogger(__name__)
 
 FORMAT = "bansos.bundle/1"
 WRAP_ALG = "X25519-HKDF-SHA256-A256GCM"
+REF_KEY_BYTES = 32
 _WRAP_INFO = b"bansos.bundle/1 content-key wrap"
+_REF_AAD = b"|ref_key"  # the key and the templates share a content key, never a nonce or aad
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ class Bundle:
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     _labels: list[str] = field(repr=False, default_factory=list)
     _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
+    ref_key: bytes = field(repr=False, default=b"")
+
+    def household_ref(self, household_id: str) -> str | None:
+        """The household's pseudonymous reference in this round (None without a ref key)."""
+        return household_ref(self.ref_key, self.round_id, household_id) if self.ref_key else None
 
     def templates(self) -> tuple[list[str], np.ndarray]:
         """Labels ``"<household_id>/<member_id>"`` (repeated for several photos), float32 Nx128."""
@@ -128,7 +138,9 @@ class BundleSpec:
     ``bundle_id`` defaults to a new UUID4 and ``issued_at`` to now; a newer ``issued_at``
     replaces an installed bundle of the same round. ``limits`` (key -> (min, max), keys from
     ``bundle_body.LIMIT_KEYS``) is the range inside which a signed ``config`` command may move that
-    threshold on the terminal; without it the threshold cannot be changed remotely.
+    threshold on the terminal; without it the threshold cannot be changed remotely. ``ref_key``: the round's household
+    reference key, the same for every terminal of the regency (:mod:`edge.enrolment.refkeys`
+    keeps it).
     """
 
     device_id: str
@@ -139,6 +151,9 @@ class BundleSpec:
     model_sha256: str
     valid_from: datetime
     valid_until: datetime
+    # No default on purpose: a fresh random key per bundle would quietly split a regency's
+    # terminals, each unable to see the others' payouts (edge.enrolment.refkeys.ref_key_for).
+    ref_key: bytes = field(repr=False)
     bundle_id: str | None = None
     issued_at: datetime | None = None
     limits: dict[str, tuple[float, float]] | None = None
@@ -159,6 +174,8 @@ def build_bundle(
     ``matrix`` belongs to.
     """
     matrix = _checked_templates(households, labels, matrix)
+    if len(spec.ref_key) != REF_KEY_BYTES:
+        raise BundleError(f"ref_key must be {REF_KEY_BYTES} bytes")
     if spec.valid_until <= spec.valid_from:
         raise BundleError("valid_until must be after valid_from")
     bundle_id = spec.bundle_id or str(uuid.uuid4())
@@ -174,7 +191,9 @@ def build_bundle(
         "model": {"id": spec.model_id, "sha256": spec.model_sha256},
         "device": {"id": spec.device_id, "bundle_key": fingerprint(device_bundle_public)},
         "households": [_household_body(h) for h in households],
-        "templates": _encrypt_templates(labels, matrix, bundle_id, device_bundle_public),
+        "templates": _encrypt_templates(
+            labels, matrix, bundle_id, device_bundle_public, spec.ref_key
+        ),
     }
     if spec.limits:
         body["limits"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in spec.limits.items()}
@@ -215,13 +234,20 @@ def _household_body(h: Household) -> dict:
 
 
 def _encrypt_templates(
-    labels: list[str], matrix: np.ndarray, bundle_id: str, device_bundle_public: bytes
+    labels: list[str],
+    matrix: np.ndarray,
+    bundle_id: str,
+    device_bundle_public: bytes,
+    ref_key: bytes,
 ) -> dict:
-    """The ``templates`` block: the matrix under a fresh content key wrapped for one device."""
+    """The ``templates`` block: the matrix and the ref key under a fresh content key wrapped
+    for one device."""
     aad = bundle_id.encode()
     content_key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
     ciphertext = AESGCM(content_key).encrypt(nonce, matrix.tobytes(), aad)
+    ref_nonce = os.urandom(12)
+    ref_ciphertext = AESGCM(content_key).encrypt(ref_nonce, ref_key, aad + _REF_AAD)
     eph = x25519.X25519PrivateKey.generate()
     epk_raw = eph.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -241,6 +267,7 @@ def _encrypt_templates(
         },
         "nonce": _b64(nonce),
         "ciphertext": _b64(ciphertext),
+        "ref_key": {"nonce": _b64(ref_nonce), "ciphertext": _b64(ref_ciphertext)},
     }
 
 
@@ -344,7 +371,7 @@ def _open_body(
         raise BundleError(f"bundle not valid before {iso_utc(valid_from, 'seconds')}")
     if now > valid_until.timestamp():
         raise BundleError(f"bundle expired on {iso_utc(valid_until, 'seconds')}")
-    labels, matrix = _decrypt_templates(b, identity)
+    labels, matrix, ref_key = _decrypt_templates(b, identity)
     return Bundle(
         bundle_id=b["bundle_id"],
         round_id=b["round_id"],
@@ -360,6 +387,7 @@ def _open_body(
         limits=check_limits(b.get("limits")),
         _labels=labels,
         _matrix=matrix,
+        ref_key=ref_key,
     )
 
 
@@ -374,7 +402,7 @@ def _households(body: dict) -> dict[str, Household]:
     return households
 
 
-def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str], np.ndarray]:
+def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str], np.ndarray, bytes]:
     try:
         tpl = body["templates"]
         wrap = tpl["wrap"]
@@ -387,6 +415,14 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
         content_key = AESGCM(kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["key"]), aad)
         plain = AESGCM(content_key).decrypt(_unb64(tpl["nonce"]), _unb64(tpl["ciphertext"]), aad)
         labels = [str(x) for x in tpl["labels"]]
+        ref = tpl.get("ref_key")
+        if not isinstance(ref, dict):
+            # Events would carry no household reference: claims sync and central could not
+            # match this terminal's payouts.
+            raise BundleError("bundle has no household reference key: rebuild it")
+        ref_key = AESGCM(content_key).decrypt(
+            _unb64(ref["nonce"]), _unb64(ref["ciphertext"]), aad + _REF_AAD
+        )
     except InvalidTag as exc:
         raise BundleError("templates do not decrypt with this device's key") from exc
     except BundleError:
@@ -396,4 +432,6 @@ def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str],
     matrix = np.frombuffer(plain, dtype="<f4").astype(np.float32)
     if matrix.size != len(labels) * DIM:
         raise BundleError("template count does not match its labels")
-    return labels, matrix.reshape(len(labels), DIM)
+    if len(ref_key) != REF_KEY_BYTES:
+        raise BundleError(f"household reference key is not {REF_KEY_BYTES} bytes")
+    return labels, matrix.reshape(len(labels), DIM), ref_key

@@ -53,6 +53,6 @@ class ConfigEvents:
         fields: dict[str, Any] = {"outcome": None, **dict.fromkeys(_EMPTY)}
         extra = {"changed": changed, "command_id": command_id, "counter": counter}
         with self._lock:
-            event = self._commit(fields, iso_utc(now), extra, kind=KIND)
+            event = self._commit(fields, None, iso_utc(now), extra, kind=KIND)
         log.info("recorded seq %s: config change of %s", event["seq"], ", ".join(sorted(changed)))
         return event

@@ -13,13 +13,12 @@ from collections.abc import Callable
 
 from edge.errors import LedgerError
 from edge.events import canonical, iso_utc
-from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)
 
 
 class RemotePayouts:
-    """The ``remote_payouts`` table."""
+    """The ``remote_payouts`` table, keyed by the reported ``household_ref`` and round."""
 
     device_id: str
     _conn: sqlite3.Connection
@@ -30,10 +29,10 @@ class RemotePayouts:
         """Remember a payout another terminal reported; False if already known (or our own)."""
         try:
             event_id = str(event["event_id"])
-            household_id = str(event["household_id"])
+            household_ref = str(event["household_ref"])
             round_id = str(event["round_id"])
         except (KeyError, TypeError) as exc:
-            raise LedgerError("remote payout lacks event_id, household_id or round_id") from exc
+            raise LedgerError("remote payout lacks event_id, household_ref or round_id") from exc
         if event.get("outcome") != "accepted":
             raise LedgerError("remote event is not an accepted payout")
         if event.get("device_id") == self.device_id:
@@ -47,7 +46,7 @@ class RemotePayouts:
                 "INSERT OR IGNORE INTO remote_payouts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     event_id,
-                    household_id,
+                    household_ref,
                     round_id,
                     event.get("device_id"),
                     event.get("ts"),
@@ -57,15 +56,17 @@ class RemotePayouts:
             )
             added = cur.rowcount == 1
             local = self._conn.execute(
-                "SELECT event_id FROM payouts WHERE household_id = ? AND round_id = ?",
-                (household_id, round_id),
+                "SELECT p.event_id FROM payouts p JOIN events e ON e.event_id = p.event_id"
+                " WHERE p.round_id = ? AND json_extract(e.body, '$.household_ref') = ?",
+                (round_id, household_ref),
             ).fetchone()
         if added and local:
             # Both terminals paid while partitioned: central flags the conflict; we keep both.
             log.warning(
-                "household %s round %s paid here and at %s",
-                mask_id(household_id),
-                round_id,
+                "payout %s here and %s at %s for one household in round %s",
+                local[0],
+                event_id,
                 event.get("device_id"),
+                round_id,
             )
         return added

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS payouts (
     ts TEXT NOT NULL,
     UNIQUE (household_id, round_id)
 );
+CREATE INDEX IF NOT EXISTS events_claim ON events (household_id, round_id);
+-- household_id: the household_ref the reporting terminal sent (the full id only in reports
+-- from before references), compared with the reference this terminal computes.
 CREATE TABLE IF NOT EXISTS remote_payouts (
     event_id TEXT PRIMARY KEY,
     household_id TEXT NOT NULL,

@@ -5,6 +5,8 @@ One file (``state_dir/ledger.sqlite``, WAL, ``synchronous=FULL``) with:
 - ``events``: every decision, hash-chained and signed by the device key (append-only);
 - ``payouts``: one row per accepted payout, ``UNIQUE(household_id, round_id)``: a second
   payout for the same household and round cannot be written, whatever the code above does;
+  the signed event names the household only by its pseudonymous ``household_ref``, while the
+  ``household_id`` columns of ``events`` and ``payouts`` are this terminal's local note;
 - ``remote_payouts``: payouts other terminals reported (claims sync), consulted before paying;
 - ``outbox``: events not yet acknowledged by the broker;
 - ``receipts``: whether an accepted payout's receipt is pending, printing or printed, and how
@@ -43,6 +45,7 @@ from edge.events import (
 )
 from edge.keys import DeviceIdentity
 from edge.ledger.changes import ConfigEvents
+from edge.ledger.history import ClaimHistory
 from edge.ledger.receipts import ReceiptRows
 from edge.ledger.remote import RemotePayouts
 from edge.ledger.schema import (
@@ -57,7 +60,7 @@ from edge.privacy import mask_id
 log = logging.getLogger(__name__)
 
 
-class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
+class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
     """Durable, tamper-evident record of every decision on this terminal. Thread-safe."""
 
     def __init__(
@@ -138,19 +141,21 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
         model_id: str | None = None,
         bundle_id: str | None = None,
         extra: dict | None = None,
+        household_ref: str | None = None,
     ) -> dict:
         """Write one signed decision event durably and return it.
 
         For ``accepted`` the payout row, the event, its outbox row and a pending receipt are one
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
-        household was already paid for this round, here or at another terminal.
+        household was already paid for this round, here or at another terminal. The event
+        carries ``household_ref``, never ``household_id`` (kept in this ledger's columns).
         """
-        accepted = _check_decision(outcome, household_id, round_id, amount)
+        accepted = _check_decision(outcome, household_id, round_id, amount, household_ref)
         now = self._clock()
         self._check_clock(now)
         fields = {
             "outcome": outcome,
-            "household_id": household_id,
+            "household_ref": household_ref,
             "round_id": round_id,
             "amount": int(amount) if accepted and amount is not None else None,
             "score": num(score),
@@ -160,7 +165,7 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
             "bundle_id": bundle_id,
         }
         with self._lock:
-            event = self._commit(fields, iso_utc(now), extra)
+            event = self._commit(fields, household_id, iso_utc(now), extra)
         log.info(
             "recorded seq %s %s household %s round %s",
             event["seq"],
@@ -170,24 +175,27 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
         )
         return event
 
-    def _commit(self, fields: dict, ts: str, extra: dict | None, kind: str = "decision") -> dict:
+    def _commit(
+        self, fields: dict, hid: str | None, ts: str, extra: dict | None, kind: str = "decision"
+    ) -> dict:
         """One transaction: double-payout check, next link of the chain, every row; fsynced."""
         conn = self._conn
         accepted = fields["outcome"] == "accepted"
+        claim = (hid, fields["round_id"], fields["household_ref"])
         conn.execute("BEGIN IMMEDIATE")
         try:
             if accepted:
-                paid = self._find_paid(fields["household_id"], fields["round_id"])
+                paid = self._find_paid(*claim)
                 if paid:
                     raise AlreadyPaid(paid)
             seq, prev_hash = self._head()
             event = self._signed_event(seq + 1, prev_hash, ts, fields, extra, kind)
-            self._insert_event(event)
+            self._insert_event(event, hid)
             conn.execute("COMMIT")  # synchronous=FULL: on disk before this returns
         except sqlite3.IntegrityError as exc:
             _rollback(conn)
             # Only reachable if the read above raced a writer in another process.
-            paid = self._find_paid(fields["household_id"], fields["round_id"]) if accepted else None
+            paid = self._find_paid(*claim) if accepted else None
             if paid:
                 raise AlreadyPaid(paid) from exc
             raise LedgerError(f"ledger refused the event: {exc}") from exc
@@ -221,11 +229,12 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
         event["sig"] = base64.b64encode(self._identity.sign(digest.encode())).decode()
         return event
 
-    def _insert_event(self, event: dict) -> None:
-        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt."""
+    def _insert_event(self, event: dict, hid: str | None) -> None:
+        """Rows of one event inside the caller's transaction: event, outbox, payout, receipt;
+        ``hid`` (the full household id) goes into the local columns only."""
         q = self._conn.execute
         seq, event_id, ts = event["seq"], event["event_id"], event["ts"]
-        hid, rid = event["household_id"], event["round_id"]
+        rid = event["round_id"]
         q(
             "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -253,15 +262,19 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _find_paid(self, household_id: str, round_id: str) -> dict | None:
+    def _find_paid(
+        self, household_id: str | None, round_id: str | None, household_ref: str | None
+    ) -> dict | None:
         # A local payout wins over reports from other terminals; among those, the earliest.
+        # Other terminals report the household by its reference of the round; a report from
+        # before references (remote_payouts.household_id then holds the full id) still counts.
         row = self._conn.execute(
             "SELECT 'local', event_id, amount, ts, ? FROM payouts"
             " WHERE household_id = ? AND round_id = ?"
             " UNION ALL SELECT 'remote', event_id, NULL, ts, device_id FROM remote_payouts"
-            " WHERE household_id = ? AND round_id = ?"
+            " WHERE household_id IN (?, ?) AND round_id = ?"
             " ORDER BY 1, 4 LIMIT 1",
-            (self.device_id, household_id, round_id, household_id, round_id),
+            (self.device_id, household_id, round_id, household_ref, household_id, round_id),
         ).fetchone()
         if row is None:
             return None
@@ -276,10 +289,13 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
             "device_id": device_id,
         }
 
-    def is_paid(self, household_id: str, round_id: str) -> dict | None:
-        """The payout for this household and round (``where`` = local|remote), or None."""
+    def is_paid(
+        self, household_id: str, round_id: str, household_ref: str | None = None
+    ) -> dict | None:
+        """The payout for this household and round (``where`` = local|remote), or None;
+        other terminals' payouts are found by ``household_ref`` only."""
         with self._lock:
-            return self._find_paid(household_id, round_id)
+            return self._find_paid(household_id, round_id, household_ref)
 
     def outbox(self, limit: int = 100) -> list[OutboxItem]:
         """Unsent events, oldest first."""
@@ -373,14 +389,19 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents):
 
 
 def _check_decision(
-    outcome: str, household_id: str | None, round_id: str | None, amount: int | None
+    outcome: str,
+    household_id: str | None,
+    round_id: str | None,
+    amount: int | None,
+    household_ref: str | None,
 ) -> bool:
     """Refuse an unknown outcome or a payout without its keys; True for a payout."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
     accepted = outcome == "accepted"
-    if accepted and not (household_id and round_id and amount is not None):
-        raise ValueError("an accepted payout needs household_id, round_id and amount")
+    if accepted and not (household_id and household_ref and round_id and amount is not None):
+        # Without its reference, claims sync and central could not match the payout.
+        raise ValueError("an accepted payout needs household_id, household_ref, round_id, amount")
     return accepted
 
 

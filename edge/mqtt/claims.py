@@ -2,7 +2,9 @@
 
 Every terminal subscribes to ``{prefix}/{regency}/+/event``. An accepted payout from another
 terminal is written with ``ledger.record_remote_payout``; from then on ``Ledger.record`` refuses
-that household and round as already paid.
+that household and round as already paid. Payouts name the household by its ``household_ref``:
+the terminals of a regency share the round's reference key (in their bundles), so each computes
+the same reference for a claim, while the broker never sees a household id.
 
 A synced payout turns a recipient away here, so it is believed only on central's word: the
 device registry (:mod:`edge.registry`, signed by central) must list its device as active, in

@@ -217,7 +217,8 @@ class Reporter:
         for event in self._ledger.events():
             if event["seq"] > hi:
                 break
-            if event["seq"] >= lo:
+            if event["seq"] >= lo and not event.get("pruned"):
+                # A pruned event (edge prune) has only its chain fields left to give.
                 self._client.publish(self.topics.event, canonical(event), qos=1)
                 sent += 1
         log.info("re-sent %d event(s) of seq %d..%d on request", sent, lo, hi)

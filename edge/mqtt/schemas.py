@@ -65,12 +65,36 @@ def _validator(kind: str) -> Draft202012Validator:
 
 
 def errors(kind: str, obj: Any) -> list[str]:
-    """Every schema violation of ``obj``, as ``path: message`` lines (empty when valid)."""
+    """Every schema violation of ``obj``, as ``path: rule`` lines (empty when valid).
+
+    The lines name the key path and the rule broken, never the value: these messages are
+    logged and stored, and a value may be a household id, a name or anything an attacker sent.
+    """
     out = []
     for err in sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.path)):
-        where = "/".join(str(p) for p in err.path) or "(root)"
-        out.append(f"{where}: {err.message[:160]}")
-    return out
+        where = "/".join(_key(p) for p in err.path) or "(root)"
+        out.append(f"{where}: {_rule(err)}")
+    return list(dict.fromkeys(out))  # "required" fails once per missing key, worded once
+
+
+def _key(part: Any) -> str:
+    # Paths lead through the schema's own property names and array indices; an unexpected key
+    # is still the sender's text, so only a short key of plain characters is shown.
+    text = str(part)
+    return text if len(text) <= 32 and text.isascii() and text.isidentifier() else "?"
+
+
+def _rule(err: Any) -> str:
+    """What ``err`` broke, in the schema's words: the keyword and its (schema-given) value."""
+    keyword, rule = err.validator, err.validator_value
+    if keyword == "required":
+        have = err.instance if isinstance(err.instance, dict) else {}
+        return "missing " + ", ".join(str(k) for k in rule if k not in have)
+    if keyword == "additionalProperties":
+        return "unknown key(s): additional properties are not allowed"
+    if keyword in ("type", "enum", "const", "pattern", "format") or isinstance(rule, int | float):
+        return f"must satisfy {keyword} {json.dumps(rule)[:80]}"
+    return f"breaks {keyword}"
 
 
 @cache

@@ -4,7 +4,8 @@ SQLite by default (``sqlite:///path`` or a bare path); PostgreSQL when the DSN s
 ``postgresql://`` and psycopg 3 is installed (``pip install bansos-edge[pg]``). The same SQL
 runs on both. Besides the events it keeps the anomalies central must look at: broken chains,
 forked sequences, an event id reused with other content, and the same household paid twice in
-one round.
+one round. Households are known here only by their ``household_ref`` of the round (the bundle
+manifest of ``edge bundle build`` maps a reference back to the household).
 
 Several consumers may share one database. SQLite serialises writers (``BEGIN IMMEDIATE``); on
 PostgreSQL each ``add`` takes transaction-scoped advisory locks on its device and on its
@@ -33,7 +34,7 @@ _TABLES = (
         seq BIGINT NOT NULL,
         ts TEXT NOT NULL,
         outcome TEXT,
-        household_id TEXT,
+        household_ref TEXT,
         round_id TEXT,
         amount BIGINT,
         prev_hash TEXT NOT NULL,
@@ -41,7 +42,7 @@ _TABLES = (
         body TEXT NOT NULL,
         received_at DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS events_device_seq ON events (device_id, seq)",
-    "CREATE INDEX IF NOT EXISTS events_claim ON events (household_id, round_id)",
+    "CREATE INDEX IF NOT EXISTS events_claim ON events (household_ref, round_id)",
     """CREATE TABLE IF NOT EXISTS anomalies (
         kind TEXT NOT NULL,
         event_id TEXT NOT NULL,
@@ -174,7 +175,7 @@ class EventStore:
                 "SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{event['device_id']}"),)
             )
             if accepted:
-                claim = f"c:{event.get('household_id')}\x1f{event.get('round_id')}"
+                claim = f"c:{event.get('household_ref')}\x1f{event.get('round_id')}"
                 self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(claim),))
         new = self._insert(event, now)
         if new:
@@ -194,7 +195,7 @@ class EventStore:
                 ev["seq"],
                 ev["ts"],
                 ev.get("outcome"),
-                ev.get("household_id"),
+                ev.get("household_ref"),
                 ev.get("round_id"),
                 ev.get("amount"),
                 ev["prev_hash"],
@@ -229,9 +230,9 @@ class EventStore:
 
     def _check_double_payout(self, ev: dict, now: float) -> None:
         rows = self._sql(
-            "SELECT event_id, device_id FROM events WHERE household_id = ? AND round_id = ? "
+            "SELECT event_id, device_id FROM events WHERE household_ref = ? AND round_id = ? "
             "AND outcome = 'accepted' AND event_id <> ?",
-            (ev["household_id"], ev["round_id"], ev["event_id"]),
+            (ev["household_ref"], ev["round_id"], ev["event_id"]),
         ).fetchall()
         for other_id, other_device in rows:
             where = "the same terminal" if other_device == ev["device_id"] else other_device

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.errors import AlreadyPaid, ClaimError
+from edge.payout.attempts import AttemptLimit
 from edge.payout.claim import decode_claim
 from edge.ports import (
     Bundle,
@@ -55,6 +56,7 @@ class Outcome(enum.StrEnum):
     ALREADY_PAID = "already_paid"
     DUPLICATE_FACE = "duplicate_face"
     BAD_QR = "bad_qr"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
 
 
 @dataclass
@@ -117,6 +119,14 @@ class _Claim:
     round_id: str | None
     active: ActiveBundle
 
+    @property
+    def household_ref(self) -> str | None:
+        """The household's pseudonym on the wire, when the bundle is for the claimed round."""
+        bundle = self.active.bundle
+        if bundle is None or self.household_id is None or self.round_id != bundle.round_id:
+            return None
+        return bundle.household_ref(self.household_id)
+
 
 @dataclass
 class _Capture:
@@ -168,6 +178,7 @@ class PayoutFlow:
         self.liveness = liveness if cfg.liveness.enabled else None
         self.clock = clock
         self.crops = crops
+        self.attempts = AttemptLimit(cfg, ledger)
         self.state = State.IDLE
         self._capture: _Capture | None = None
         self._qr: QrReader | None = None
@@ -230,8 +241,11 @@ class PayoutFlow:
             )
         if hid not in bundle.households:
             return self._decide(Outcome.NOT_ENTITLED, "household not in this bundle", claim)
-        if self.ledger.is_paid(hid, rnd):
+        if self.ledger.is_paid(hid, rnd, claim.household_ref):
             return self._decide(Outcome.ALREADY_PAID, "already collected this round", claim)
+        too_many = self.attempts.refusal(hid, rnd)
+        if too_many:
+            return self._decide(Outcome.TOO_MANY_ATTEMPTS, too_many, claim)
         self._start_capture(now, claim)
         log.info("claim for %s round %s: capturing", mask_id(hid), rnd)
         return None
@@ -330,7 +344,7 @@ class PayoutFlow:
             return self._decide(Outcome.NO_MATCH, why, claim, score=best, seen=seen)
         hid = household_of(top[0][0])
         found = _Claim(hid, bundle.round_id, claim.active)
-        if self.ledger.is_paid(hid, bundle.round_id):
+        if self.ledger.is_paid(hid, bundle.round_id, found.household_ref):
             why = "already collected this round"
             return self._decide(Outcome.ALREADY_PAID, why, found, score=top[0][1], seen=seen)
         return found
@@ -412,6 +426,7 @@ class PayoutFlow:
         return self.ledger.record(
             str(outcome),
             household_id=claim.household_id,
+            household_ref=claim.household_ref,
             round_id=claim.round_id,
             amount=amount,
             score=score,

@@ -45,8 +45,12 @@ class ReceiptDesk:
         self._lock = threading.Lock()
 
     def receipt_for(self, event: dict[str, Any]) -> Receipt:
-        """The receipt of an accepted payout event, with masked name and household id."""
-        hid = event["household_id"]
+        """The receipt of an accepted payout event, with masked name and household id.
+
+        The event names the household by its reference only; the full id (masked on paper,
+        for the recipient and the officer) is the ledger's local note.
+        """
+        hid = self.ledger.household_of(event["event_id"]) or ""
         return Receipt.from_event(
             event,
             point_name=self.cfg.device.point_name,
@@ -144,6 +148,8 @@ class ReceiptDesk:
                 raise CommandRefused(
                     f"event {event_id} is not a payout ({event['outcome']}): it has no receipt"
                 )
+            if event.get("pruned"):
+                raise CommandRefused(f"payout {event_id} is past retention: only its hash is kept")
             state = self.ledger.receipt_state(event_id)
             if state is not None and state.status != "printed":
                 self._recover(event_id, state)
