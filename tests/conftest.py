@@ -95,6 +95,21 @@ def central_pem(central_key) -> bytes:
 
 
 @pytest.fixture
+def registry_of(tmp_path, central_key, central_pem):
+    """``registry_of({device_id: (regency, identity)})``: a RegistryStore with central's signed
+    registry of those devices installed, as claims sync and the consumer are given one."""
+    from edge.registry import DeviceEntry, RegistryStore, sign_registry
+
+    def make(devices: dict, path=None) -> RegistryStore:
+        entries = [DeviceEntry(d, r, i.device_public_pem()) for d, (r, i) in devices.items()]
+        store = RegistryStore(path or tmp_path / "registry.json", central_pem)
+        store.install(sign_registry(central_key, entries, 1))
+        return store
+
+    return make
+
+
+@pytest.fixture
 def rogue_key() -> Ed25519PrivateKey:
     """An Ed25519 key nobody trusts: whatever it signs must be refused."""
     return Ed25519PrivateKey.generate()

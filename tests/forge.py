@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from support import REF_KEY
 
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle, open_envelope
 from edge.events import canonical, event_hash
@@ -34,6 +35,7 @@ def genuine_bundle(central_key, identity, limits=None) -> bytes:
         valid_until=NOW + timedelta(days=30),
         issued_at=NOW - timedelta(hours=1),
         limits=limits,
+        ref_key=REF_KEY,
     )
     households = [
         Household(

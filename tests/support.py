@@ -15,6 +15,8 @@ from typing import NoReturn
 
 import pytest
 
+from edge.privacy import household_ref
+
 ROOT = Path(__file__).resolve().parent.parent
 # Data kept outside the repository (faces, a video, ONNX originals): tests skip without it.
 SHARED = Path(os.environ.get("EDGE_SHARED_DIR", ROOT.parent / "shared"))
@@ -75,6 +77,11 @@ class FakeClock:
         self.t += seconds
 
 
+def ref_of(household_id: str, round_id: str = ROUND) -> str:
+    """The wire reference of a household as the test ledgers (:data:`REF_KEY`) compute it."""
+    return household_ref(REF_KEY, round_id, household_id)
+
+
 def pay(
     ledger,
     household_id: str = HOUSEHOLD,
@@ -87,7 +94,6 @@ def pay(
     The match numbers default to :data:`MATCH`; pass any of them (or ``extra``) to change them.
     The household's reference is computed with :data:`REF_KEY` unless ``household_ref`` is given.
     """
-    from edge.privacy import household_ref
 
     ref = fields.pop("household_ref", None) or household_ref(REF_KEY, round_id, household_id)
     return ledger.record(

@@ -213,7 +213,7 @@ def test_a_receipt_with_junk_in_its_signature_no_longer_verifies(ledger, identit
     for bad in (sig[:10] + "." + sig[10:], sig + "=", sig[:10] + "\n" + sig[10:], sig + "A"):
         with pytest.raises(LedgerError):  # before: "." and "\n" were skipped, and it verified
             verify_receipt_payload(f"{head}|{bad}", pem)
-    assert verify_receipt_payload(record, pem)["household_id"]
+    assert verify_receipt_payload(record, pem)["household_ref"]
 
 
 def test_signatures_have_one_spelling_only(ledger, identity):

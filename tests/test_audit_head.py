@@ -11,7 +11,7 @@ import json
 import sqlite3
 
 import pytest
-from support import DEVICE_ID, pay
+from support import DEVICE_ID, pay, ref_of
 
 from edge.__main__ import main
 from edge.devices.receipt import COLUMNS, Receipt, render_text
@@ -143,7 +143,7 @@ def test_edge_audit_takes_the_head_from_a_health_message(before, tmp_path, ident
 def test_the_receipt_prints_where_its_payout_sits_in_the_chain(before, make_ledger):
     path, _, _, _ = before
     with make_ledger(path) as ledger:
-        paid = next(e for e in ledger.events() if e.get("household_id") == HH2)
+        paid = next(e for e in ledger.events() if e.get("household_ref") == ref_of(HH2))
     slip = Receipt.from_event(
         paid, point_name="Pos", masked_name="S*** A***", masked_household="KPM-****", qr_payload="q"
     )

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from mosquitto import ACL, Broker, Spy, pki_fixture, wait_for  # noqa: F401
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from support import pay
+from support import pay, ref_of
 
 from edge.config import parse_config
 from edge.events import canonical, check_head
@@ -132,7 +132,13 @@ def settle_with_a_genuine_payout(broker, tmp_path, fleet, make_ledger, central_p
     try:
         pay(ledger, "KPM-3172-0001-0002", ROUND)
         reporter.wake()
-        assert wait_for(lambda: victim.is_paid("KPM-3172-0001-0002", ROUND) is not None, 10)
+        assert wait_for(
+            lambda: (
+                victim.is_paid("KPM-3172-0001-0002", ROUND, ref_of("KPM-3172-0001-0002"))
+                is not None
+            ),
+            10,
+        )
     finally:
         reporter.stop()
 
@@ -161,7 +167,7 @@ def test_generated_acl_refuses_the_cross_regency_forgery(
         )
         assert reporter.claims.rejected == 0  # nothing forged ever reached the terminal
         assert attacker.messages == []  # and 3172's payouts never reached edge-x
-        assert victim.is_paid(VICTIM_HOUSEHOLD, ROUND) is None
+        assert victim.is_paid(VICTIM_HOUSEHOLD, ROUND, ref_of(VICTIM_HOUSEHOLD)) is None
         assert pay(victim, VICTIM_HOUSEHOLD, ROUND)["outcome"] == "accepted"
     finally:
         if attacker is not None:
@@ -191,7 +197,7 @@ def test_with_the_acl_bypassed_claims_sync_refuses_it(
             "device is registered in regency 3171, not the event's 3172",
             "device is registered in regency 3171, not the event's 3172",
         ]
-        assert victim.is_paid(VICTIM_HOUSEHOLD, ROUND) is None
+        assert victim.is_paid(VICTIM_HOUSEHOLD, ROUND, ref_of(VICTIM_HOUSEHOLD)) is None
         assert pay(victim, VICTIM_HOUSEHOLD, ROUND)["outcome"] == "accepted"
     finally:
         if attacker is not None:

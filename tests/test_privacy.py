@@ -148,11 +148,15 @@ def test_receipt_paper_shows_the_masked_id(ledger):
     assert r.masked_name == "S*** A***" and HID not in r.qr_payload
 
 
-def test_claims_sync_matches_by_reference_across_terminals(make_ledger, make_identity, tmp_path):
-    a = make_ledger(tmp_path / "a.sqlite", make_identity(), "edge-a01", "3171")
-    b = make_ledger(tmp_path / "b.sqlite", make_identity(), "edge-b01", "3171")
+def test_claims_sync_matches_by_reference_across_terminals(
+    make_ledger, make_identity, tmp_path, registry_of
+):
+    ids = {d: make_identity() for d in ("edge-a01", "edge-b01")}
+    a = make_ledger(tmp_path / "a.sqlite", ids["edge-a01"], "edge-a01", "3171")
+    b = make_ledger(tmp_path / "b.sqlite", ids["edge-b01"], "edge-b01", "3171")
     ev = pay(a, HID)
-    sync = ClaimsSync(b, "edge-b01", "3171")
+    registry = registry_of({d: ("3171", i) for d, i in ids.items()})
+    sync = ClaimsSync(b, "edge-b01", "3171", registry=registry)
     assert sync.handle("bansos/v1/3171/edge-a01/event", canonical(ev)) is True
     ref = household_ref(REF_KEY, "2026-12", HID)
     assert b.is_paid(HID, "2026-12", ref)["device_id"] == "edge-a01"
@@ -201,13 +205,15 @@ def _poisoned(ev: dict) -> list[dict]:
     return out
 
 
-def test_bad_inputs_never_reach_the_logs(tmp_path, make_ledger, make_identity, caplog):
+def test_bad_inputs_never_reach_the_logs(tmp_path, make_ledger, make_identity, caplog, registry_of):
     caplog.set_level(logging.DEBUG)
     ids = {d: make_identity() for d in ("edge-a01", "edge-b01")}
     a = make_ledger(tmp_path / "a.sqlite", ids["edge-a01"], "edge-a01", "3171")
     b = make_ledger(tmp_path / "b.sqlite", ids["edge-b01"], "edge-b01", "3171")
     ev = pay(a, HID)
-    sync = ClaimsSync(b, "edge-b01", "3171")
+    sync = ClaimsSync(
+        b, "edge-b01", "3171", registry=registry_of({d: ("3171", i) for d, i in ids.items()})
+    )
     central = EventStore(tmp_path / "central.sqlite")
     registry = DeviceRegistry(keys={d: i.device_public_pem() for d, i in ids.items()})
     consumer = Consumer(BrokerSettings(tls=False), central, registry)

@@ -7,7 +7,7 @@ import base64
 import json
 
 import pytest
-from support import REGENCY, ROUND, pay
+from support import REGENCY, ROUND, pay, ref_of
 
 from edge.__main__ import main
 from edge.errors import LedgerError, RegistryError
@@ -211,8 +211,8 @@ def test_claims_sync_believes_only_registered_devices_of_its_regency(
         "device is registered in regency 3171, not the event's 3172",
         "hash does not match the event",
     ]
-    assert here.is_paid(HOUSEHOLD, ROUND) is None
-    assert here.is_paid("KPM-3172-0002", ROUND)["device_id"] == "edge-b01"
+    assert here.is_paid(HOUSEHOLD, ROUND, ref_of(HOUSEHOLD)) is None
+    assert here.is_paid("KPM-3172-0002", ROUND, ref_of("KPM-3172-0002"))["device_id"] == "edge-b01"
 
 
 def test_claims_sync_without_a_registry_syncs_nothing(devices, make_ledger, tmp_path):
@@ -378,7 +378,7 @@ def test_the_daemon_reporter_reads_the_installed_registry(
     _, b01 = devices["edge-b01"]
     ev = pay(make_ledger(tmp_path / "b01.sqlite", b01, "edge-b01", "3172"), HOUSEHOLD)
     assert reporter.claims.handle("bansos/v1/3172/edge-b01/event", canonical(ev))
-    assert here.is_paid(HOUSEHOLD, ROUND)["device_id"] == "edge-b01"
+    assert here.is_paid(HOUSEHOLD, ROUND, ref_of(HOUSEHOLD))["device_id"] == "edge-b01"
 
 
 def test_consume_takes_the_signed_registry_or_the_old_folder(tmp_path, v1, central_pem, devices):

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 KIND = "config"
 # The decision fields a config event leaves empty (it decides nothing).
 _EMPTY = (
-    "household_id",
+    "household_ref",
     "round_id",
     "amount",
     "score",
