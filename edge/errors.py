@@ -64,3 +64,7 @@ class GalleryError(EdgeError):
 
 class KeyFileError(EdgeError):
     """A key file is missing, unreadable or of the wrong kind."""
+
+
+class BadgeError(EdgeError):
+    """A staff badge or reason card that must not be used: forged, expired, malformed."""

@@ -39,7 +39,19 @@ OUTCOMES = (
     "already_paid",
     "duplicate_face",
     "bad_qr",
+    "accepted_override",
+    "override_refused",
 )
+# The outcomes that pay: a payout row (unique per household and round), a receipt and its
+# signature. ``accepted_override`` is a payout two staff members supervised (edge/payout/
+# override.py); ``override_refused`` records an override that was tried and refused.
+PAYOUT_OUTCOMES = ("accepted", "accepted_override")
+
+
+def is_payout(outcome: object) -> bool:
+    """True for the outcomes that pay out (see :data:`PAYOUT_OUTCOMES`)."""
+    return str(outcome) in PAYOUT_OUTCOMES
+
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
 RECEIPT_PREFIX = "BSR1"
 

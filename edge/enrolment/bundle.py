@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.enrolment.badges import OverridePolicy, parse_policy
 from edge.errors import BundleError, KeyFileError
 from edge.events import canonical, iso_utc, parse_iso_utc
 from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
@@ -79,6 +80,8 @@ class Bundle:
     model_sha256: str
     device_id: str
     households: dict[str, Household]
+    # Central's limits on supervised overrides (edge/enrolment/badges.py); None: no overrides.
+    override_policy: OverridePolicy | None = None
     _labels: list[str] = field(repr=False, default_factory=list)
     _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
 
@@ -149,6 +152,7 @@ def build_bundle(
     *,
     central_key: ed25519.Ed25519PrivateKey,
     device_bundle_public: bytes,
+    override_policy: OverridePolicy | None = None,
 ) -> bytes:
     """Make a signed bundle whose templates only ``device_bundle_public`` can decrypt.
 
@@ -173,6 +177,8 @@ def build_bundle(
         "households": [_household_body(h) for h in households],
         "templates": _encrypt_templates(labels, matrix, bundle_id, device_bundle_public),
     }
+    if override_policy is not None:
+        body["override_policy"] = override_policy.as_body()
     body_bytes = canonical(body)
     envelope = {
         "format": FORMAT,
@@ -310,6 +316,10 @@ def verify_and_open(
         raise BundleError(f"bundle not valid before {iso_utc(valid_from, 'seconds')}")
     if now > valid_until.timestamp():
         raise BundleError(f"bundle expired on {iso_utc(valid_until, 'seconds')}")
+    try:
+        policy = parse_policy(b.get("override_policy"))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BundleError(f"signed bundle body is malformed: {exc}") from exc
     labels, matrix = _decrypt_templates(b, identity)
     return Bundle(
         bundle_id=b["bundle_id"],
@@ -323,6 +333,7 @@ def verify_and_open(
         model_sha256=model["sha256"],
         device_id=dev.get("id", ""),
         households=_households(b),
+        override_policy=policy,
         _labels=labels,
         _matrix=matrix,
     )

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 
 from edge.errors import LedgerError
-from edge.events import canonical, iso_utc
+from edge.events import canonical, is_payout, iso_utc
 from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class RemotePayouts:
             round_id = str(event["round_id"])
         except (KeyError, TypeError) as exc:
             raise LedgerError("remote payout lacks event_id, household_id or round_id") from exc
-        if event.get("outcome") != "accepted":
+        if not is_payout(event.get("outcome")):
             raise LedgerError("remote event is not an accepted payout")
         if event.get("device_id") == self.device_id:
             return False

@@ -37,6 +37,7 @@ from edge.events import (
     SCHEMA,
     canonical,
     event_hash,
+    is_payout,
     iso_utc,
     sign_receipt,
 )
@@ -136,10 +137,14 @@ class Ledger(ReceiptRows, RemotePayouts):
         model_id: str | None = None,
         bundle_id: str | None = None,
         extra: dict | None = None,
+        override: dict | None = None,
     ) -> dict:
         """Write one signed decision event durably and return it.
 
-        For ``accepted`` the payout row, the event, its outbox row and a pending receipt are one
+        ``override`` is the supervised-override block (staff, reason, the refusal it overrides)
+        of ``accepted_override`` and ``override_refused`` events (edge/payout/override.py).
+        For a payout (``accepted``, ``accepted_override``) the payout row, the event, its
+        outbox row and a pending receipt are one
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
         household was already paid for this round, here or at another terminal.
         """
@@ -157,6 +162,8 @@ class Ledger(ReceiptRows, RemotePayouts):
             "model_id": model_id,
             "bundle_id": bundle_id,
         }
+        if override is not None:
+            fields["override"] = dict(override)
         with self._lock:
             event = self._commit(fields, iso_utc(now), extra)
         log.info(
@@ -171,7 +178,7 @@ class Ledger(ReceiptRows, RemotePayouts):
     def _commit(self, fields: dict, ts: str, extra: dict | None) -> dict:
         """One transaction: double-payout check, next link of the chain, every row; fsynced."""
         conn = self._conn
-        accepted = fields["outcome"] == "accepted"
+        accepted = is_payout(fields["outcome"])
         conn.execute("BEGIN IMMEDIATE")
         try:
             if accepted:
@@ -212,7 +219,7 @@ class Ledger(ReceiptRows, RemotePayouts):
         }
         if extra:
             event["extra"] = dict(extra)
-        if event["outcome"] == "accepted":
+        if is_payout(event["outcome"]):
             event["receipt_sig"] = sign_receipt(event, self._identity.sign)
         digest = event_hash(event)
         event["hash"] = digest
@@ -238,7 +245,7 @@ class Ledger(ReceiptRows, RemotePayouts):
             ),
         )
         q("INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event_id))
-        if event["outcome"] == "accepted":
+        if is_payout(event["outcome"]):
             q(
                 "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
                 (hid, rid, event_id, event["amount"], ts),
@@ -326,6 +333,22 @@ class Ledger(ReceiptRows, RemotePayouts):
             ).fetchone()
         return _load(row[0]) if row else None
 
+    def events_with(self, outcome: str, round_id: str | None = None) -> list[dict]:
+        """The events of one outcome (optionally one round), in sequence order."""
+        sql, params = "SELECT body FROM events WHERE outcome = ?", [outcome]
+        if round_id is not None:
+            sql, params = sql + " AND round_id = ?", [*params, round_id]
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
+        return [_load(r[0]) for r in rows]
+
+    def payout_count(self, round_id: str) -> int:
+        """Payouts this terminal made in ``round_id`` (accepted and supervised overrides)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM payouts WHERE round_id = ?", (round_id,)
+            ).fetchone()[0]
+
     def stats(self) -> dict:
         """Counts for health reports: events, payouts, outbox depth, receipts not yet printed
         and receipts whose printing was cut off at least once."""
@@ -366,7 +389,7 @@ def _check_decision(
     """Refuse an unknown outcome or a payout without its keys; True for a payout."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
-    accepted = outcome == "accepted"
+    accepted = is_payout(outcome)
     if accepted and not (household_id and round_id and amount is not None):
         raise ValueError("an accepted payout needs household_id, round_id and amount")
     return accepted

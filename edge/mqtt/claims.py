@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from edge.errors import PayloadError
-from edge.events import check_event
+from edge.events import check_event, is_payout
 from edge.mqtt.schemas import parse
 from edge.mqtt.topics import DEFAULT_PREFIX, split
 
@@ -54,7 +54,7 @@ class ClaimsSync:
             self.rejected += 1
             log.warning("claims sync: malformed event from %s: %s", where[1], exc)
             return False
-        if event["outcome"] != "accepted":
+        if not is_payout(event["outcome"]):
             return False
         if event["device_id"] != where[1] or event["regency"] != self._regency:
             self.rejected += 1

@@ -34,7 +34,7 @@ from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend")
+COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "evidence")
 MAX_RESEND = 10000
 # Only thresholds and timings may change remotely; identity, keys and broker settings never do.
 ALLOWED_CONFIG_KEYS = frozenset(

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,6 +55,8 @@ class Outcome(enum.StrEnum):
     ALREADY_PAID = "already_paid"
     DUPLICATE_FACE = "duplicate_face"
     BAD_QR = "bad_qr"
+    ACCEPTED_OVERRIDE = "accepted_override"
+    OVERRIDE_REFUSED = "override_refused"
 
 
 @dataclass
@@ -69,6 +71,18 @@ class Decision:
     amount: int | None = None
     score: float | None = None
     liveness: float | None = None
+
+
+class OverrideHook(Protocol):
+    """The supervised override (edge/payout/override.py), seen from the flow."""
+
+    @property
+    def wants_crop(self) -> bool: ...
+
+    def on_qr(self, text: str | None, now: float) -> tuple[bool, Decision | None]: ...
+
+    def after(self, decision: Decision, bundle: Bundle | None, crop: np.ndarray | None) -> None:
+        ...
 
 
 class State(enum.StrEnum):
@@ -160,6 +174,7 @@ class PayoutFlow:
         clock: Callable[[], float] = time.monotonic,
         *,
         crops: CropSink | None = None,
+        override: OverrideHook | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -168,6 +183,7 @@ class PayoutFlow:
         self.liveness = liveness if cfg.liveness.enabled else None
         self.clock = clock
         self.crops = crops
+        self.override = override
         self.state = State.IDLE
         self._capture: _Capture | None = None
         self._qr: QrReader | None = None
@@ -212,6 +228,11 @@ class PayoutFlow:
 
     def _idle_qr(self, rgb: np.ndarray, now: float) -> Decision | None:
         text = self._read_qr(rgb)
+        if self.override is not None:
+            # Staff badges and reason cards are the override's, never claims.
+            consumed, decision = self.override.on_qr(text, now)
+            if consumed:
+                return decision
         if text is None or self._cooling(text, now):
             return None
         self._last_key, self._last_at = text, now
@@ -275,7 +296,7 @@ class PayoutFlow:
                 cap.quality_reasons = list(result.quality.reasons)
             else:
                 cap.embeddings.append(result.embedding)
-                if self.crops is not None:
+                if self.crops is not None or (self.override and self.override.wants_crop):
                     cap.crop = result.aligned
                 if self.liveness is not None:
                     # The engine already ran the face mesh for alignment: reuse it.
@@ -388,9 +409,10 @@ class PayoutFlow:
             reason,
             event.get("seq"),
         )
-        if seen is not None and seen.crop is not None and self.crops is not None:
-            self.crops.keep(event["event_id"], seen.crop)
-        return Decision(
+        crop = seen.crop if seen is not None else None
+        if crop is not None and self.crops is not None:
+            self.crops.keep(event["event_id"], crop)
+        decision = Decision(
             outcome,
             reason,
             event,
@@ -400,6 +422,9 @@ class PayoutFlow:
             score=score,
             liveness=liveness,
         )
+        if self.override is not None:
+            self.override.after(decision, claim.active.bundle, crop)
+        return decision
 
     def _record(
         self,
