@@ -52,6 +52,7 @@ def is_payout(outcome: object) -> bool:
     """True for the outcomes that pay out (see :data:`PAYOUT_OUTCOMES`)."""
     return str(outcome) in PAYOUT_OUTCOMES
 
+
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
 RECEIPT_PREFIX = "BSR1"
 

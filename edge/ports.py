@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from edge.devices.camera import Frame
     from edge.devices.receipt import Receipt, Refusal
+    from edge.enrolment.badges import OverridePolicy
     from edge.ledger.schema import ReceiptState
 
 
@@ -145,6 +146,14 @@ class Bundle(Protocol):
 
     @property
     def households(self) -> Mapping[str, Household]: ...
+
+    @property
+    def regency(self) -> str: ...
+
+    @property
+    def override_policy(self) -> OverridePolicy | None:
+        """Central's limits on supervised overrides (None: overrides are off)."""
+        ...
 
     def templates(self) -> tuple[list[str], np.ndarray]:
         """Gallery labels (``household/member``) and their template matrix."""

@@ -7,6 +7,7 @@ COMMAND_MODULES = (
     "edge.cli.payout",  # bundle, keys, central-keygen, audit, claim-qr
     "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
     "edge.cli.mqtt",  # consume, command
+    "edge.cli.badge",  # badge issue, verify, reason-cards, evidence-key, open-evidence
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.bench",  # bench
 )

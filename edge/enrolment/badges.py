@@ -111,9 +111,7 @@ def is_badge_text(text: str | None) -> bool:
     return bool(text) and str(text).startswith(BADGE_PREFIX + ".")
 
 
-def verify_badge(
-    text: str, central_public: bytes | ed25519.Ed25519PublicKey, now: float
-) -> Badge:
+def verify_badge(text: str, central_public: bytes | ed25519.Ed25519PublicKey, now: float) -> Badge:
     """Check a badge's signature, form and validity at ``now``; raise BadgeError saying why.
 
     Role, regency, revocation and age against a policy are :meth:`OverridePolicy.refuses`.

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import (
@@ -151,7 +152,7 @@ class Ledger(ReceiptRows, RemotePayouts):
         accepted = _check_decision(outcome, household_id, round_id, amount)
         now = self._clock()
         self._check_clock(now)
-        fields = {
+        fields: dict[str, Any] = {
             "outcome": outcome,
             "household_id": household_id,
             "round_id": round_id,

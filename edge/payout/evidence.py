@@ -53,9 +53,7 @@ def seal(data: bytes, recipient_public: bytes, event_id: str) -> dict:
     epk = _raw(eph.public_key())
     shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(recipient_public))
     nonce = os.urandom(12)
-    ciphertext = AESGCM(_kek(shared, epk, recipient_public)).encrypt(
-        nonce, data, event_id.encode()
-    )
+    ciphertext = AESGCM(_kek(shared, epk, recipient_public)).encrypt(nonce, data, event_id.encode())
     return {
         "format": FORMAT,
         "alg": ALG,

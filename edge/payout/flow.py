@@ -81,8 +81,7 @@ class OverrideHook(Protocol):
 
     def on_qr(self, text: str | None, now: float) -> tuple[bool, Decision | None]: ...
 
-    def after(self, decision: Decision, bundle: Bundle | None, crop: np.ndarray | None) -> None:
-        ...
+    def after(self, decision: Decision, bundle: Bundle | None, crop: np.ndarray | None) -> None: ...
 
 
 class State(enum.StrEnum):

@@ -46,8 +46,8 @@ from edge.privacy import mask_id
 
 if TYPE_CHECKING:
     from edge.config import OverrideConfig
-    from edge.enrolment.bundle import Bundle
     from edge.payout.evidence import EvidenceStore
+    from edge.ports import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,20 @@ DAY_S = 86400.0
 class OverrideLedger(Protocol):
     """What the override needs of the ledger: record, and the counts its limits are about."""
 
-    def record(self, outcome: str, **fields: Any) -> dict: ...
+    def record(
+        self,
+        outcome: str,
+        *,
+        household_id: str | None = None,
+        round_id: str | None = None,
+        amount: int | None = None,
+        score: float | None = None,
+        threshold: float | None = None,
+        liveness: float | None = None,
+        model_id: str | None = None,
+        bundle_id: str | None = None,
+        override: dict | None = None,
+    ) -> dict[str, Any]: ...
 
     def events_with(self, outcome: str, round_id: str | None = None) -> list[dict]: ...
 
@@ -116,6 +129,10 @@ class SupervisedOverride:
         self.clock = clock
         self.wall = wall
         self.evidence = evidence
+        # The card last read, and when: kept across attempts, so a card still held up after
+        # its override ended does not start the next one.
+        self._held: str | None = None
+        self._held_at = -1e9
         self._reset()
 
     def _reset(self) -> None:
@@ -123,8 +140,6 @@ class SupervisedOverride:
         self._refusal: _Refusal | None = None
         self._badges: list[Badge] = []
         self._deadline = 0.0
-        self._held: str | None = None  # the card last read, and when
-        self._held_at = -1e9
 
     @property
     def wants_crop(self) -> bool:
@@ -188,9 +203,7 @@ class SupervisedOverride:
         if rnd != bundle.round_id:
             return None
         assert hid is not None
-        return _Refusal(
-            decision.event, str(decision.outcome), hid, rnd, household.amount, crop
-        )
+        return _Refusal(decision.event, str(decision.outcome), hid, rnd, household.amount, crop)
 
     def _policy(self) -> tuple[Bundle | None, OverridePolicy | None]:
         bundle = self.bundles()
@@ -205,8 +218,10 @@ class SupervisedOverride:
     def _on_badge(self, text: str, now: float) -> Decision | None:
         if self._seen_again(text, now) or self.step is Step.REASON:
             return None
+        if not self.cfg.enabled:
+            return self._refuse("overrides are off on this terminal")
         bundle, policy = self._policy()
-        if not self.cfg.enabled or bundle is None or policy is None:
+        if bundle is None or policy is None:
             return self._refuse("no override policy in the bundle")
         try:
             badge = verify_badge(text, self.central_public, self.wall())
