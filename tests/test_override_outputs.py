@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import cv2
+from cryptography.exceptions import InvalidTag
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -244,9 +245,9 @@ def test_override_crop_is_sealed_for_central_only(rig, staff, tmp_path, evidence
     face = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert face.shape == (112, 112, 3)
     # Another key (the terminal holds none that fits) cannot open it; nor can a moved box.
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         open_sealed(box, x25519.X25519PrivateKey.generate())
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         open_sealed({**box, "event_id": paid.event["override"]["overrides"]}, private)
     # Sent only when central asks, with a signed command; answered on the result topic.
     result = store.command({"event_id": event_id})

@@ -49,7 +49,7 @@ class OverrideTally:
         where = f"seq {ev.get('seq')}"
         raw = ev.get("override")
         block: dict = raw if isinstance(raw, dict) else {}
-        ids = [s.get("staff_id") for s in block.get("staff", []) if isinstance(s, dict)]
+        ids = [str(s.get("staff_id")) for s in block.get("staff", []) if isinstance(s, dict)]
         for staff_id in sorted(set(ids)):  # one count per event, even if listed twice
             self.staff[str(staff_id)] += 1
             self.staff_days[(str(staff_id), str(ev.get("ts", ""))[:10])] += 1
