@@ -8,9 +8,9 @@ import json
 from dataclasses import replace
 
 import cv2
-from cryptography.exceptions import InvalidTag
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from escpos_decode import decode
