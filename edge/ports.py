@@ -120,6 +120,11 @@ class Member(Protocol):
     @property
     def member_id(self) -> str: ...
 
+    @property
+    def role(self) -> str:
+        """``recipient`` or ``representative``."""
+        ...
+
 
 class Household(Protocol):
     @property
@@ -189,6 +194,7 @@ class DecisionLedger(Protocol):
         liveness: float | None = None,
         model_id: str | None = None,
         bundle_id: str | None = None,
+        extra: dict | None = None,
     ) -> dict[str, Any]:
         """Write one signed decision event durably and return it (``AlreadyPaid`` on a double)."""
         ...

@@ -65,6 +65,8 @@ class Receipt:
     qr_payload: str
     # A supervised override: the two staff ids (already masked) and the reason's title.
     override: tuple[str, str, str] | None = None
+    # "representative" when an enrolled representative collected for the household.
+    collected_by: str | None = None
 
     @classmethod
     def from_event(
@@ -89,6 +91,7 @@ class Receipt:
             event_id=event["event_id"],
             qr_payload=qr_payload,
             override=override_lines(event.get("override")),
+            collected_by=(event.get("extra") or {}).get("collected_by"),
         )
 
 
@@ -232,6 +235,8 @@ def receipt_blocks(r: Receipt, reprint: bool = False) -> list[Block]:
         *_field("Nama", r.masked_name),
         *_field("No. KPM", r.masked_household),
     ]
+    if r.collected_by == "representative":
+        blocks += _field("Oleh", "PERWAKILAN KELUARGA")
     if r.override:
         blocks += [
             *_field("Petugas", f"{r.override[0]} / {r.override[1]}"),

@@ -365,17 +365,20 @@ class PayoutFlow:
         if household is None:  # a gallery label without its household: refuse, never raise
             why = "household not in this bundle"
             return self._decide(Outcome.NOT_ENTITLED, why, claim, seen=seen)
-        score = max(
-            (gallery.verify(vec, f"{hid}/{m.member_id}") for m in household.members), default=-1.0
-        )
+        scores = [(gallery.verify(vec, f"{hid}/{m.member_id}"), m.role) for m in household.members]
+        score, role = max(scores, default=(-1.0, ""))
+        # A representative enrolled for the household collects like its recipient; the event
+        # says so, for central and the receipt.
+        extra = {"collected_by": role} if role == "representative" else None
         other = next((s for lab, s in top if household_of(lab) != hid), None)
         if other is not None and other >= self.cfg.vision.duplicate_threshold and other > score:
             outcome, why = Outcome.DUPLICATE_FACE, "face matches another household better"
         elif score < self.cfg.vision.match_threshold:
             outcome, why = Outcome.NO_MATCH, "face does not match"
         else:
-            outcome, why = Outcome.ACCEPTED, "verified"
-        return self._decide(outcome, why, claim, score=score, seen=seen, amount=household.amount)
+            outcome, why = Outcome.ACCEPTED, "verified" + (f" ({role})" if extra else "")
+        amount, extra = household.amount, extra if outcome is Outcome.ACCEPTED else None
+        return self._decide(outcome, why, claim, score=score, seen=seen, amount=amount, extra=extra)
 
     def _decide(
         self,
@@ -386,6 +389,7 @@ class PayoutFlow:
         score: float | None = None,
         seen: _Evidence | None = None,
         amount: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Decision:
         self.state, self._capture = State.IDLE, None
         self._last_at = self.clock()
@@ -394,7 +398,7 @@ class PayoutFlow:
         liveness = None if seen is None or seen.liveness is None else round(seen.liveness, 4)
         amount = amount if outcome is Outcome.ACCEPTED else None
         try:
-            event = self._record(outcome, claim, amount, score, liveness)
+            event = self._record(outcome, claim, amount, score, liveness, extra)
         except AlreadyPaid:
             # Another terminal's payout arrived (claims sync) while this one was capturing.
             outcome, reason, amount = Outcome.ALREADY_PAID, "already collected this round", None
@@ -432,6 +436,7 @@ class PayoutFlow:
         amount: int | None,
         score: float | None,
         liveness: float | None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self.ledger.record(
             str(outcome),
@@ -443,4 +448,5 @@ class PayoutFlow:
             liveness=liveness,
             model_id=self.engine.model_id,
             bundle_id=claim.active.bundle_id,
+            extra=extra,
         )
