@@ -130,6 +130,7 @@ class App:
             self.evidence = EvidenceStore(
                 self.cfg.state_path / "evidence", self.cfg.override.evidence_retention_days
             )
+            self.evidence.purge()
         return SupervisedOverride(
             self.cfg.override, self.ledger, central, self.bundles.current, evidence=self.evidence
         )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from escpos_decode import decode
 from support import DEVICE_ID, REGENCY, ROUND, T0, FakeClock, pay, wait_for
-from test_flow import H1, make_bundle
+from test_flow import H1, H2, make_bundle
 from test_override import POLICY, override, refuse
 from test_override import rig as rig  # noqa: F401  (fixtures)
 from test_override import staff as staff  # noqa: F401
@@ -259,6 +259,8 @@ def test_override_crop_is_sealed_for_central_only(rig, staff, tmp_path, evidence
     assert (tmp_path / "face.jpg").read_bytes() == jpeg
     # Past the retention limit it is gone.
     clock.advance(31 * 86400)
+    refuse(rig, H2)  # any decision purges
+    assert not (tmp_path / "evidence" / f"{event_id}.json").exists()
     assert store.get(event_id) is None and store.purge() == 0
     with pytest.raises(CommandRefused, match="none kept"):
         store.command({"event_id": event_id})

@@ -176,6 +176,8 @@ class SupervisedOverride:
         """Arm for (or, after a staff start, continue with) an overridable refusal."""
         if decision.outcome in (Outcome.ACCEPTED_OVERRIDE, Outcome.OVERRIDE_REFUSED):
             return
+        if self.evidence is not None:
+            self.evidence.purge()  # retention holds even on a terminal that makes no overrides
         started = self.step is Step.CLAIM
         refusal = self._overridable(decision, bundle, crop)
         if refusal is None:
@@ -333,7 +335,7 @@ class SupervisedOverride:
         self, why: str, badge: Badge | None = None, *, reason: str | None = None
     ) -> Decision:
         block = self._block(reason, badge)
-        block["refused"] = why
+        block["refused"] = why[:200]
         event = self._record(Outcome.OVERRIDE_REFUSED, block)
         log.warning("override refused (%s), seq %s", why, event.get("seq"))
         return self._decision(Outcome.OVERRIDE_REFUSED, why, event)
