@@ -357,3 +357,39 @@ def test_override_off_in_the_config(rig, staff):
     assert rig.override.step is Step.NONE
     [refused] = feed(rig, show(staff("PTG-0001")))
     assert refused.outcome is Outcome.OVERRIDE_REFUSED
+
+
+def test_two_badges_before_the_claim_leave_only_the_reason(rig, staff):
+    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")))
+    assert rig.override.step is Step.CLAIM
+    refuse(rig, H2)
+    assert rig.override.step is Step.REASON and rig.override.guide == "reason"
+    [paid] = feed(rig, show(reason_text("face_changed")))
+    assert paid.outcome is Outcome.ACCEPTED_OVERRIDE
+    assert len(paid.event["override"]["staff"]) == 2
+
+
+def test_a_third_badge_changes_nothing(rig, staff):
+    refuse(rig)
+    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")))
+    assert feed(rig, show(staff("PTG-0003"))) == [] and rig.override.step is Step.REASON
+    [paid] = feed(rig, show(reason_text("elderly")))
+    staff_ids = [s["staff_id"] for s in paid.event["override"]["staff"]]
+    assert staff_ids == ["PTG-0001", "PTG-0002"]
+
+
+def test_a_reason_card_not_on_the_list_is_refused(rig, staff):
+    refuse(rig)
+    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")))
+    [refused] = feed(rig, show("BREASON1:friend_of_the_officer"))
+    assert refused.event["override"]["refused"] == "not a reason card of the fixed list"
+    assert rig.ledger.is_paid(H1, ROUND) is None
+
+
+def test_a_policy_withdrawn_during_the_override_refuses_it(rig, staff):
+    refuse(rig)
+    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")))
+    rig.bundles.current = make_bundle()  # central installs a bundle without overrides
+    [refused] = feed(rig, show(reason_text("elderly")))
+    assert refused.event["override"]["refused"] == "no override policy in the bundle"
+    assert refused.event["override"]["reason"] == "elderly"

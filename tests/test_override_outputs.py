@@ -299,3 +299,16 @@ def test_evidence_command_is_signed_and_answered_on_the_result(
     finally:
         proc.close()
     assert make_bundle().override_policy is None  # the default bundle offers no override
+
+
+def test_evidence_store_survives_a_bad_folder_and_purges_junk(tmp_path, evidence_key, clock):
+    _, public, _ = evidence_key
+    crop = np.zeros((112, 112, 3), np.uint8)
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    blocked = EvidenceStore(tmp_path / "taken", 30, clock=clock)
+    assert blocked.keep("5b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15", crop, public) is False
+    store = EvidenceStore(tmp_path / "ev", 30, clock=clock)
+    assert store.keep("5b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15", crop, public)
+    (tmp_path / "ev" / "0b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15.json").write_text("{not json")
+    assert store.purge() == 1  # unreadable: counts as sealed long ago
+    assert store.get("5b1f0c2e-8d4a-4c7e-9a31-2f6d8e0b7c15") is not None

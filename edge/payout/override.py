@@ -174,8 +174,6 @@ class SupervisedOverride:
 
     def after(self, decision: Decision, bundle: Bundle | None, crop: np.ndarray | None) -> None:
         """Arm for (or, after a staff start, continue with) an overridable refusal."""
-        if decision.outcome in (Outcome.ACCEPTED_OVERRIDE, Outcome.OVERRIDE_REFUSED):
-            return
         if self.evidence is not None:
             self.evidence.purge()  # retention holds even on a terminal that makes no overrides
         started = self.step is Step.CLAIM
