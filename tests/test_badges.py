@@ -233,3 +233,17 @@ def test_cli_issues_verifies_and_prints_cards(tmp_path, central_key, capsys):
     assert main(["badge", "verify", "--central-pub", str(pub), text[:-4] + "AAAA"]) == 1
     assert main(["badge", "reason-cards", "--out", str(tmp_path / "cards")]) == 0
     assert (tmp_path / "cards" / "reason-cards.pdf").is_file()
+
+
+def test_bundle_build_reads_the_policy_file(tmp_path):
+    from edge.cli.payout import _override_policy
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(POLICY.as_body()))
+    assert _override_policy(path) == POLICY
+    assert _override_policy(None) is None
+    path.write_text(json.dumps({**POLICY.as_body(), "roles": ["boss"]}))
+    with pytest.raises(BundleError, match="roles"):
+        _override_policy(path)
+    with pytest.raises(BundleError):
+        _override_policy(tmp_path / "missing.json")

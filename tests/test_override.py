@@ -230,6 +230,7 @@ def test_one_person_with_two_badges_is_refused(rig, staff):
         (dict(role="auditor"), "role auditor may not override"),
         (dict(staff_id="PTG-0666"), "badge revoked"),
         (dict(badge_id="lost-badge-1"), "badge revoked"),
+        (dict(issued_at=ISSUED - timedelta(days=400), valid_days=900), "older than the policy"),
     ],
 )
 def test_bad_second_badges_are_refused_and_recorded(rig, staff, rogue_key, badge, why):
