@@ -361,7 +361,7 @@ def test_override_off_in_the_config(rig, staff):
 
 
 def test_two_badges_before_the_claim_leave_only_the_reason(rig, staff):
-    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")))
+    feed(rig, show(staff("PTG-0001")) + show(staff("PTG-0002")) + show(staff("PTG-0003")))
     assert rig.override.step is Step.CLAIM
     refuse(rig, H2)
     assert rig.override.step is Step.REASON and rig.override.guide == "reason"

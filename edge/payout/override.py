@@ -216,8 +216,8 @@ class SupervisedOverride:
         return held
 
     def _on_badge(self, text: str, now: float) -> Decision | None:
-        if self._seen_again(text, now) or self.step is Step.REASON:
-            return None
+        if self._seen_again(text, now) or len(self._badges) >= 2:
+            return None  # two badges are all an override takes; a third changes nothing
         if not self.cfg.enabled:
             return self._refuse("overrides are off on this terminal")
         bundle, policy = self._policy()
