@@ -47,3 +47,28 @@ def test_the_daemon_pays_a_supervised_override(override_run, make_identity):
     assert record["event_id"] == paid["event_id"] and record["amount"] == demo.AMOUNT
     report = audit_ledger(state / "ledger.sqlite", identity.device_public_pem())
     assert report.ok and report.overrides == {app.cfg.device.id: 1}
+
+
+def test_the_daemon_wires_evidence_only_when_asked(tmp_path, engine, models_dir):
+    state, _ = demo.build_pilot(tmp_path / "pilot", engine, with_shared=False)
+    (tmp_path / "frames").mkdir()
+    cfg = demo.demo_config(state, tmp_path / "frames", liveness=False, models_dir=str(models_dir))
+    plain = demo.App(cfg)
+    try:
+        assert plain.flow.override is plain.override and plain.evidence is None
+        assert not plain.override.wants_crop
+    finally:
+        plain.close()
+    cfg.override.evidence = True
+    sealed = demo.App(cfg)
+    try:
+        assert sealed.override.wants_crop and sealed.evidence is not None
+        assert sealed.evidence.folder == state / "evidence"
+    finally:
+        sealed.close()
+    cfg.override.enabled = False
+    off = demo.App(cfg)
+    try:
+        assert off.override is None and off.flow.override is None
+    finally:
+        off.close()
