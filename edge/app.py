@@ -34,6 +34,8 @@ from edge.vision.pipeline import FaceEngine, embedder_name
 
 if TYPE_CHECKING:
     from edge.mqtt.reporter import Reporter
+    from edge.payout.evidence import EvidenceStore
+    from edge.payout.override import SupervisedOverride
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class App:
             state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
         )
         self.bundles = self._make_bundle_store()
+        self.evidence: EvidenceStore | None = None
+        self.override = self._make_override()
         self.flow = PayoutFlow(
             cfg,
             self.engine,
@@ -76,6 +80,7 @@ class App:
             self.ledger,
             self._make_liveness(),
             crops=self._make_crop_sink(),
+            override=self.override,
         )
         self.signals: Signals = make_signals(cfg.signals, pin_factory=pin_factory)
         self.indicator = Indicator(self.signals, cooldown_s=self._cooldown_s)
@@ -114,6 +119,22 @@ class App:
             device_id=self.cfg.device.id,
         )
 
+    def _make_override(self) -> SupervisedOverride | None:
+        central = load_central_public_pem(self.cfg.bundle.central_public_key)
+        if not self.cfg.override.enabled or central is None:
+            return None  # without central's key no badge can be checked
+        from edge.payout.evidence import EvidenceStore
+        from edge.payout.override import SupervisedOverride
+
+        if self.cfg.override.evidence:
+            self.evidence = EvidenceStore(
+                self.cfg.state_path / "evidence", self.cfg.override.evidence_retention_days
+            )
+            self.evidence.purge()
+        return SupervisedOverride(
+            self.cfg.override, self.ledger, central, self.bundles.current, evidence=self.evidence
+        )
+
     def _make_crop_sink(self) -> CropSink | None:
         if not self.cfg.flow.store_debug_images:
             return None
@@ -129,6 +150,8 @@ class App:
         from edge.mqtt.reporter import Reporter
 
         actions = terminal_actions(self.cfg, self.bundles, self.desk, self.ledger)
+        if self.evidence is not None:
+            actions["evidence"] = self.evidence.command
         try:
             return Reporter.from_config(
                 self.cfg,
@@ -217,7 +240,10 @@ class App:
             listener(decision)
 
     def _refresh_signal(self) -> None:
-        self.indicator.refresh(busy=self.flow.busy, faults=self.faults(), online=self.online)
+        guide = self.override.guide if self.override is not None else None
+        self.indicator.refresh(
+            busy=self.flow.busy, faults=self.faults(), online=self.online, guide=guide
+        )
 
     def _start(self) -> None:
         self._install_signal_handlers()

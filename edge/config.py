@@ -357,6 +357,28 @@ class FlowConfig(Section):
     )
 
 
+class OverrideConfig(Section):
+    """Supervised override: two staff badges and a reason card after a face refusal.
+
+    The limits (roles, counts, share, badge age, revocations) are central's, signed into the
+    bundle's ``override_policy``; only timing and the optional evidence are set here.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Offer overrides when the bundle carries a policy"
+    )
+    step_timeout_s: float = Field(
+        default=60.0, gt=0, le=600, description="Longest wait for the next badge or card, seconds"
+    )
+    evidence: bool = Field(
+        default=False,
+        description="Keep the face crop of each override sealed to central (personal data)",
+    )
+    evidence_retention_days: float = Field(
+        default=30.0, gt=0, le=365, description="Days a sealed crop is kept before deletion"
+    )
+
+
 class CameraConfig(Section):
     """Where frames come from."""
 
@@ -583,6 +605,9 @@ class Config(Section):
         default_factory=LivenessConfig, description=LivenessConfig.__doc__
     )
     flow: FlowConfig = Field(default_factory=FlowConfig, description=FlowConfig.__doc__)
+    override: OverrideConfig = Field(
+        default_factory=OverrideConfig, description=OverrideConfig.__doc__
+    )
     camera: CameraConfig = Field(default_factory=CameraConfig, description=CameraConfig.__doc__)
     signals: SignalsConfig = Field(default_factory=SignalsConfig, description=SignalsConfig.__doc__)
     printer: PrinterConfig = Field(default_factory=PrinterConfig, description=PrinterConfig.__doc__)

@@ -26,9 +26,11 @@ import numpy as np
 from edge.app import App
 from edge.config import PROJECT_ROOT, Config
 from edge.devices.receipt import render_text
+from edge.enrolment.badges import OverridePolicy, issue_badge, reason_text
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.refkeys import ref_key_for
 from edge.enrolment.store import BundleStore
+from edge.events import is_payout
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
 from edge.ledger.audit import verify_events
 from edge.payout.claim import encode_claim
@@ -43,11 +45,19 @@ AMOUNT = 300_000
 FPS = 10.0
 STILL_PHOTO = "facerec__kit_harington/john1.jpeg"
 SHARED = Path(os.environ.get("EDGE_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
-ASTRONAUT_HH, SECOND_HH, VIDEO_HH, STILL_HH = (
+ASTRONAUT_HH, SECOND_HH, VIDEO_HH, STILL_HH, ELDER_HH = (
     "3171010000000001",
     "3171010000000002",
     "3171010000000003",
     "3171010000000004",
+    "3171010000000005",
+)
+# Central's limits on supervised overrides at the demo terminal (signed into the bundle).
+DEMO_POLICY = OverridePolicy(
+    roles=("officer", "supervisor"),
+    max_per_staff_per_day=5,
+    max_per_terminal_per_round=10,
+    max_share=0.1,
 )
 
 
@@ -148,7 +158,14 @@ class StaffView:
         pattern = self.app.signals.current
         print(f"     reason: {decision.reason};  LED/buzzer pattern: {pattern}")
         receipt = self.app.desk.last_receipt
-        if decision.outcome == "accepted" and receipt is not None:
+        block = decision.event.get("override") or {}
+        if block:
+            staff = " + ".join(s["staff_id"] for s in block.get("staff", [])) or "-"
+            print(f"     override: staff {staff}, reason {block.get('reason')}, overrides the")
+            print(f"     {block.get('refusal')} event {block.get('overrides')}")
+            if block.get("refused"):
+                print(f"     refused: {block['refused']}")
+        if is_payout(decision.outcome) and receipt is not None:
             print("     receipt:")
             for line in render_text(receipt).splitlines():
                 print("       | " + line)
@@ -167,6 +184,8 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
     people: dict[str, list[np.ndarray | None]] = {
         ASTRONAUT_HH: [photos[ASTRONAUT_HH]],
         SECOND_HH: [],
+        # Enrolled long ago: the camera can no longer use the face (the override's case).
+        ELDER_HH: [],
     }
     if with_shared:
         people[SECOND_HH] = [shared_photo("facerec__obama/obama.jpg")]
@@ -209,13 +228,32 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
         np.stack(vectors),
         central_key=load_central_private_key(root / "central" / "central_private.pem"),
         device_bundle_public=identity.bundle_public_bytes(),
+        override_policy=DEMO_POLICY,
     )
     store = BundleStore(state, central_pub, identity, engine.model_id, engine.model_sha256)
     store.install(blob)
     return state, photos
 
 
-def photo_script(folder: Path, photos: dict) -> None:
+def staff_badges(root: Path) -> list[str]:
+    """Two staff badges central signed for the demo regency (an officer and a supervisor)."""
+    key = load_central_private_key(root / "central" / "central_private.pem")
+    return [
+        issue_badge(key, "PTG-0101", "officer", "3171"),
+        issue_badge(key, "PTG-0202", "supervisor", "3171"),
+    ]
+
+
+def override_script(s: FrameScript, badges: list[str]) -> None:
+    """A recipient whose face the camera cannot use, then two staff badges and a reason card."""
+    s.shot(qr_frame(encode_claim(ELDER_HH, ROUND)), 4)
+    s.pause(7)  # no usable face in the capture window: no_face
+    for card in [*badges, reason_text("elderly")]:
+        s.shot(qr_frame(card), 6)  # each card is held up for a moment, then put away
+        s.pause(2)
+
+
+def photo_script(folder: Path, photos: dict, badges: list[str] | None = None) -> None:
     face = photos[ASTRONAUT_HH]
     s = FrameScript(folder)
     s.pause(1)
@@ -231,6 +269,8 @@ def photo_script(folder: Path, photos: dict) -> None:
     s.pause(3)
     s.shot(qr_frame(encode_claim(ASTRONAUT_HH, "2026-11")), 4)  # last month's letter
     s.pause(2)
+    if badges:
+        override_script(s, badges)
 
 
 def video_script(folder: Path) -> None:
@@ -283,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     with_shared = not args.no_shared and (SHARED / "video" / "short_hamilton_clip.mp4").is_file()
     engine = FaceEngine.from_config(Config())
     state, photos = build_pilot(root, engine, with_shared)
-    photo_script(root / "frames-photo", photos)
+    photo_script(root / "frames-photo", photos, staff_badges(root))
     decisions = run_part(
         "Part 1: a photo as the face (liveness OFF, since a still photo must fail it)",
         state,

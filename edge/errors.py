@@ -68,3 +68,7 @@ class KeyFileError(EdgeError):
 
 class RegistryError(EdgeError):
     """A device registry is unsigned, tampered, malformed or older than the one installed."""
+
+
+class BadgeError(EdgeError):
+    """A staff badge or reason card that must not be used: forged, expired, malformed."""

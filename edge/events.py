@@ -42,6 +42,8 @@ OUTCOMES = (
     "duplicate_face",
     "bad_qr",
     "too_many_attempts",
+    "accepted_override",
+    "override_refused",
 )
 # Bounds of the integers in an event, so every reader can hold them (a JSON number above
 # 2**53 loses precision in JavaScript; 2**63 overflows SQLite and PostgreSQL bigint).
@@ -49,6 +51,17 @@ OUTCOMES = (
 SEQ_MAX = 2**53 - 1
 # Rupiah: no bansos payout comes near a billion; anything above is a typo or an attack.
 AMOUNT_MAX = 1_000_000_000
+# The outcomes that pay: a payout row (unique per household and round), a receipt and its
+# signature. ``accepted_override`` is a payout two staff members supervised (edge/payout/
+# override.py); ``override_refused`` records an override that was tried and refused.
+PAYOUT_OUTCOMES = ("accepted", "accepted_override")
+
+
+def is_payout(outcome: object) -> bool:
+    """True for the outcomes that pay out (see :data:`PAYOUT_OUTCOMES`)."""
+    return str(outcome) in PAYOUT_OUTCOMES
+
+
 REQUIRED = ("schema", "event_id", "device_id", "boot_session", "seq", "ts", "kind", "outcome")
 RECEIPT_PREFIX = "BSR2"  # 2: household_ref instead of the full household_id
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from edge.devices.camera import Frame
     from edge.devices.receipt import Receipt, Refusal
+    from edge.enrolment.badges import OverridePolicy
     from edge.ledger.schema import ReceiptState
 
 
@@ -119,6 +120,11 @@ class Member(Protocol):
     @property
     def member_id(self) -> str: ...
 
+    @property
+    def role(self) -> str:
+        """``recipient`` or ``representative``."""
+        ...
+
 
 class Household(Protocol):
     @property
@@ -145,6 +151,14 @@ class Bundle(Protocol):
 
     @property
     def households(self) -> Mapping[str, Household]: ...
+
+    @property
+    def regency(self) -> str: ...
+
+    @property
+    def override_policy(self) -> OverridePolicy | None:
+        """Central's limits on supervised overrides (None: overrides are off)."""
+        ...
 
     def templates(self) -> tuple[list[str], np.ndarray]:
         """Gallery labels (``household/member``) and their template matrix."""
@@ -191,6 +205,7 @@ class DecisionLedger(Protocol):
         model_id: str | None = None,
         bundle_id: str | None = None,
         household_ref: str | None = None,
+        extra: dict | None = None,
     ) -> dict[str, Any]:
         """Write one signed decision event durably and return it (``AlreadyPaid`` on a double)."""
         ...

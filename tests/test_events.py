@@ -14,6 +14,7 @@ from edge.errors import LedgerError
 from edge.events import (
     CLOCK_FLOOR,
     OUTCOMES,
+    PAYOUT_OUTCOMES,
     SCHEMA,
     canonical,
     check_event,
@@ -70,13 +71,13 @@ def test_schema_flow_ledger_and_slips_list_the_same_outcomes():
     assert tuple(enum) == OUTCOMES
     assert tuple(o.value for o in Outcome) == OUTCOMES
     # An accepted payout gets the payout receipt; every refusal has its own words on the slip.
-    assert set(REFUSAL_WORDS) == set(OUTCOMES) - {"accepted"}
+    assert set(REFUSAL_WORDS) == set(OUTCOMES) - set(PAYOUT_OUTCOMES)
 
 
 @pytest.mark.parametrize("outcome", OUTCOMES)
 def test_every_outcome_prints_its_own_words(outcome):
     when = datetime(2026, 11, 30, tzinfo=UTC)
-    if outcome == "accepted":
+    if outcome in PAYOUT_OUTCOMES:
         slip = Receipt("Pos", "edge-test-0001", when, "2026-12", "S***", "KPM-****", 1, "e", "q")
         assert "BUKTI PENYALURAN BANSOS" in render_text(slip)
         return

@@ -8,6 +8,7 @@ COMMAND_MODULES = (
     "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
     "edge.cli.mqtt",  # consume, command
     "edge.cli.registry",  # registry build, revoke, show, acl, install, publish
+    "edge.cli.badge",  # badge issue, verify, reason-cards, evidence-key, open-evidence
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.retention",  # prune
     "edge.cli.bench",  # bench

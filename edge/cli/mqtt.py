@@ -140,6 +140,10 @@ def print_summary(store, out=None) -> None:
     print(f"events stored: {store.count()}, rejected: {store.rejected_count()}", file=out)
     outcomes = store.outcome_counts()
     print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())), file=out)
+    overrides = store.overrides()
+    for kind, label in (("per_device", "terminal"), ("per_staff", "staff"), ("refused", "refused")):
+        for key, n in sorted(overrides[kind].items()):
+            print(f"OVERRIDES {label} {key}: {n}", file=out)
     for device_id, spans in sorted(store.gaps().items()):
         text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in spans)
         print(f"GAP {device_id}: seq {text} missing", file=out)

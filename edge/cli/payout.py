@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device-id", help="terminal id (default: from the device card)")
     b.add_argument("--valid-from", help="ISO date/time (default: now)")
     b.add_argument("--valid-days", type=float, default=31.0, help="validity in days (31)")
+    b.add_argument(
+        "--override-policy", type=Path, help="JSON limits on supervised overrides (docs/flow.md)"
+    )
     b.set_defaults(func=cmd_bundle_build)
 
     i = bsub.add_parser("inspect", help="show a bundle's metadata (no templates, no names)")
@@ -193,6 +196,7 @@ def cmd_bundle_build(args) -> int:
     valid_from = _parse_when(args.valid_from)
     regency = args.regency or cfg.device.regency
     ref_keys = args.ref_keys or args.central_key.parent / "ref_keys"
+    policy = _override_policy(args.override_policy)
     spec = BundleSpec(
         device_id=device_id,
         round_id=args.round_id,
@@ -212,6 +216,7 @@ def cmd_bundle_build(args) -> int:
         result.matrix,
         central_key=central,
         device_bundle_public=device.bundle_public,
+        override_policy=policy,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(blob)
@@ -220,6 +225,18 @@ def cmd_bundle_build(args) -> int:
     write_manifest(manifest_path, manifest(spec, result.households))
     print(f"manifest for central (full household ids, keep it there): {manifest_path}")
     return 0
+
+
+def _override_policy(path: Path | None):
+    """The override policy a bundle is to carry, from a JSON file (None: no overrides)."""
+    if path is None:
+        return None
+    from edge.enrolment.badges import parse_policy
+
+    try:
+        return parse_policy(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: {exc}") from exc
 
 
 def cmd_bundle_inspect(args) -> int:

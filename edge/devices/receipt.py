@@ -36,7 +36,10 @@ REFUSAL_WORDS: dict[str, tuple[str, str]] = {
     "no_face": ("WAJAH TIDAK TERLIHAT", "Wajah tidak terdeteksi kamera."),
     "poor_quality": ("FOTO KURANG JELAS", "Gambar wajah kurang jelas."),
     "too_many_attempts": ("BATAS PERCOBAAN", "Terlalu banyak percobaan. Hubungi petugas."),
+    "override_refused": ("PENGECUALIAN GAGAL", "Pengecualian tidak dapat diproses."),
 }
+# A payout two staff members supervised (edge/payout/override.py) says so on its receipt.
+OVERRIDE_MARK = "PENGECUALIAN DIAWASI"
 
 
 # Under the title of every slip printed again (a staff or central reprint, or after a slip was
@@ -65,6 +68,10 @@ class Receipt:
     event_id: str
     qr_payload: str
     chain: str = ""
+    # A supervised override: the two staff ids (already masked) and the reason's title.
+    override: tuple[str, str, str] | None = None
+    # "representative" when an enrolled representative collected for the household.
+    collected_by: str | None = None
 
     @classmethod
     def from_event(
@@ -89,6 +96,8 @@ class Receipt:
             event_id=event["event_id"],
             qr_payload=qr_payload,
             chain=chain_mark(event),
+            override=override_lines(event.get("override")),
+            collected_by=(event.get("extra") or {}).get("collected_by"),
         )
 
 
@@ -214,15 +223,38 @@ def _footer(device_id: str, event_id: str) -> list[Line]:
     ]
 
 
+def override_lines(block: dict | None) -> tuple[str, str, str] | None:
+    """(staff 1, staff 2, reason title) of an event's ``override`` block, staff ids masked."""
+    if not block:
+        return None
+    from edge.enrolment.badges import REASONS
+    from edge.privacy import mask_id
+
+    staff = [mask_id(s.get("staff_id")) for s in block.get("staff", [])] + ["-", "-"]
+    reason = str(block.get("reason") or "-")
+    return staff[0], staff[1], REASONS.get(reason, (reason, ""))[0]
+
+
 def receipt_blocks(r: Receipt, reprint: bool = False) -> list[Block]:
     """The payout receipt as blocks, top to bottom (the printer adds the cut)."""
     blocks: list[Block] = [*_header("BUKTI PENYALURAN BANSOS", r.point_name, r.ts)]
-    if reprint:
-        blocks.insert(1, Line(REPRINT_MARK, align="center", bold=True))
+    marks = [REPRINT_MARK] if reprint else []
+    marks += [OVERRIDE_MARK] if r.override else []
+    for i, mark in enumerate(marks):
+        blocks.insert(1 + i, Line(mark, align="center", bold=True))
     blocks += [
         *_field("Tahap", r.round_id),
         *_field("Nama", r.masked_name),
         *_field("No. KPM", r.masked_household),
+    ]
+    if r.collected_by == "representative":
+        blocks += _field("Oleh", "PERWAKILAN KELUARGA")
+    if r.override:
+        blocks += [
+            *_field("Petugas", f"{r.override[0]} / {r.override[1]}"),
+            *_field("Alasan", r.override[2]),
+        ]
+    blocks += [
         _rule(),
         *_field("Jumlah", format_rupiah(r.amount), bold=True, tall=True),
         _rule(),

@@ -66,6 +66,11 @@ PATTERNS: dict[str, Pattern] = {
     "too_many_attempts": _blink(YELLOW, 0.3, 0.3, beep=(0.6, 0.2, 3)),
     "fault": _blink(RED, 0.5, 0.5, beep=(0.6, 0.3, 2)),
     "no_network": _blink(MAGENTA, 1.0, 1.0),
+    # Supervised override (edge/payout/override.py): yellow means "staff at work"; each step
+    # that needs the next card has its own rhythm, and one short beep per card accepted.
+    "override_claim": Pattern(((YELLOW, 0.5), (BLUE, 0.5)), True, (0.1, 0.0, 1)),
+    "override_second": _blink(YELLOW, 0.5, 0.5, beep=(0.1, 0.0, 1)),
+    "override_reason": _blink(YELLOW, 0.15, 0.15, beep=(0.1, 0.1, 2)),
 }
 
 
@@ -235,6 +240,7 @@ def make_signals(cfg, pin_factory=None) -> Signals:
 # The outcomes with a pattern of their own; every other outcome is a refusal.
 OUTCOME_PATTERNS = {
     "accepted": "accepted",
+    "accepted_override": "accepted",
     "already_paid": "already_paid",
     "spoof": "spoof",
     "too_many_attempts": "too_many_attempts",
@@ -280,10 +286,19 @@ class Indicator:
         self._decided_at = self._clock()
         self.signals.show(outcome_pattern(outcome))
 
-    def refresh(self, *, busy: bool, faults: Collection[str], online: bool) -> None:
-        """Follow the terminal's state; called at every turn of the frame loop."""
+    def refresh(
+        self, *, busy: bool, faults: Collection[str], online: bool, guide: str | None = None
+    ) -> None:
+        """Follow the terminal's state; called at every turn of the frame loop.
+
+        ``guide`` is the step of a supervised override (``claim``, ``second``, ``reason``):
+        its pattern shows at once, even over an outcome still held, so staff see each card
+        was taken.
+        """
         if busy:
             self._switch("busy")
+        elif guide is not None:
+            self._switch(f"override_{guide}")
         elif self._clock() - self._decided_at >= max(self._cooldown_s(), OUTCOME_HOLD_S):
             self._switch(idle_pattern(faults, online))
 

@@ -19,6 +19,7 @@ details are in docs/ledger.md.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.enrolment.badges import OverridePolicy, parse_policy
 from edge.enrolment.bundle_body import DIM, ROLES, check_body, check_limits  # noqa: F401
 from edge.errors import BundleError, KeyFileError
 from edge.events import canonical, iso_utc, parse_iso_utc, strict_json, unb64
@@ -84,6 +86,8 @@ class Bundle:
     households: dict[str, Household]
     # Signed ranges for remote threshold changes: key -> (min, max); edge.mqtt.remote_config.
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Central's limits on supervised overrides (edge/enrolment/badges.py); None: no overrides.
+    override_policy: OverridePolicy | None = None
     _labels: list[str] = field(repr=False, default_factory=list)
     _matrix: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, DIM), np.float32))
     ref_key: bytes = field(repr=False, default=b"")
@@ -167,6 +171,7 @@ def build_bundle(
     *,
     central_key: ed25519.Ed25519PrivateKey,
     device_bundle_public: bytes,
+    override_policy: OverridePolicy | None = None,
 ) -> bytes:
     """Make a signed bundle whose templates only ``device_bundle_public`` can decrypt.
 
@@ -195,6 +200,8 @@ def build_bundle(
             labels, matrix, bundle_id, device_bundle_public, spec.ref_key
         ),
     }
+    if override_policy is not None:
+        body["override_policy"] = override_policy.as_body()
     if spec.limits:
         body["limits"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in spec.limits.items()}
     check_body(body)  # central signs only what a terminal would accept
@@ -371,6 +378,10 @@ def _open_body(
         raise BundleError(f"bundle not valid before {iso_utc(valid_from, 'seconds')}")
     if now > valid_until.timestamp():
         raise BundleError(f"bundle expired on {iso_utc(valid_until, 'seconds')}")
+    try:
+        policy = parse_policy(b.get("override_policy"))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BundleError(f"signed bundle body is malformed: {exc}") from exc
     labels, matrix, ref_key = _decrypt_templates(b, identity)
     return Bundle(
         bundle_id=b["bundle_id"],
@@ -385,6 +396,7 @@ def _open_body(
         device_id=dev["id"],
         households=_households(b),
         limits=check_limits(b.get("limits")),
+        override_policy=policy,
         _labels=labels,
         _matrix=matrix,
         ref_key=ref_key,

@@ -30,11 +30,13 @@ from edge.events import (
     SCHEMA,
     check_head,
     event_hash,
+    is_payout,
     receipt_signature_ok,
     signature_ok,
     verify_receipt_payload,
 )
 from edge.keys import DevicePublic, load_ed25519_public
+from edge.ledger.override_audit import OverrideTally
 from edge.ledger.schema import receipt_notes
 from edge.privacy import mask_id
 
@@ -53,6 +55,10 @@ class AuditReport:
     warnings: list[str] = field(default_factory=list)
     # The newest seq a signed checkpoint from outside the ledger proved present (None: none).
     proven_to: int | None = None
+    # Supervised overrides: accepted ones per device and per staff id, refused attempts.
+    overrides: dict[str, int] = field(default_factory=dict)
+    override_staff: dict[str, int] = field(default_factory=dict)
+    override_refused: int = 0
 
     @property
     def ok(self) -> bool:
@@ -65,6 +71,11 @@ class AuditReport:
             f"boot sessions: {self.boot_sessions}",
             "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
         ]
+        if self.overrides or self.override_refused:
+            per = ", ".join(f"{d}={n}" for d, n in sorted(self.overrides.items()))
+            staff = ", ".join(f"{s}={n}" for s, n in sorted(self.override_staff.items()))
+            lines.append(f"overrides: {per or 'none'}; refused attempts: {self.override_refused}")
+            lines.append(f"overrides by staff: {staff or 'none'}")
         lines += [f"GAP: seq {a}..{b} missing" for a, b in self.gaps]
         lines += [f"ERROR: {e}" for e in self.errors]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -95,6 +106,7 @@ def verify_events(
         report.errors.append(f"device public key: {exc}")
         return report
     walk = _Walk(from_genesis)
+    overrides = OverrideTally()
     for ev in events:
         report.count += 1
         where = f"seq {ev.get('seq')}"
@@ -107,6 +119,8 @@ def verify_events(
         problems += _signature_problems(ev, key)
         problems += walk.link_problems(ev, report)
         report.errors += [f"{where}: {p}" for p in problems]
+        overrides.add(ev)
+    overrides.finish(report)
     report.boot_sessions = len(walk.sessions)
     return report
 
@@ -173,7 +187,7 @@ def _signature_problems(ev: dict, key: Ed25519PublicKey) -> list[str]:
         problems.append("hash mismatch (event edited)")
     elif not signature_ok(ev, key):
         problems.append("bad signature")
-    if str(ev.get("outcome")) == "accepted" and "receipt_sig" in ev:
+    if is_payout(ev.get("outcome")) and "receipt_sig" in ev:
         if not receipt_signature_ok(ev, key):
             problems.append("bad receipt signature")
     return problems
@@ -276,14 +290,14 @@ def _cross_check(conn: sqlite3.Connection, meta: dict, report: AuditReport) -> N
         report.errors.append(f"ledger head says seq {head} but events go to seq {last}")
     for (seq,) in q(
         "SELECT e.seq FROM events e LEFT JOIN payouts p ON p.event_id = e.event_id "
-        "WHERE e.outcome = 'accepted' AND p.event_id IS NULL"
+        "WHERE e.outcome IN ('accepted', 'accepted_override') AND p.event_id IS NULL"
         " AND json_extract(e.body, '$.pruned') IS NULL"
     ):
         report.errors.append(f"seq {seq}: accepted payout missing from the payouts table")
     for hh, rnd in q(
         "SELECT p.household_id, p.round_id FROM payouts p "
         "LEFT JOIN events e ON e.event_id = p.event_id "
-        "WHERE e.event_id IS NULL OR e.outcome != 'accepted' "
+        "WHERE e.event_id IS NULL OR e.outcome NOT IN ('accepted', 'accepted_override') "
         "OR e.household_id IS NOT p.household_id OR e.round_id IS NOT p.round_id"
     ):
         report.errors.append(f"payout row {mask_id(hh)}/{rnd} has no matching accepted event")

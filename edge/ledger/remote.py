@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 
 from edge.errors import LedgerError
-from edge.events import canonical, iso_utc
+from edge.events import canonical, is_payout, iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class RemotePayouts:
             round_id = str(event["round_id"])
         except (KeyError, TypeError) as exc:
             raise LedgerError("remote payout lacks event_id, household_ref or round_id") from exc
-        if event.get("outcome") != "accepted":
+        if not is_payout(event.get("outcome")):
             raise LedgerError("remote event is not an accepted payout")
         if event.get("device_id") == self.device_id:
             return False

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import (
@@ -39,6 +40,7 @@ from edge.events import (
     SCHEMA,
     canonical,
     event_hash,
+    is_payout,
     iso_utc,
     sign_head,
     sign_receipt,
@@ -142,10 +144,14 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         bundle_id: str | None = None,
         extra: dict | None = None,
         household_ref: str | None = None,
+        override: dict | None = None,
     ) -> dict:
         """Write one signed decision event durably and return it.
 
-        For ``accepted`` the payout row, the event, its outbox row and a pending receipt are one
+        ``override`` is the supervised-override block (staff, reason, the refusal it overrides)
+        of ``accepted_override`` and ``override_refused`` events (edge/payout/override.py).
+        For a payout (``accepted``, ``accepted_override``) the payout row, the event, its
+        outbox row and a pending receipt are one
         fsynced transaction; :class:`AlreadyPaid` is raised (and nothing written) when this
         household was already paid for this round, here or at another terminal. The event
         carries ``household_ref``, never ``household_id`` (kept in this ledger's columns).
@@ -153,7 +159,7 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         accepted = _check_decision(outcome, household_id, round_id, amount, household_ref)
         now = self._clock()
         self._check_clock(now)
-        fields = {
+        fields: dict[str, Any] = {
             "outcome": outcome,
             "household_ref": household_ref,
             "round_id": round_id,
@@ -164,6 +170,8 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
             "model_id": model_id,
             "bundle_id": bundle_id,
         }
+        if override is not None:
+            fields["override"] = dict(override)
         with self._lock:
             event = self._commit(fields, household_id, iso_utc(now), extra)
         log.info(
@@ -180,7 +188,7 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
     ) -> dict:
         """One transaction: double-payout check, next link of the chain, every row; fsynced."""
         conn = self._conn
-        accepted = fields["outcome"] == "accepted"
+        accepted = is_payout(fields["outcome"])
         claim = (hid, fields["round_id"], fields["household_ref"])
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -222,7 +230,7 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         }
         if extra:
             event["extra"] = dict(extra)
-        if event["outcome"] == "accepted":
+        if is_payout(event["outcome"]):
             event["receipt_sig"] = sign_receipt(event, self._identity.sign)
         digest = event_hash(event)
         event["hash"] = digest
@@ -249,7 +257,7 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
             ),
         )
         q("INSERT INTO outbox (seq, event_id) VALUES (?, ?)", (seq, event_id))
-        if event["outcome"] == "accepted":
+        if is_payout(event["outcome"]):
             q(
                 "INSERT INTO payouts VALUES (?, ?, ?, ?, ?)",
                 (hid, rid, event_id, event["amount"], ts),
@@ -354,6 +362,22 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
             seq, digest = self._head()
         return sign_head(self.device_id, seq, digest, iso_utc(self._clock()), self._identity.sign)
 
+    def events_with(self, outcome: str, round_id: str | None = None) -> list[dict]:
+        """The events of one outcome (optionally one round), in sequence order."""
+        sql, params = "SELECT body FROM events WHERE outcome = ?", [outcome]
+        if round_id is not None:
+            sql, params = sql + " AND round_id = ?", [*params, round_id]
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
+        return [_load(r[0]) for r in rows]
+
+    def payout_count(self, round_id: str) -> int:
+        """Payouts this terminal made in ``round_id`` (accepted and supervised overrides)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM payouts WHERE round_id = ?", (round_id,)
+            ).fetchone()[0]
+
     def stats(self) -> dict:
         """Counts for health reports: events, payouts, outbox depth, receipts not yet printed
         and receipts whose printing was cut off at least once."""
@@ -398,10 +422,10 @@ def _check_decision(
     """Refuse an unknown outcome or a payout without its keys; True for a payout."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
-    accepted = outcome == "accepted"
+    accepted = is_payout(outcome)
     if accepted and not (household_id and household_ref and round_id and amount is not None):
         # Without its reference, claims sync and central could not match the payout.
-        raise ValueError("an accepted payout needs household_id, household_ref, round_id, amount")
+        raise ValueError("a payout needs household_id, household_ref, round_id and amount")
     return accepted
 
 

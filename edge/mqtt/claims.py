@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from edge.errors import PayloadError, RegistryError
+from edge.events import is_payout
 from edge.mqtt.schemas import parse, safe_text
 from edge.mqtt.topics import DEFAULT_PREFIX, split
 from edge.registry import RegistryStore, event_problem
@@ -80,7 +81,7 @@ class ClaimsSync:
             event = parse("event", payload)
         except PayloadError as exc:
             return self._refuse(f"malformed event: {exc}")
-        if event["outcome"] != "accepted":
+        if not is_payout(event["outcome"]):
             return False
         if event["device_id"] != where[1]:
             return self._refuse("event names another device than its topic")

@@ -39,7 +39,7 @@ from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend")
+COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "evidence")
 MAX_RESEND = 10000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_SKEW_S = 300.0

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from edge.events import canonical
+from edge.events import PAYOUT_OUTCOMES, canonical, is_payout
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class EventStore:
         return self._run(self._transaction, self._add, event, time.time())
 
     def _add(self, event: dict, now: float) -> bool:
-        accepted = event.get("outcome") == "accepted"
+        accepted = is_payout(event.get("outcome"))
         if self._pg:
             # READ COMMITTED would let two consumers each miss the other's uncommitted event,
             # so the same household paid at two terminals would go unflagged. The locks make
@@ -231,8 +231,8 @@ class EventStore:
     def _check_double_payout(self, ev: dict, now: float) -> None:
         rows = self._sql(
             "SELECT event_id, device_id FROM events WHERE household_ref = ? AND round_id = ? "
-            "AND outcome = 'accepted' AND event_id <> ?",
-            (ev["household_ref"], ev["round_id"], ev["event_id"]),
+            "AND outcome IN (?, ?) AND event_id <> ?",
+            (ev["household_ref"], ev["round_id"], *PAYOUT_OUTCOMES, ev["event_id"]),
         ).fetchall()
         for other_id, other_device in rows:
             where = "the same terminal" if other_device == ev["device_id"] else other_device
@@ -306,15 +306,34 @@ class EventStore:
         return int(self._rows("SELECT COUNT(*) FROM rejected")[0][0])
 
     def summary(self) -> list[dict]:
-        """Accepted payouts per regency and round: count and total amount."""
+        """Payouts (supervised overrides included) per regency and round: count and amount."""
         rows = self._rows(
             "SELECT regency, round_id, COUNT(*), COALESCE(SUM(amount), 0) FROM events "
-            "WHERE outcome = 'accepted' GROUP BY regency, round_id ORDER BY regency, round_id"
+            "WHERE outcome IN (?, ?) GROUP BY regency, round_id ORDER BY regency, round_id",
+            PAYOUT_OUTCOMES,
         )
         return [
             {"regency": r[0], "round_id": r[1], "count": int(r[2]), "amount": int(r[3])}
             for r in rows
         ]
+
+    def overrides(self) -> dict[str, dict[str, int]]:
+        """Supervised overrides: ``per_device`` and ``per_staff`` (accepted), ``refused`` per
+        device (attempts refused by a badge check or a limit)."""
+        rows = self._rows(
+            "SELECT outcome, device_id, body FROM events WHERE outcome IN (?, ?)",
+            ("accepted_override", "override_refused"),
+        )
+        out: dict[str, dict[str, int]] = {"per_device": {}, "per_staff": {}, "refused": {}}
+        for outcome, device_id, body in rows:
+            if outcome == "override_refused":
+                out["refused"][device_id] = out["refused"].get(device_id, 0) + 1
+                continue
+            out["per_device"][device_id] = out["per_device"].get(device_id, 0) + 1
+            for staff in (json.loads(body).get("override") or {}).get("staff", []):
+                sid = str(staff.get("staff_id"))
+                out["per_staff"][sid] = out["per_staff"].get(sid, 0) + 1
+        return out
 
     def outcome_counts(self) -> dict[str, int]:
         """Events per outcome, every regency together."""

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class Outcome(enum.StrEnum):
     DUPLICATE_FACE = "duplicate_face"
     BAD_QR = "bad_qr"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
+    ACCEPTED_OVERRIDE = "accepted_override"
+    OVERRIDE_REFUSED = "override_refused"
 
 
 @dataclass
@@ -71,6 +73,17 @@ class Decision:
     amount: int | None = None
     score: float | None = None
     liveness: float | None = None
+
+
+class OverrideHook(Protocol):
+    """The supervised override (edge/payout/override.py), seen from the flow."""
+
+    @property
+    def wants_crop(self) -> bool: ...
+
+    def on_qr(self, text: str | None, now: float) -> tuple[bool, Decision | None]: ...
+
+    def after(self, decision: Decision, bundle: Bundle | None, crop: np.ndarray | None) -> None: ...
 
 
 class State(enum.StrEnum):
@@ -170,6 +183,7 @@ class PayoutFlow:
         clock: Callable[[], float] = time.monotonic,
         *,
         crops: CropSink | None = None,
+        override: OverrideHook | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -179,6 +193,7 @@ class PayoutFlow:
         self.clock = clock
         self.crops = crops
         self.attempts = AttemptLimit(cfg, ledger)
+        self.override = override
         self.state = State.IDLE
         self._capture: _Capture | None = None
         self._qr: QrReader | None = None
@@ -223,6 +238,11 @@ class PayoutFlow:
 
     def _idle_qr(self, rgb: np.ndarray, now: float) -> Decision | None:
         text = self._read_qr(rgb)
+        if self.override is not None:
+            # Staff badges and reason cards are the override's, never claims.
+            consumed, decision = self.override.on_qr(text, now)
+            if consumed:
+                return decision
         if text is None or self._cooling(text, now):
             return None
         self._last_key, self._last_at = text, now
@@ -289,7 +309,7 @@ class PayoutFlow:
                 cap.quality_reasons = list(result.quality.reasons)
             else:
                 cap.embeddings.append(result.embedding)
-                if self.crops is not None:
+                if self.crops is not None or (self.override and self.override.wants_crop):
                     cap.crop = result.aligned
                 if self.liveness is not None:
                     # The engine already ran the face mesh for alignment: reuse it.
@@ -359,17 +379,20 @@ class PayoutFlow:
         if household is None:  # a gallery label without its household: refuse, never raise
             why = "household not in this bundle"
             return self._decide(Outcome.NOT_ENTITLED, why, claim, seen=seen)
-        score = max(
-            (gallery.verify(vec, f"{hid}/{m.member_id}") for m in household.members), default=-1.0
-        )
+        scores = [(gallery.verify(vec, f"{hid}/{m.member_id}"), m.role) for m in household.members]
+        score, role = max(scores, default=(-1.0, ""))
+        # A representative enrolled for the household collects like its recipient; the event
+        # says so, for central and the receipt.
+        extra = {"collected_by": role} if role == "representative" else None
         other = next((s for lab, s in top if household_of(lab) != hid), None)
         if other is not None and other >= self.cfg.vision.duplicate_threshold and other > score:
             outcome, why = Outcome.DUPLICATE_FACE, "face matches another household better"
         elif score < self.cfg.vision.match_threshold:
             outcome, why = Outcome.NO_MATCH, "face does not match"
         else:
-            outcome, why = Outcome.ACCEPTED, "verified"
-        return self._decide(outcome, why, claim, score=score, seen=seen, amount=household.amount)
+            outcome, why = Outcome.ACCEPTED, "verified" + (f" ({role})" if extra else "")
+        amount, extra = household.amount, extra if outcome is Outcome.ACCEPTED else None
+        return self._decide(outcome, why, claim, score=score, seen=seen, amount=amount, extra=extra)
 
     def _decide(
         self,
@@ -380,6 +403,7 @@ class PayoutFlow:
         score: float | None = None,
         seen: _Evidence | None = None,
         amount: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Decision:
         self.state, self._capture = State.IDLE, None
         self._last_at = self.clock()
@@ -388,7 +412,7 @@ class PayoutFlow:
         liveness = None if seen is None or seen.liveness is None else round(seen.liveness, 4)
         amount = amount if outcome is Outcome.ACCEPTED else None
         try:
-            event = self._record(outcome, claim, amount, score, liveness)
+            event = self._record(outcome, claim, amount, score, liveness, extra)
         except AlreadyPaid:
             # Another terminal's payout arrived (claims sync) while this one was capturing.
             outcome, reason, amount = Outcome.ALREADY_PAID, "already collected this round", None
@@ -402,9 +426,10 @@ class PayoutFlow:
             reason,
             event.get("seq"),
         )
-        if seen is not None and seen.crop is not None and self.crops is not None:
-            self.crops.keep(event["event_id"], seen.crop)
-        return Decision(
+        crop = seen.crop if seen is not None else None
+        if crop is not None and self.crops is not None:
+            self.crops.keep(event["event_id"], crop)
+        decision = Decision(
             outcome,
             reason,
             event,
@@ -414,6 +439,9 @@ class PayoutFlow:
             score=score,
             liveness=liveness,
         )
+        if self.override is not None:
+            self.override.after(decision, claim.active.bundle, crop)
+        return decision
 
     def _record(
         self,
@@ -422,6 +450,7 @@ class PayoutFlow:
         amount: int | None,
         score: float | None,
         liveness: float | None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self.ledger.record(
             str(outcome),
@@ -434,4 +463,5 @@ class PayoutFlow:
             liveness=liveness,
             model_id=self.engine.model_id,
             bundle_id=claim.active.bundle_id,
+            extra=extra,
         )

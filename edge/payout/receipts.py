@@ -19,7 +19,7 @@ from typing import Any
 from edge.config import Config
 from edge.devices.receipt import Receipt, Refusal
 from edge.errors import CommandRefused, DeviceError
-from edge.events import receipt_payload
+from edge.events import is_payout, receipt_payload
 from edge.ledger.schema import ReceiptState
 from edge.ports import NameLookup, Printer, ReceiptLedger
 from edge.privacy import mask_id
@@ -102,7 +102,7 @@ class ReceiptDesk:
 
     def handle(self, event: dict[str, Any]) -> bool:
         """Print the receipt (accepted) or a refusal slip (when configured); True if printed."""
-        if event["outcome"] != "accepted":
+        if not is_payout(event["outcome"]):
             if not self.cfg.printer.refusal_slip:
                 return True
             slip = Refusal.from_event(event, point_name=self.cfg.device.point_name)
@@ -144,7 +144,7 @@ class ReceiptDesk:
             event = self.ledger.event(event_id)
             if event is None:
                 raise CommandRefused(f"no event {event_id} in this terminal's ledger")
-            if event["outcome"] != "accepted":
+            if not is_payout(event["outcome"]):
                 raise CommandRefused(
                     f"event {event_id} is not a payout ({event['outcome']}): it has no receipt"
                 )
