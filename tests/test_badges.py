@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import cv2
 import numpy as np
 import pytest
-from support import T0
+from support import REF_KEY, T0
 
 from edge.__main__ import main
 from edge.enrolment.badges import (
@@ -167,6 +167,7 @@ def _bundle(central_key, identity, policy):
         "0" * 64,
         now - timedelta(1),
         now + timedelta(1),
+        ref_key=REF_KEY,
     )
     hh = [Household("KPM-3171-0001-0001", "S***", "3171", 1, [Member("M1", "recipient")])]
     m = np.ones((1, 128), np.float32) / np.sqrt(128)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support import T0, pay
+from support import T0, pay, ref_of
 from test_flow import H1, H2, POOR, FakeEngine, FakeLiveness, face_frame, make_bundle
 
 from edge.config import Config
@@ -112,7 +112,7 @@ def test_two_staff_and_a_reason_pay_a_refused_household(rig, staff):
     [paid] = override(rig, a, b, "illness_injury")
     assert paid.outcome is Outcome.ACCEPTED_OVERRIDE and paid.amount == 300_000
     ev = paid.event
-    assert ev["outcome"] == "accepted_override" and ev["household_id"] == H1
+    assert ev["outcome"] == "accepted_override" and ev["household_ref"] == ref_of(H1)
     block = ev["override"]
     assert [s["staff_id"] for s in block["staff"]] == ["PTG-0001", "PTG-0002"]
     assert [s["role"] for s in block["staff"]] == ["officer", "supervisor"]

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from escpos_decode import decode
-from support import DEVICE_ID, REGENCY, ROUND, T0, FakeClock, pay, wait_for
+from support import DEVICE_ID, REGENCY, ROUND, T0, FakeClock, pay, ref_of, wait_for
 from test_flow import H1, H2, make_bundle
 from test_override import POLICY, override, refuse
 from test_override import rig as rig  # noqa: F401  (fixtures)
@@ -42,7 +42,10 @@ STAFF = [
 
 def override_events(ledger, household=H1, staff=STAFF):
     """A refusal and its override, written by the real ledger."""
-    refusal = ledger.record("no_match", household_id=household, round_id=ROUND, score=0.31)
+    ref = ref_of(household)
+    refusal = ledger.record(
+        "no_match", household_id=household, household_ref=ref, round_id=ROUND, score=0.31
+    )
     block = {
         "staff": staff,
         "reason": "elderly",
@@ -52,6 +55,7 @@ def override_events(ledger, household=H1, staff=STAFF):
     paid = ledger.record(
         "accepted_override",
         household_id=household,
+        household_ref=ref,
         round_id=ROUND,
         amount=300_000,
         score=0.31,
@@ -156,6 +160,7 @@ def test_audit_refuses_an_override_of_another_households_refusal(ledger, identit
     ledger.record(
         "accepted_override",
         household_id="3171000000000999",
+        household_ref=ref_of("3171000000000999"),
         round_id=ROUND,
         amount=1,
         override={
@@ -206,13 +211,15 @@ def test_consumer_store_counts_overrides_per_terminal_and_staff(
 
 
 def test_an_override_elsewhere_is_a_payout_for_claims_sync(
-    tmp_path, ledger, make_ledger, make_identity
+    tmp_path, ledger, make_ledger, make_identity, identity, registry_of
 ):
-    other = make_ledger(tmp_path / "b.sqlite", make_identity(), "edge-test-0002")
+    there = make_identity()
+    other = make_ledger(tmp_path / "b.sqlite", there, "edge-test-0002")
     _, paid = override_events(other)
-    sync = ClaimsSync(ledger, DEVICE_ID, REGENCY)
+    registry = registry_of({DEVICE_ID: (REGENCY, identity), "edge-test-0002": (REGENCY, there)})
+    sync = ClaimsSync(ledger, DEVICE_ID, REGENCY, registry=registry)
     assert sync.handle(f"bansos/v1/{REGENCY}/edge-test-0002/event", json.dumps(paid).encode())
-    assert ledger.is_paid(H1, ROUND)["where"] == "remote"
+    assert ledger.is_paid(H1, ROUND, ref_of(H1))["where"] == "remote"
 
 
 # -- sealed evidence --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from escpos_decode import decode
+from support import REF_KEY
 from test_flow import PEOPLE, FakeEngine, FakeLiveness, face_frame
 from test_override import card, feed
 
@@ -60,7 +61,7 @@ def pilot(tmp_path, central_key, central_pem, identity, ledger, clock):
     now = datetime.fromtimestamp(clock(), UTC)
     spec = BundleSpec(
         "edge-test-0001", ROUND, "Balai Desa", "3171", FakeEngine.model_id, "0" * 64,
-        now - timedelta(hours=1), now + timedelta(days=30),
+        now - timedelta(hours=1), now + timedelta(days=30), ref_key=REF_KEY,
     )  # fmt: skip
     blob = build_bundle(
         spec,
