@@ -85,7 +85,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="publish signed resend commands for every sequence gap, then exit",
     )
-    p.add_argument("--central-key", help="central Ed25519 private key (PEM), for --request-resend")
+    p.add_argument(
+        "--central-key",
+        help="central Ed25519 private key (PEM): --request-resend, and automatic recovery of "
+        "missing events while consuming",
+    )
+    p.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="with --central-key: do not ask terminals for missing events automatically",
+    )
+    p.add_argument(
+        "--silent-after",
+        type=float,
+        default=900.0,
+        help="seconds without a report or event before a device is flagged silent (default 900)",
+    )
     p.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: run)"
     )
@@ -104,8 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_command)
 
 
-def print_summary(store, out=None) -> None:
-    """Totals per regency and round, then gaps and anomalies."""
+def print_summary(store, out=None, silent_after_s: float = 900.0) -> None:
+    """Totals per regency and round, then lag, silent devices, gaps and anomalies."""
     out = out or sys.stdout
     rows = store.summary()
     print(f"{'regency':<8} {'round':<16} {'payouts':>8} {'amount (Rp)':>16}", file=out)
@@ -116,6 +131,18 @@ def print_summary(store, out=None) -> None:
     print(f"events stored: {store.count()}, rejected: {store.rejected_count()}", file=out)
     outcomes = store.outcome_counts()
     print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())), file=out)
+    for row in store.lag(silent_after_s):
+        if row["missing"] > 0:
+            print(
+                f"LAG {row['device_id']}: {row['missing']} of {row['head_seq']} event(s) missing "
+                f"for {row['missing_for_s']:.0f} s",
+                file=out,
+            )
+        if row["silent"]:
+            print(
+                f"SILENT {row['device_id']}: nothing heard for {row['silent_for_s']:.0f} s",
+                file=out,
+            )
     for device_id, spans in sorted(store.gaps().items()):
         text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in spans)
         print(f"GAP {device_id}: seq {text} missing", file=out)
@@ -125,17 +152,19 @@ def print_summary(store, out=None) -> None:
 
 def cmd_consume(args: argparse.Namespace) -> int:
     from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+    from edge.mqtt.recovery import RecoveryPolicy
     from edge.mqtt.store import EventStore
 
     store = EventStore(args.db)
     try:
         if args.summary:
-            print_summary(store)
+            print_summary(store, silent_after_s=args.silent_after)
             return 0
         if args.request_resend:
             if not args.central_key:
                 print("edge consume: --request-resend needs --central-key", file=sys.stderr)
                 return 2
+            # Gaps, and the tails the heads recorded from health and status reports show.
             requests = resend_requests(store, Path(args.central_key).read_bytes(), args.prefix)
             _publish_all(_settings(args), requests)
             print(f"requested {len(requests)} resend(s)")
@@ -144,6 +173,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
             print("edge consume: --registry is needed to verify device signatures", file=sys.stderr)
             return 2
         registry = DeviceRegistry(args.registry)
+        central_key = None
+        if args.central_key and not args.no_recovery:
+            central_key = Path(args.central_key).read_bytes()
         consumer = Consumer(
             _settings(args),
             store,
@@ -151,6 +183,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             group=None if args.no_group else args.group,
             prefix=args.prefix,
             client_id=args.client_id,
+            central_key=central_key,
+            recovery=RecoveryPolicy(silent_after_s=args.silent_after),
         )
         stop = threading.Event()
         previous = {
