@@ -209,6 +209,14 @@ class Broker:
             self.proc.wait(timeout=5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, like a power cut: no final save, so only what autosave wrote survives."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+        self.proc = None
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

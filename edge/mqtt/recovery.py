@@ -118,6 +118,13 @@ class Leadership:
 
     def release(self) -> None:
         """Give up leadership (a clean stop), so another consumer takes over at once."""
+        if self.leader and self._conn is not None:
+            try:  # at once: a closed connection frees the lock only when its backend exits
+                self._conn.execute(
+                    "SELECT pg_advisory_unlock(%s::bigint)", (_lock_key(f"lead:{self._name}"),)
+                )
+            except Exception as exc:
+                log.warning("could not release the recovery lock: %s", exc)
         if self.leader and not self._store.postgres:
             try:
                 self._store.write(
