@@ -7,10 +7,12 @@ back-off and limits are checked to the second.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
+from support import FakeClock, wait_for
 
 from edge.events import canonical, iso_utc
 from edge.keys import public_pem
@@ -20,7 +22,6 @@ from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.heads import HeadBook
 from edge.mqtt.recovery import Recovery, RecoveryPolicy
 from edge.mqtt.store import EventStore
-from support import FakeClock, wait_for
 
 REGENCY = "3171"
 
@@ -72,7 +73,6 @@ class Wire:
     def __call__(self, topic: str, payload: bytes) -> bool:
         if not self.connected:
             return False
-        import json
 
         cmd = json.loads(payload)
         self.sent.append((self.clock.t, topic, cmd))

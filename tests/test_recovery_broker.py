@@ -1,0 +1,142 @@
+"""Issue 17 with a real Mosquitto: a broker outage while a terminal holds a backlog ends with
+every ledger event stored exactly once at central, with no manual step.
+
+The broker goes down (SIGTERM, or SIGKILL with no final save) while the terminal keeps
+deciding; it comes back and the terminal reconnects and drains its outbox *before* the
+consumers return. Mosquitto 2.0 does not restore shared subscriptions, so the shared group
+never sees that backlog; after a kill, even a plain subscription may be gone. Two central
+deployments run side by side, each with its own database: a consumer in a shared group and a
+plain one. Both must end complete, through the terminal's health reports (heads) and the
+recovery loop's signed resend commands alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
+from support import pay
+
+from edge.config import parse_config
+from edge.keys import public_pem
+from edge.mqtt.commands import CommandProcessor
+from edge.mqtt.consumer import Consumer, DeviceRegistry
+from edge.mqtt.recovery import RecoveryPolicy
+from edge.mqtt.reporter import Reporter
+from edge.mqtt.store import EventStore
+
+DEVICE = "edge-g01"
+REGENCY = "3171"
+# Short timings for a test; production defaults are in RecoveryPolicy.
+POLICY = RecoveryPolicy(interval_s=0.5, settle_s=2, backoff_s=4, backoff_max_s=10, max_range=25)
+BOUND_S = 45
+
+
+@pytest.fixture
+def terminal(broker, tmp_path, make_identity, make_ledger, central_key):
+    """A terminal with a real ledger and Reporter that answers signed commands."""
+    identity = make_identity()
+    state = tmp_path / DEVICE
+    cfg = parse_config(
+        {
+            "device": {"id": DEVICE, "regency": REGENCY, "state_dir": str(state)},
+            "mqtt": {**broker.mqtt_config(DEVICE), "health_interval_s": 1.0},
+        }
+    )
+    ledger = make_ledger(state / "ledger.sqlite", identity, DEVICE, REGENCY)
+    pem = public_pem(central_key.public_key())
+    commands = CommandProcessor(pem, DEVICE, state, {})
+    reporter = Reporter(cfg, ledger, identity, commands, reconnect_max_s=1)
+    yield reporter, ledger, identity
+    reporter.stop()
+
+
+class Central:
+    """One central deployment: a database and its consumer, which can be restarted."""
+
+    def __init__(self, broker, tmp_path, registry, central_key, group: str | None) -> None:
+        self.name = group or "plain"
+        self.store = EventStore(tmp_path / f"central-{self.name}.sqlite")
+        self._args = (broker.settings("central"), self.store, registry)
+        self._key = central_key
+        self._group = group
+        self.consumer: Consumer | None = None
+
+    def start(self) -> None:
+        self.consumer = Consumer(
+            *self._args,
+            group=self._group,
+            client_id=f"central-{self.name}",
+            reconnect_max_s=1,
+            central_key=self._key,
+            recovery=POLICY,
+        )
+        self.consumer.start()
+        assert self.consumer.subscribed.wait(10)
+
+    def stop(self) -> None:
+        if self.consumer is not None:
+            self.consumer.stop()
+            self.consumer = None
+
+    def holds(self, ledger) -> bool:
+        return sorted(self.store.event_ids()) == sorted(e["event_id"] for e in ledger.events())
+
+
+def decide(ledger, reporter, n: int, start: int) -> None:
+    for i in range(start, start + n):
+        if i % 3 == 0:
+            pay(ledger, f"KPM-3171-0000-{i:04d}", "2026-11", 600_000)
+        else:
+            ledger.record("no_match", score=0.2, threshold=0.6)
+    reporter.wake()
+
+
+@pytest.mark.parametrize("outage", ["restart", "sigkill"])
+def test_outage_with_backlog_ends_with_every_event_stored_once(
+    broker, tmp_path, terminal, central_key, outage
+):
+    reporter, ledger, identity = terminal
+    registry = DeviceRegistry(keys={DEVICE: identity.device_public_pem()})
+    centrals = [Central(broker, tmp_path, registry, central_key, g) for g in ("central", None)]
+    try:
+        for c in centrals:
+            c.start()
+        reporter.start()
+        decide(ledger, reporter, 10, 0)
+        assert wait_for(lambda: all(c.store.count() == 10 for c in centrals), 15)
+        wait_for(lambda: False, 1.5)  # let the broker autosave the sessions, as it would
+        # The outage: the broker goes, the terminal keeps deciding, the consumers stay away.
+        broker.kill() if outage == "sigkill" else broker.stop()
+        for c in centrals:
+            c.stop()
+        assert wait_for(lambda: not reporter.connected, 10)
+        decide(ledger, reporter, 60, 10)
+        broker.start()
+        # The terminal is back first and hands its backlog to the broker...
+        assert wait_for(lambda: ledger.outbox_depth() == 0, 20)
+        # ...and only then do the consumers return.
+        for c in centrals:
+            c.start()
+        assert wait_for(lambda: all(c.holds(ledger) for c in centrals), BOUND_S), [
+            (c.name, c.store.count(), c.store.lag()) for c in centrals
+        ]
+    finally:
+        for c in centrals:
+            c.stop()
+    for c in centrals:
+        assert c.store.count() == 70, c.name  # exactly once: event_id is the key
+        assert c.store.gaps() == {} and c.store.anomalies("seq_conflict") == []
+        assert [r["missing"] for r in c.store.lag()] == [0]
+    shared, plain = centrals
+    spans = {c.name: c.store.query("SELECT from_seq, to_seq FROM resends") for c in centrals}
+    assert all(hi - lo < POLICY.max_range for v in spans.values() for lo, hi in v)
+    if outage == "restart":
+        # A clean stop saved the plain subscription: its session queued the backlog, while the
+        # shared group lost all of it to the broker and got it back by asking.
+        assert spans["plain"] == []
+        assert {s for lo, hi in spans["central"] for s in range(lo, hi + 1)} == set(range(11, 71))
+    else:
+        # After a kill either may have lost it; a resend one asked for reaches both.
+        assert spans["plain"] or spans["central"]
+    for c in centrals:
+        c.store.close()
