@@ -140,3 +140,53 @@ def test_outage_with_backlog_ends_with_every_event_stored_once(
         assert spans["plain"] or spans["central"]
     for c in centrals:
         c.store.close()
+
+
+def test_request_resend_command_line_asks_for_the_missing_tail(
+    broker, tmp_path, make_identity, make_ledger, central_key
+):
+    """`edge consume --request-resend` uses the heads the consumer recorded, not only gaps."""
+    from cryptography.hazmat.primitives import serialization
+    from mosquitto import Spy
+
+    from edge.__main__ import main
+    from edge.events import canonical, iso_utc
+
+    identity = make_identity()
+    ledger = make_ledger(tmp_path / "l.sqlite", identity, DEVICE, REGENCY)
+    events = [ledger.record("no_face") for _ in range(5)]
+    db = tmp_path / "central.sqlite"
+    store = EventStore(db)
+    consumer = Consumer(
+        broker.settings("central"),
+        store,
+        DeviceRegistry(keys={DEVICE: identity.device_public_pem()}),
+    )
+    consumer.handle(f"bansos/v1/{REGENCY}/{DEVICE}/event", canonical(events[0]))
+    report = {
+        "schema": "bansos.health/1", "device_id": DEVICE, "regency": REGENCY,
+        "ts": iso_utc(1_796_000_000), "uptime_s": 1, "outbox_depth": 0, "last_seq": 5,
+        "model_id": None, "bundle_id": None, "temperature_c": None, "faults": [],
+    }  # fmt: skip
+    assert consumer.heads.observe(f"bansos/v1/{REGENCY}/{DEVICE}/health", canonical(report))
+    store.close()
+    key = tmp_path / "central.pem"
+    key.write_bytes(
+        central_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    spy = Spy(broker, [f"bansos/v1/{REGENCY}/{DEVICE}/cmd/resend"])
+    s = broker.settings("central")
+    tls = ["--broker", s.host, "--port", str(s.port), "--tls", "--ca", s.ca_file,
+           "--cert", s.cert_file, "--key", s.key_file]  # fmt: skip
+    try:
+        argv = ["consume", *tls, "--db", f"sqlite:///{db}", "--central-key", str(key)]
+        assert main([*argv, "--request-resend"]) == 0
+        assert wait_for(lambda: spy.on("/cmd/resend"), 10)
+        [cmd] = spy.on("/cmd/resend")
+        assert cmd["args"] == {"from_seq": 2, "to_seq": 5} and cmd["device_id"] == DEVICE
+    finally:
+        spy.close()
