@@ -12,6 +12,8 @@ recovery loop's signed resend commands alone.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mosquitto import broker_fixture, pki_fixture, wait_for  # noqa: F401
 from support import pay
@@ -191,5 +193,14 @@ def test_request_resend_command_line_asks_for_the_missing_tail(
         assert wait_for(lambda: spy.on("/cmd/resend"), 10)
         [cmd] = spy.on("/cmd/resend")
         assert cmd["args"] == {"from_seq": 2, "to_seq": 5} and cmd["device_id"] == DEVICE
+        # With the key, a running `edge consume` runs the recovery loop: its first step marks
+        # the device as behind (asking waits for settle_s).
+        registry = tmp_path / "registry.json"
+        registry.write_text(json.dumps({DEVICE: identity.device_public_pem().decode()}))
+        assert main([*argv, "--registry", str(registry), "--no-group", "--duration", "1"]) == 0
+        store = EventStore(db)
+        [(since,)] = store.query("SELECT behind_since FROM heads")
+        store.close()
+        assert since is not None
     finally:
         spy.close()
