@@ -7,6 +7,7 @@ back-off and limits are checked to the second.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -20,7 +21,7 @@ from edge.mqtt.client import BrokerSettings
 from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.heads import HeadBook
-from edge.mqtt.recovery import Recovery, RecoveryPolicy
+from edge.mqtt.recovery import Recovery, RecoveryPolicy, record_answer
 from edge.mqtt.store import EventStore
 
 REGENCY = "3171"
@@ -37,12 +38,14 @@ class Terminal:
     """A ledger, and the terminal's real command checks in front of a resend action that
     hands the events straight to the consumer (as the broker would)."""
 
-    def __init__(self, device_id, ledger, consumer, central_pem, state, clock):
+    def __init__(self, device_id, ledger, consumer, central_pem, state, clock, identity):
+        self.identity = identity
         self.device_id = device_id
         self.ledger = ledger
         self.consumer = consumer
         self.answering = True
         self.results: list[dict] = []
+        self.answers: list[str] = []
         self.processor = CommandProcessor(
             central_pem, device_id, state, {"resend": self._resend}, clock=clock
         )
@@ -57,8 +60,17 @@ class Terminal:
         return {"resent": sent}
 
     def deliver(self, topic: str, payload: bytes) -> None:
-        if self.answering:
-            self.results.append(self.processor.handle(topic, payload))
+        if not self.answering:
+            return
+        result = self.processor.handle(topic, payload)
+        self.results.append(result)
+        # Signed and published on .../cmd/resend/result, as the Reporter does.
+        result["sig"] = base64.b64encode(self.identity.sign(canonical(result))).decode()
+        self.answers.append(
+            record_answer(
+                self.consumer._store, self.consumer._registry, topic + "/result", canonical(result)
+            )
+        )
 
 
 class Wire:
@@ -103,7 +115,7 @@ def world(dsn, tmp_path, make_identity, make_ledger, central_key):
         ledger = make_ledger(tmp_path / f"{device_id}.sqlite", identity, device_id, REGENCY)
         state = tmp_path / device_id
         state.mkdir()
-        t = Terminal(device_id, ledger, consumer, central_pem, state, clock)
+        t = Terminal(device_id, ledger, consumer, central_pem, state, clock, identity)
         wire.terminals[device_id] = t
         return t
 
@@ -170,6 +182,52 @@ def test_gaps_and_tail_are_asked_for_in_bounded_steps_until_stored(world):
     ]
     [lag] = store.lag()
     assert lag["missing"] == 0 and lag["behind_since"] is None
+    # The terminal's signed answers are recorded next to what arrived.
+    assert t.answers == ["recorded"] * 3
+    assert [(r["answer"], r["resent"]) for r in log] == [
+        ("applied", 2),
+        ("applied", 10),
+        ("applied", 10),
+    ]
+
+
+def test_a_terminal_that_cannot_resend_what_it_reported_is_flagged(world, make_identity):
+    consumer, store, wire, terminal, recovery, clock = world
+    t = terminal("edge-r05")
+    for _ in range(5):
+        t.ledger.record("no_face")
+    report(consumer, t, clock)  # last_seq 5, but central got none of them...
+    for _ in range(3):
+        t.ledger.record("no_face")
+    report(consumer, t, clock)  # ...then 8
+    # The ledger loses its newest three (the attack of issue 12): ask, and only 5 come back.
+    path = t.ledger.path
+    t.ledger.close()
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER events_append_only_d")
+    db.execute("DELETE FROM events WHERE seq > 5")
+    db.commit()
+    db.close()
+    from edge.ledger.store import Ledger
+
+    t.ledger = Ledger(path, t.identity, "edge-r05", REGENCY, clock=clock)
+    loop = recovery()
+    loop.step()
+    clock.advance(5)
+    assert loop.step()["asked"] == 1
+    assert t.answers == ["recorded: short"] and store.count() == 5
+    [flag] = store.anomalies("resend_short")
+    assert flag["device_id"] == "edge-r05" and "re-sent 5" in flag["detail"]
+    # Forged and junk answers change nothing.
+    answer = {**t.results[0], "result": {"resent": 8}}
+    answer["sig"] = base64.b64encode(make_identity().sign(canonical(answer))).decode()
+    topic = "bansos/v1/3171/edge-r05/cmd/resend/result"
+    assert record_answer(store, consumer._registry, topic, canonical(answer)).startswith("ignored")
+    assert record_answer(store, consumer._registry, topic, b"\xff").startswith("ignored")
+    assert [r["resent"] for r in loop.requests()] == [5]
+    t.ledger.close()
 
 
 def test_unanswered_requests_back_off_and_are_flagged(world):

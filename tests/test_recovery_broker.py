@@ -125,6 +125,8 @@ def test_outage_with_backlog_ends_with_every_event_stored_once(
         assert wait_for(lambda: all(c.holds(ledger) for c in centrals), BOUND_S), [
             (c.name, c.store.count(), c.store.lag()) for c in centrals
         ]
+        unanswered = "SELECT COUNT(*) FROM resends WHERE answer IS NULL"
+        wait_for(lambda: all(c.store.query(unanswered) == [(0,)] for c in centrals), 5)
     finally:
         for c in centrals:
             c.stop()
@@ -140,6 +142,9 @@ def test_outage_with_backlog_ends_with_every_event_stored_once(
         # shared group lost all of it to the broker and got it back by asking.
         assert spans["plain"] == []
         assert {s for lo, hi in spans["central"] for s in range(lo, hi + 1)} == set(range(11, 71))
+        # ...and the terminal's signed answers came back through the broker and were recorded.
+        answers = "SELECT answer, resent, to_seq - from_seq + 1 FROM resends"
+        assert all(a == "applied" and n == m for a, n, m in shared.store.query(answers))
     elif outage == "sigkill":
         # After a kill either may have lost it; a resend one asked for reaches both.
         assert spans["plain"] or spans["central"]

@@ -25,7 +25,7 @@ from edge.keys import load_device_public
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
 from edge.mqtt.heads import HeadBook, head_seqs
-from edge.mqtt.recovery import Recovery, RecoveryPolicy
+from edge.mqtt.recovery import Recovery, RecoveryPolicy, record_answer
 from edge.mqtt.schemas import parse
 from edge.mqtt.store import EventStore
 from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, all_reports, shared, split
@@ -194,6 +194,10 @@ class Consumer:
         self.subscribed.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/cmd/resend/result"):
+            record_answer(self._store, self._registry, msg.topic, bytes(msg.payload), self._prefix)
+            client.ack(msg.mid, msg.qos)
+            return
         if not msg.topic.endswith("/event"):
             # A health or status report: its head is recorded (HeadBook never raises).
             self.heads.observe(msg.topic, bytes(msg.payload), retained=bool(msg.retain))

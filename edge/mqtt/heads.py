@@ -63,7 +63,9 @@ HEAD_TABLES = (
         status TEXT NOT NULL,
         arrived INTEGER NOT NULL DEFAULT 0,
         done_at DOUBLE PRECISION,
-        asked_by TEXT)""",
+        asked_by TEXT,
+        answer TEXT,
+        resent INTEGER)""",
     "CREATE INDEX IF NOT EXISTS resends_device ON resends (device_id, status)",
     """CREATE TABLE IF NOT EXISTS leases (
         name TEXT PRIMARY KEY,
@@ -311,4 +313,30 @@ def lag_rows(store: Any, silent_after_s: float, now: float) -> list[dict]:
                 "state": h.get("state"),
             }
         )
+    return out
+
+
+def chunks(span: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """``span`` cut into ranges of at most ``size`` seqs."""
+    lo, hi = span
+    return [(s, min(hi, s + size - 1)) for s in range(lo, hi + 1, size)]
+
+
+def subtract(spans: list[tuple[int, int]], covered: list[tuple[int, int]]):
+    """The parts of ``spans`` that no ``covered`` range already asks for."""
+    out = []
+    for lo, hi in spans:
+        pieces = [(lo, hi)]
+        for c_lo, c_hi in covered:
+            nxt = []
+            for a, b in pieces:
+                if c_hi < a or c_lo > b:
+                    nxt.append((a, b))
+                    continue
+                if a < c_lo:
+                    nxt.append((a, c_lo - 1))
+                if b > c_hi:
+                    nxt.append((c_hi + 1, b))
+            pieces = nxt
+        out.extend(pieces)
     return out

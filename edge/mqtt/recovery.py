@@ -21,18 +21,23 @@ With several consumers in a shared group, one leader runs the loop (:mod:`edge.m
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge.events import canonical
+from edge.keys import verify_ed25519
 from edge.mqtt.commands import MAX_RESEND, sign_command
-from edge.mqtt.heads import lag_rows, missing_spans
+from edge.mqtt.heads import chunks, lag_rows, missing_spans, subtract
 from edge.mqtt.leader import Leadership
+from edge.mqtt.schemas import parse
 from edge.mqtt.store import EventStore
-from edge.mqtt.topics import DEFAULT_PREFIX, Topics
+from edge.mqtt.topics import DEFAULT_PREFIX, Topics, split
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +233,12 @@ class Recovery:
             )
             if room <= 0:
                 continue
-            spans = _subtract(
+            spans = subtract(
                 missing_spans(self._store, device_id, row["head_seq"]), opened.get(device_id, [])
             )
-            chunks = [c for s in spans for c in _chunks(s, self.policy.max_range)][:room]
+            wanted = [c for s in spans for c in chunks(s, self.policy.max_range)][:room]
             failures = self._failures(device_id)
-            for lo, hi in chunks:
+            for lo, hi in wanted:
                 if not self._request(row, lo, hi, failures, now):
                     return asked
                 asked += 1
@@ -242,17 +247,16 @@ class Recovery:
 
     def _request(self, row: dict, lo: int, hi: int, failures: int, now: float) -> bool:
         device_id = row["device_id"]
-        command_id = _new_id()
+        command_id = str(uuid.uuid4())
         payload = sign_command(
             self._key, device_id, "resend", {"from_seq": lo, "to_seq": hi}, command_id=command_id
         )
         topic = Topics(row["regency"], device_id, self._prefix).command("resend")
-        if not self._publish(topic, payload):
-            return False  # not connected: the next step tries again
         due = now + self.policy.backoff(failures)
+        # Recorded before it is sent: the terminal's answer can come back before publish returns.
         self._store.write(
             lambda sql, *a: sql(
-                "INSERT INTO resends VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)", a
+                "INSERT INTO resends VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL, NULL)", a
             ),
             command_id,
             device_id,
@@ -264,6 +268,12 @@ class Recovery:
             "asked",
             self.holder,
         )
+        if not self._publish(topic, payload):
+            # Not connected: forget it, the next step asks again.
+            self._store.write(
+                lambda sql, cid: sql("DELETE FROM resends WHERE command_id = ?", (cid,)), command_id
+            )
+            return False
         log.info("asked %s to resend %d..%d (attempt %d)", device_id, lo, hi, failures + 1)
         if failures + 1 == self.policy.max_attempts:
             self._store.write(
@@ -306,14 +316,14 @@ class Recovery:
         """What was asked and what arrived, oldest first (tests, dashboard, operators)."""
         sql = (
             "SELECT command_id, device_id, from_seq, to_seq, attempt, asked_at, due_at, status, "
-            "arrived, done_at, asked_by FROM resends"
+            "arrived, done_at, asked_by, answer, resent FROM resends"
         )
         params: tuple = ()
         if device_id:
             sql, params = sql + " WHERE device_id = ?", (device_id,)
         keys = (
             "command_id device_id from_seq to_seq attempt asked_at due_at status arrived "
-            "done_at asked_by"
+            "done_at asked_by answer resent"
         ).split()
         return [
             dict(zip(keys, r, strict=True))
@@ -321,32 +331,49 @@ class Recovery:
         ]
 
 
-def _new_id() -> str:
-    import uuid
+def record_answer(
+    store: EventStore, registry, topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX
+) -> str:
+    """Record a terminal's signed answer to a ``resend`` command; never raises.
 
-    return str(uuid.uuid4())
+    A terminal that re-sends fewer events than asked for lacks events it once reported (its
+    ``last_seq`` said they existed): a ``resend_short`` anomaly, for someone to look at.
+    """
+    try:
+        answer = parse("command_result", payload)
+        key = registry.get(answer["device_id"])
+        where = split(topic, prefix)
+        if key is None or where is None or where[1] != answer["device_id"]:
+            return "ignored: unknown device or wrong topic"
+        body = {k: v for k, v in answer.items() if k != "sig"}
+        sig = base64.b64decode(answer.get("sig", ""), validate=True)
+        if not verify_ed25519(key, sig, canonical(body)):
+            return "ignored: bad signature"
+        resent = answer["result"].get("resent") if answer["ok"] else None
+        return store.write(_answer, answer, resent if type(resent) is int else None)
+    except Exception as exc:  # junk on a result topic must not stall the consumer
+        log.warning("resend answer on %s not recorded: %s", topic, exc.__class__.__name__)
+        return f"ignored: {exc.__class__.__name__}"
 
 
-def _chunks(span: tuple[int, int], size: int) -> list[tuple[int, int]]:
-    lo, hi = span
-    return [(s, min(hi, s + size - 1)) for s in range(lo, hi + 1, size)]
-
-
-def _subtract(spans: list[tuple[int, int]], covered: list[tuple[int, int]]):
-    """The parts of ``spans`` that no ``covered`` range already asks for."""
-    out = []
-    for lo, hi in spans:
-        pieces = [(lo, hi)]
-        for c_lo, c_hi in covered:
-            nxt = []
-            for a, b in pieces:
-                if c_hi < a or c_lo > b:
-                    nxt.append((a, b))
-                    continue
-                if a < c_lo:
-                    nxt.append((a, c_lo - 1))
-                if b > c_hi:
-                    nxt.append((c_hi + 1, b))
-            pieces = nxt
-        out.extend(pieces)
-    return out
+def _answer(sql, answer: dict, resent: int | None) -> str:
+    row = sql(
+        "SELECT device_id, from_seq, to_seq FROM resends WHERE command_id = ?",
+        (answer["command_id"],),
+    ).fetchone()
+    if row is None or row[0] != answer["device_id"]:
+        return "ignored: not a command this store asked"
+    sql(
+        "UPDATE resends SET answer = ?, resent = ? WHERE command_id = ?",
+        (answer["status"], resent, answer["command_id"]),
+    )
+    device_id, lo, hi = row
+    if resent is not None and resent < hi - lo + 1:
+        detail = f"asked for seq {lo}..{hi}, the device re-sent {resent}: its ledger lacks events"
+        sql(
+            "INSERT INTO anomalies VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO NOTHING",
+            ("resend_short", f"{device_id}@{lo}-{hi}", device_id, detail, time.time()),
+        )
+        log.warning("device %s: %s", device_id, detail)
+        return "recorded: short"
+    return "recorded"

@@ -56,8 +56,9 @@ def all_events(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def all_reports(prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """Filters for every terminal's health and status reports (their heads, for central)."""
-    return [f"{prefix}/+/+/health", f"{prefix}/+/+/status"]
+    """Filters for every terminal's health and status reports (their heads, for central) and
+    answers to central's resend commands."""
+    return [f"{prefix}/+/+/health", f"{prefix}/+/+/status", f"{prefix}/+/+/cmd/resend/result"]
 
 
 def shared(group: str, topic_filter: str) -> str:
