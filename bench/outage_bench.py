@@ -66,11 +66,15 @@ def _fill(root: Path, n: int) -> tuple[Ledger, DeviceIdentity]:
     # Set-up only: the day's events are fodder for the catch-up, and an fsync each would make
     # filling the ledger the slowest part of the run.
     ledger._conn.execute("PRAGMA synchronous=OFF")
+    quiet = logging.getLogger("edge.ledger.store")  # one INFO line per event: a day's worth
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     for i in range(n):
         if i % 4 == 0:
             ledger.record("accepted", household_id=f"H-{i:07d}", round_id="2026-11", amount=600000)
         else:
             ledger.record("no_match", score=0.21, threshold=0.6, liveness=0.9)
+    quiet.setLevel(level)
     ledger._conn.execute("PRAGMA synchronous=FULL")
     return ledger, identity
 
