@@ -195,13 +195,15 @@ def cmd_consume(args: argparse.Namespace) -> int:
         while not stop.wait(1.0 if args.duration else 30.0):
             if args.duration and time.monotonic() - started >= args.duration:
                 break
-            gaps = sum(len(v) for v in store.gaps().values())
+            lag = store.lag(args.silent_after)
             log.info(
-                "stored %d, duplicates %d, rejected %d, gaps %d",
+                "stored %d, duplicates %d, rejected %d, devices behind %d (%d events), silent %d",
                 consumer.stored,
                 consumer.duplicates,
                 consumer.rejected,
-                gaps,
+                sum(1 for r in lag if r["missing"] > 0),
+                sum(max(0, r["missing"]) for r in lag),
+                sum(1 for r in lag if r["silent"]),
             )
         consumer.stop()
         for sig, handler in previous.items():
