@@ -166,7 +166,7 @@ class Consumer:
         if self.recovery is not None:
             self.recovery.stop()
         if leave_group and self._connected:
-            self._client.unsubscribe(self._filter)
+            self._client.unsubscribe([self._filter, *self._report_filters])
             time.sleep(0.2)
         self._client.disconnect()
         self._client.loop_stop()
