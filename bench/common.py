@@ -26,6 +26,7 @@ SECTION_NAMES = (
     "matcher",
     "ledger",
     "mqtt",
+    "outage",
     "daemon",
     "memory",
 )

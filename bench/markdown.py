@@ -143,6 +143,13 @@ def throughput(sections: dict) -> list[str]:
         rows.append(
             f"| MQTT QoS 1, mutual TLS ({mq.get('events')} events) | {mq['events_per_s']:.0f} | |"
         )
+    out = sections.get("outage", {})
+    if out.get("status") == "ok":
+        for how in ("outbox", "recovery"):
+            rows.append(
+                f"| catch-up after a day offline, {how} ({out['events']} events) "
+                f"| {out[how]['events_per_s']:.0f} | |"
+            )
     return rows
 
 

@@ -47,6 +47,12 @@ def _mqtt(ctx: Context) -> dict:
     return {"status": "ok", **result} if "status" not in result else result
 
 
+def _outage(ctx: Context) -> dict:
+    from bench import outage_bench
+
+    return {"status": "ok", **outage_bench.run(300 if ctx.opts.quick else 5000)}
+
+
 # (name, function, what it measures); order matters: compare uses pipeline and facerec.
 SECTIONS = (
     ("pipeline", pipeline_bench.run, "per-stage ms per embedder and thread count"),
@@ -57,6 +63,7 @@ SECTIONS = (
     ("matcher", matcher_bench.run, "1:N search over 1k/10k/100k templates"),
     ("ledger", ledger_bench.run, "durable ledger commits per second"),
     ("mqtt", _mqtt, "events per second through MQTT"),
+    ("outage", _outage, "catch-up after a day offline: outbox drain and recovery loop"),
     ("daemon", daemon_bench.run, "start to READY and steady RSS of `edge run`"),
     ("memory", memory_bench.run, "RSS of `edge run` against decisions: flat or not"),
 )

@@ -88,7 +88,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="publish signed resend commands for every sequence gap, then exit",
     )
-    p.add_argument("--central-key", help="central Ed25519 private key (PEM), for --request-resend")
+    p.add_argument(
+        "--central-key",
+        help="central Ed25519 private key (PEM): --request-resend, and automatic recovery of "
+        "missing events while consuming",
+    )
+    p.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="with --central-key: do not ask terminals for missing events automatically",
+    )
+    p.add_argument(
+        "--silent-after",
+        type=float,
+        default=900.0,
+        help="seconds without a report or event before a device is flagged silent (default 900)",
+    )
     _counter_arg(p)
     p.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: run)"
@@ -128,8 +143,8 @@ def _counters(args: argparse.Namespace):
     return CommandCounter(path)
 
 
-def print_summary(store, out=None) -> None:
-    """Totals per regency and round, then gaps and anomalies."""
+def print_summary(store, out=None, silent_after_s: float = 900.0) -> None:
+    """Totals per regency and round, then lag, silent devices, gaps and anomalies."""
     out = out or sys.stdout
     rows = store.summary()
     print(f"{'regency':<8} {'round':<16} {'payouts':>8} {'amount (Rp)':>16}", file=out)
@@ -144,6 +159,18 @@ def print_summary(store, out=None) -> None:
     for kind, label in (("per_device", "terminal"), ("per_staff", "staff"), ("refused", "refused")):
         for key, n in sorted(overrides[kind].items()):
             print(f"OVERRIDES {label} {key}: {n}", file=out)
+    for row in store.lag(silent_after_s):
+        if row["missing"] > 0:
+            print(
+                f"LAG {row['device_id']}: {row['missing']} of {row['head_seq']} event(s) missing "
+                f"for {row['missing_for_s']:.0f} s",
+                file=out,
+            )
+        if row["silent"]:
+            print(
+                f"SILENT {row['device_id']}: nothing heard for {row['silent_for_s']:.0f} s",
+                file=out,
+            )
     for device_id, spans in sorted(store.gaps().items()):
         text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in spans)
         print(f"GAP {device_id}: seq {text} missing", file=out)
@@ -153,12 +180,13 @@ def print_summary(store, out=None) -> None:
 
 def cmd_consume(args: argparse.Namespace) -> int:
     from edge.mqtt.consumer import Consumer, resend_requests
+    from edge.mqtt.recovery import RecoveryPolicy
     from edge.mqtt.store import EventStore
 
     store = EventStore(args.db)
     try:
         if args.summary:
-            print_summary(store)
+            print_summary(store, silent_after_s=args.silent_after)
             return 0
         if args.request_resend:
             if not args.central_key:
@@ -173,6 +201,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
             print("edge consume: --registry is needed to verify device signatures", file=sys.stderr)
             return 2
         registry = _consumer_registry(args.registry, args.central_pub)
+        central_key = None
+        if args.central_key and not args.no_recovery:
+            central_key = Path(args.central_key).read_bytes()
         consumer = Consumer(
             _settings(args),
             store,
@@ -180,6 +211,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             group=None if args.no_group else args.group,
             prefix=args.prefix,
             client_id=args.client_id,
+            central_key=central_key,
+            recovery=RecoveryPolicy(silent_after_s=args.silent_after),
         )
         stop = threading.Event()
         previous = {
@@ -190,13 +223,15 @@ def cmd_consume(args: argparse.Namespace) -> int:
         while not stop.wait(1.0 if args.duration else 30.0):
             if args.duration and time.monotonic() - started >= args.duration:
                 break
-            gaps = sum(len(v) for v in store.gaps().values())
+            lag = store.lag(args.silent_after)
             log.info(
-                "stored %d, duplicates %d, rejected %d, gaps %d",
+                "stored %d, duplicates %d, rejected %d, devices behind %d (%d events), silent %d",
                 consumer.stored,
                 consumer.duplicates,
                 consumer.rejected,
-                gaps,
+                sum(1 for r in lag if r["missing"] > 0),
+                sum(max(0, r["missing"]) for r in lag),
+                sum(1 for r in lag if r["silent"]),
             )
         consumer.stop()
         for sig, handler in previous.items():

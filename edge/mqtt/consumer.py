@@ -25,9 +25,11 @@ from edge.errors import KeyFileError, PayloadError
 from edge.keys import load_device_public
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
 from edge.mqtt.commands import MAX_RESEND, sign_command
+from edge.mqtt.heads import HeadBook, head_seqs
+from edge.mqtt.recovery import Recovery, RecoveryPolicy, record_answer
 from edge.mqtt.schemas import parse, safe_text
 from edge.mqtt.store import EventStore
-from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, shared, split
+from edge.mqtt.topics import DEFAULT_PREFIX, Topics, all_events, all_reports, shared, split
 from edge.registry import DeviceEntry, RegistryStore, event_problem
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class Consumer:
         client_id: str | None = None,
         session_expiry_s: int = 3600,
         reconnect_max_s: float = 30.0,
+        central_key=None,
+        recovery: RecoveryPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -115,6 +119,9 @@ class Consumer:
         # group=None: a plain subscription, for a single consumer (see docs/mqtt.md: Mosquitto
         # 2.0 does not restore shared subscriptions after a broker restart).
         self._filter = shared(group, all_events(prefix)) if group else all_events(prefix)
+        # Health and status carry each device's head (edge.mqtt.heads), in the same group.
+        self._report_filters = [shared(group, f) if group else f for f in all_reports(prefix)]
+        self.heads = HeadBook(store, registry, prefix)
         self._session_expiry_s = session_expiry_s
         # A stable id per host and group keeps the session (and its queued events) across
         # consumer restarts.
@@ -125,6 +132,14 @@ class Consumer:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.manual_ack_set(True)
+        # With central's key the consumer asks terminals for what it lacks (edge.mqtt.recovery);
+        # in a group, the members elect one to do it through the database.
+        self.recovery = None
+        if central_key is not None:
+            holder = f"{cid}-{os.getpid()}"
+            self.recovery = Recovery(
+                store, self.publish, central_key, recovery, prefix=prefix, holder=holder
+            )
         self._connected = False
         self._stopping = False
         self.subscribed = threading.Event()
@@ -142,6 +157,14 @@ class Consumer:
         """Connect in the background (with retries) and start paho's network thread."""
         connect_async(self._client, self._settings, self._session_expiry_s)
         self._client.loop_start()
+        if self.recovery is not None:
+            self.recovery.start()
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1 (the recovery loop's resend commands); False when not connected."""
+        if not self._connected:
+            return False
+        return self._client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
 
     def stop(self, leave_group: bool = False) -> None:
         """Disconnect and stop the network thread.
@@ -151,8 +174,10 @@ class Consumer:
         first, for a consumer that is being retired.
         """
         self._stopping = True
+        if self.recovery is not None:
+            self.recovery.stop()
         if leave_group and self._connected:
-            self._client.unsubscribe(self._filter)
+            self._client.unsubscribe([self._filter, *self._report_filters])
             time.sleep(0.2)
         self._client.disconnect()
         self._client.loop_stop()
@@ -164,7 +189,8 @@ class Consumer:
             return
         self._connected = True
         log.info("consumer connected, subscribing to %s", self._filter)
-        client.subscribe([(self._filter, SubscribeOptions(qos=1))])
+        filters = [self._filter, *self._report_filters]
+        client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
@@ -179,6 +205,15 @@ class Consumer:
         self.subscribed.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/cmd/resend/result"):
+            record_answer(self._store, self._registry, msg.topic, bytes(msg.payload), self._prefix)
+            client.ack(msg.mid, msg.qos)
+            return
+        if not msg.topic.endswith("/event"):
+            # A health or status report: its head is recorded (HeadBook never raises).
+            self.heads.observe(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
+            client.ack(msg.mid, msg.qos)
+            return
         # Acknowledged by hand, and only once stored: an event the database could not take
         # stays unacknowledged and the broker delivers it again after a reconnect.
         try:
@@ -258,11 +293,16 @@ def resend_requests(
 ) -> list[tuple[str, bytes]]:
     """Signed ``resend`` commands (topic, payload) for every sequence gap in the store.
 
-    ``heads`` (device id -> last seq, e.g. from health reports) also covers events missing at
-    the end of a device's stream, which no gap can show. ``counter`` (a
+    ``heads`` (device id -> last seq) also covers events missing at the end of a device's
+    stream, which no gap can show; by default the heads the consumer recorded from health and
+    status reports (``edge.mqtt.heads``). ``counter`` (a
     ``edge.mqtt.counter.CommandCounter``) allocates each command's replay counter.
     """
-    devices = store.devices()
+    known = head_seqs(store)
+    if heads is None:
+        heads = {d: seq for d, (_, seq) in known.items()}
+    devices = {d: r for d, (r, _) in known.items() if r}
+    devices.update(store.devices())
     gaps = store.gaps()
     for device_id, head in (heads or {}).items():
         last = store.last_seq(device_id)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from edge.events import PAYOUT_OUTCOMES, canonical, is_payout
+from edge.mqtt.heads import HEAD_TABLES, lag_rows
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class EventStore:
         if self._pg:
             # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
             self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_DDL_LOCK,))
-        for sql in _TABLES:
+        for sql in _TABLES + HEAD_TABLES:
             self._sql(sql)
 
     def _sql(self, sql: str, params: tuple = ()):
@@ -180,6 +181,7 @@ class EventStore:
         new = self._insert(event, now)
         if new:
             self._check_chain(event, now)
+            self._check_checkpoint(event, now)
             if accepted:
                 self._check_double_payout(event, now)
         return new
@@ -228,6 +230,17 @@ class EventStore:
                 succ = {"event_id": other_id, "device_id": ev["device_id"]}
                 self._anomaly("chain_break", succ, f"prev_hash does not match seq {ev['seq']}", now)
 
+    def _check_checkpoint(self, ev: dict, now: float) -> None:
+        # A signed head checkpoint at this seq is the device's own word for the event's hash:
+        # a different event there means the chain was forked (or truncated and paid again).
+        row = self._sql(
+            "SELECT hash FROM checkpoints WHERE device_id = ? AND seq = ?",
+            (ev["device_id"], ev["seq"]),
+        ).fetchone()
+        if row and row[0] != ev["hash"]:
+            detail = f"seq {ev['seq']} differs from the device's signed head checkpoint"
+            self._anomaly("head_fork", ev, detail, now)
+
     def _check_double_payout(self, ev: dict, now: float) -> None:
         rows = self._sql(
             "SELECT event_id, device_id FROM events WHERE household_ref = ? AND round_id = ? "
@@ -246,6 +259,40 @@ class EventStore:
             "INSERT INTO anomalies VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO NOTHING",
             (kind, ev["event_id"], ev.get("device_id"), detail, now),
         )
+
+    # -- for edge.mqtt.heads and edge.mqtt.recovery ---------------------------------------
+
+    @property
+    def postgres(self) -> bool:
+        """True on PostgreSQL (advisory locks), False on SQLite."""
+        return self._pg
+
+    @property
+    def dsn(self) -> str | None:
+        """The PostgreSQL DSN (a second connection holds the recovery leader's lock)."""
+        return self._dsn if self._pg else None
+
+    def write(self, fn, *args, device: str | None = None):
+        """Run ``fn(sql, *args)`` in one transaction, ``sql(text, params)`` executing SQL.
+
+        With ``device`` it holds that device's advisory lock on PostgreSQL, the one ``add``
+        takes, so head and event checks of one device never interleave.
+        """
+
+        def body():
+            if self._pg and device is not None:
+                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{device}"),))
+            return fn(self._sql, *args)
+
+        return self._run(self._transaction, body)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one read-only statement (``?`` placeholders on both backends)."""
+        return self._rows(sql, params)
+
+    def lag(self, silent_after_s: float = 900.0, now: float | None = None) -> list[dict]:
+        """Per device: head, events missing and for how long, silence (dashboard rows)."""
+        return lag_rows(self, silent_after_s, time.time() if now is None else now)
 
     def reject(self, topic: str, reason: str, body: bytes) -> None:
         """Keep a message that failed verification, for investigation."""

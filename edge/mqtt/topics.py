@@ -59,6 +59,12 @@ def all_events(prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/+/+/event"
 
 
+def all_reports(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Filters for every terminal's health and status reports (their heads, for central) and
+    answers to central's resend commands."""
+    return [f"{prefix}/+/+/health", f"{prefix}/+/+/status", f"{prefix}/+/+/cmd/resend/result"]
+
+
 def shared(group: str, topic_filter: str) -> str:
     """An MQTT 5 shared subscription: the broker gives each message to one group member."""
     if not group or any(c in group for c in "/+#"):
