@@ -232,3 +232,28 @@ def test_lag_and_silence_in_rows_and_summary(central, dsn, capsys):
     out = capsys.readouterr().out
     assert f"LAG {DEVICE}: 6 of 14 event(s) missing" in out
     assert f"SILENT {DEVICE}" in out and f"GAP {DEVICE}: seq 4..5 missing" in out
+
+
+def test_heads_are_believed_only_from_the_signed_registry(
+    dsn, tmp_path, make_ledger, identity, make_identity, registry_of
+):
+    """With central's signed registry, a report of a device registered in another regency, or
+    revoked, is rejected; the registered device's signed head is recorded."""
+    ledger = make_ledger(tmp_path / "h01.sqlite", identity, DEVICE, REGENCY)
+    store = EventStore(dsn)
+    try:
+        consumer = Consumer(
+            BrokerSettings(tls=False),
+            store,
+            registry_of({DEVICE: (REGENCY, identity), "edge-x": ("3172", make_identity())}),
+        )
+        ledger.record("no_match", score=0.1)
+        head = head_of(ledger, identity, T0)
+        assert consumer.heads.observe(f"{BASE}/health", health(1, head)) == "recorded"
+        elsewhere = health(1).replace(DEVICE.encode(), b"edge-x")
+        assert consumer.heads.observe(f"bansos/v1/{REGENCY}/edge-x/health", elsewhere).startswith(
+            "rejected"
+        )
+        assert head_seqs(store) == {DEVICE: (REGENCY, 1)}
+    finally:
+        store.close()

@@ -78,7 +78,7 @@ MAX_REPORT_BYTES = 64 * 1024
 class HeadBook:
     """Records heads from ``health`` and ``status`` messages into an EventStore.
 
-    ``registry`` answers ``get(device_id) -> public PEM | None`` (the consumer's registry);
+    ``registry`` answers ``lookup(device_id) -> DeviceEntry | None`` (the consumer's registry);
     a head from a device it does not know, or one whose signature fails, is rejected and kept
     in the store's ``rejected`` table like a bad event.
     """
@@ -112,10 +112,14 @@ class HeadBook:
         if problem is None:
             if report["device_id"] != device_id or report.get("regency", regency) != regency:
                 problem = "report does not belong to the topic it came on"
-            elif (key := self._registry.get(device_id)) is None:
+            elif (entry := self._registry.lookup(device_id)) is None:
                 problem = "unknown device"
+            elif entry.revoked:
+                problem = f"device revoked at {entry.revoked_at}"
+            elif entry.regency and entry.regency != regency:
+                problem = f"device is registered in regency {entry.regency}, not {regency}"
             elif report.get("head") is not None:
-                problem = check_head(report["head"], device_id, key)
+                problem = check_head(report["head"], device_id, entry.public_pem)
         if problem is not None:
             return self._reject(topic, problem, payload)
         last_seq = report.get("last_seq") if leaf == "health" else None

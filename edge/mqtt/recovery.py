@@ -21,7 +21,6 @@ With several consumers in a shared group, one leader runs the loop (:mod:`edge.m
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
@@ -30,14 +29,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge.events import canonical
-from edge.keys import verify_ed25519
 from edge.mqtt.commands import MAX_RESEND, sign_command
 from edge.mqtt.heads import chunks, lag_rows, missing_spans, subtract
 from edge.mqtt.leader import Leadership
 from edge.mqtt.schemas import parse
 from edge.mqtt.store import EventStore
 from edge.mqtt.topics import DEFAULT_PREFIX, Topics, split
+from edge.registry import message_problem
 
 log = logging.getLogger(__name__)
 
@@ -341,14 +339,12 @@ def record_answer(
     """
     try:
         answer = parse("command_result", payload)
-        key = registry.get(answer["device_id"])
         where = split(topic, prefix)
-        if key is None or where is None or where[1] != answer["device_id"]:
-            return "ignored: unknown device or wrong topic"
-        body = {k: v for k, v in answer.items() if k != "sig"}
-        sig = base64.b64decode(answer.get("sig", ""), validate=True)
-        if not verify_ed25519(key, sig, canonical(body)):
-            return "ignored: bad signature"
+        if where is None or where[1] != answer["device_id"]:
+            return "ignored: wrong topic"
+        problem = message_problem(registry.lookup(answer["device_id"]), answer)
+        if problem is not None:
+            return f"ignored: {problem}"
         resent = answer["result"].get("resent") if answer["ok"] else None
         return store.write(_answer, answer, resent if type(resent) is int else None)
     except Exception as exc:  # junk on a result topic must not stall the consumer
