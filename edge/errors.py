@@ -64,3 +64,7 @@ class GalleryError(EdgeError):
 
 class KeyFileError(EdgeError):
     """A key file is missing, unreadable or of the wrong kind."""
+
+
+class ReleaseError(EdgeError):
+    """A release artefact is unsigned, tampered, truncated, or cannot be installed here."""

@@ -9,4 +9,5 @@ COMMAND_MODULES = (
     "edge.cli.mqtt",  # consume, command
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.bench",  # bench
+    "edge.cli.release",  # release keygen|build|verify|install|apply|recover|status|rollout
 )

@@ -34,7 +34,7 @@ from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend")
+COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "update")
 MAX_RESEND = 10000
 # Only thresholds and timings may change remotely; identity, keys and broker settings never do.
 ALLOWED_CONFIG_KEYS = frozenset(
@@ -184,6 +184,17 @@ def terminal_actions(cfg: Any, bundle_store: Any, desk: Reprinter) -> dict[str, 
     return {"bundle": bundle_action(bundle_store), "config": configure, "reprint": reprint}
 
 
+def _check_release_chunk(args: dict) -> None:
+    # The same checks as a bundle chunk; the update action writes the chunk to a file (a
+    # release is too big to reassemble in the command database, as bundles are).
+    if args["chunk"] >= args["chunks"]:
+        raise CommandRefused("chunk index out of range")
+    try:
+        base64.b64decode(args["data"], validate=True)
+    except binascii.Error as exc:
+        raise CommandRefused("chunk data is not base64") from exc
+
+
 class CommandProcessor:
     """Checks commands addressed to one terminal and runs the matching action.
 
@@ -315,6 +326,8 @@ class CommandProcessor:
                 raise CommandRefused(f"config key not allowed: {', '.join(bad)}")
         if name == "bundle":
             self._check_chunk(args)
+        if name == "update" and "data" in args:
+            _check_release_chunk(args)
         if name == "resend":
             span = args["to_seq"] - args["from_seq"]
             if not 0 <= span < MAX_RESEND:

@@ -104,6 +104,9 @@ class Consumer:
         # group=None: a plain subscription, for a single consumer (see docs/mqtt.md: Mosquitto
         # 2.0 does not restore shared subscriptions after a broker restart).
         self._filter = shared(group, all_events(prefix)) if group else all_events(prefix)
+        # Health reports too: the fleet's running versions and update progress.
+        health = f"{prefix}/+/+/health"
+        self._health_filter = shared(group, health) if group else health
         self._session_expiry_s = session_expiry_s
         # A stable id per host and group keeps the session (and its queued events) across
         # consumer restarts.
@@ -141,7 +144,7 @@ class Consumer:
         """
         self._stopping = True
         if leave_group and self._connected:
-            self._client.unsubscribe(self._filter)
+            self._client.unsubscribe([self._filter, self._health_filter])
             time.sleep(0.2)
         self._client.disconnect()
         self._client.loop_stop()
@@ -153,7 +156,12 @@ class Consumer:
             return
         self._connected = True
         log.info("consumer connected, subscribing to %s", self._filter)
-        client.subscribe([(self._filter, SubscribeOptions(qos=1))])
+        client.subscribe(
+            [
+                (self._filter, SubscribeOptions(qos=1)),
+                (self._health_filter, SubscribeOptions(qos=0)),
+            ]
+        )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
@@ -187,6 +195,8 @@ class Consumer:
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Verify and store one event: ``stored``, ``duplicate`` or ``rejected: <why>``."""
+        if topic.endswith("/health"):
+            return self.handle_health(topic, payload)
         try:
             event = parse("event", payload)
         except PayloadError as exc:
@@ -199,6 +209,22 @@ class Consumer:
             return "stored"
         self.duplicates += 1
         return "duplicate"
+
+    def handle_health(self, topic: str, payload: bytes) -> str:
+        """Keep the versions of a health report: ``fleet`` or ``ignored: <why>``.
+
+        Health is not signed (the broker's ACL lets a terminal publish only under its own id),
+        so a report that names another device than its topic is dropped, not stored.
+        """
+        try:
+            report = parse("health", payload)
+        except PayloadError as exc:
+            return f"ignored: {exc}"
+        where = split(topic, self._prefix)
+        if where is None or (where[0], where[1]) != (report["regency"], report["device_id"]):
+            return "ignored: health does not belong to the topic it came on"
+        self._store.record_health(report)
+        return "fleet"
 
     def _problem(self, topic: str, event: dict) -> str | None:
         """Why a well-formed event may not be stored: wrong topic, unknown device, not intact."""

@@ -1,0 +1,396 @@
+"""Install a verified release side by side, switch to it, confirm it or switch back.
+
+Layout under the root prefix (``ota.root``, ``/opt/edge`` on a terminal, a tmp dir in tests)::
+
+    releases/<version>/   release.json, wheels/, models/, systemd/, venv/
+    current  -> releases/<version>   what edge.service runs (switched by renaming a temp link)
+    previous -> releases/<version>   the last confirmed release, kept until the next confirm
+
+Every step is written to a journal in the state dir (``ota/journal.json``) before the next
+begins, so :meth:`Installer.recover` (run at boot and by ``edge-rollback.service``) can finish
+or undo whatever a power cut interrupted, always leaving ``current`` on a whole release.
+
+Runs as root (``edge-update.service``): the daemon only downloads and checks the artefact and
+asks for the install at a moment no capture runs; this side verifies everything again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from edge.errors import ReleaseError
+from edge.events import iso_utc
+from edge.fsutil import write_atomic
+from edge.ota.release import MANIFEST, parse_version, verify_release, verify_tree
+
+log = logging.getLogger(__name__)
+
+# Journal states. A trial is a switched release not yet confirmed.
+TRIAL = ("switching", "switched", "testing")
+DONE = ("idle", "confirmed", "rolled_back", "failed", "rollback_refused")
+HISTORY = 20
+INCOMPLETE = ".incomplete"
+
+
+class PowerCut(Exception):
+    """Raised by a test's ``cut`` hook to stop the installer dead after a step."""
+
+
+class Service(Protocol):
+    """The daemon's unit, as the installer needs it."""
+
+    def stop(self) -> None: ...
+
+    def start(self, timeout_s: float) -> bool:
+        """Start and wait for READY; False when it failed or did not get there in time."""
+        ...
+
+
+class SystemdService:
+    """``edge.service`` through systemctl (Type=notify: ``start`` returns after READY)."""
+
+    def __init__(self, unit: str = "edge.service", *, block: bool = True) -> None:
+        self.unit = unit
+        # At boot the recovery unit is ordered before edge.service: waiting for its start
+        # there would wait for ourselves.
+        self.block = block
+
+    def stop(self) -> None:
+        subprocess.run(["systemctl", "stop", self.unit], check=False, timeout=60)
+
+    def start(self, timeout_s: float) -> bool:
+        subprocess.run(["systemctl", "reset-failed", self.unit], check=False, timeout=30)
+        if not self.block:
+            subprocess.run(["systemctl", "start", "--no-block", self.unit], check=False, timeout=30)
+            return True
+        try:
+            run = subprocess.run(["systemctl", "start", self.unit], check=False, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return run.returncode == 0
+
+
+class FakeService:
+    """A service that keeps a history of what it was asked (tests, dry runs)."""
+
+    def __init__(self, ready: Callable[[], bool] | bool = True) -> None:
+        self.ready = ready
+        self.history: list[str] = []
+        self.running = True
+
+    def stop(self) -> None:
+        self.history.append("stop")
+        self.running = False
+
+    def start(self, timeout_s: float) -> bool:
+        ok = self.ready() if callable(self.ready) else self.ready
+        self.history.append("start" if ok else "start-failed")
+        self.running = ok
+        return ok
+
+
+Selftest = Callable[[Path], tuple[bool, str]]
+Deploy = Callable[[Path, dict], None]
+Cut = Callable[[str], None]
+
+
+def command_selftest(config: Path | None, timeout_s: float = 120.0) -> Selftest:
+    """``edge selftest --no-print`` run from a release's own venv, before its daemon starts."""
+
+    def run(release_dir: Path) -> tuple[bool, str]:
+        cmd = [str(release_dir / "venv" / "bin" / "edge")]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        cmd += ["selftest", "--no-print"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"selftest did not run: {exc}"
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        return out.returncode == 0, (lines[0] if lines else f"exit {out.returncode}")[:200]
+
+    return run
+
+
+def venv_deploy(
+    python: str | None = None, *, with_pip: bool = True, extra_paths: tuple[str, ...] = ()
+) -> Deploy:
+    """Make ``<release>/venv`` and install the release's wheel from its wheelhouse, offline.
+
+    ``--system-site-packages`` as at provisioning (apt's picamera2 and libcamera). With a
+    wheelhouse built without dependencies, they must already be importable (``extra_paths``
+    are added to the venv by a .pth file: tests point it at their own site-packages).
+    """
+
+    def deploy(release_dir: Path, manifest: dict) -> None:
+        venv = release_dir / "venv"
+        cmd = [python or sys.executable, "-m", "venv", "--system-site-packages"]
+        subprocess.run([*cmd, *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
+        target = venv / "bin" / "python"
+        pip = [str(target), "-m", "pip"] if with_pip else [sys.executable, "-m", "pip"]
+        pip += ["--disable-pip-version-check", "-q"]
+        if not with_pip:
+            pip += ["--python", str(target)]
+        # --ignore-installed: the system site-packages may hold another bansos-edge.
+        args = ["install", "--no-index", "--ignore-installed", "--find-links"]
+        args.append(str(release_dir / "wheels"))
+        if not manifest.get("wheelhouse", {}).get("deps"):
+            args.append("--no-deps")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        run = subprocess.run(
+            [*pip, *args, f"bansos-edge=={manifest['version']}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if run.returncode != 0:
+            raise ReleaseError(f"install from the wheelhouse failed: {run.stderr.strip()[-300:]}")
+        if extra_paths:
+            site = next((venv / "lib").glob("python*/site-packages"))
+            (site / "zz-extra.pth").write_text("".join(p + "\n" for p in extra_paths))
+
+    return deploy
+
+
+def ledger_layout(path: Path) -> int | None:
+    """The layout version of the ledger at ``path`` (read only), or None when there is none."""
+    if not path.exists():
+        return None
+    from edge.ledger.schema import layout_version
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        return layout_version(conn, meta)
+    finally:
+        conn.close()
+
+
+def read_manifest(release_dir: Path) -> dict | None:
+    """The manifest of an installed release folder, or None."""
+    try:
+        return json.loads((release_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Installer:
+    """The root side of an update on one root prefix (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path,
+        release_public_pem: bytes,
+        *,
+        service: Service,
+        selftest: Selftest,
+        deploy: Deploy,
+        confirm_timeout_s: float = 120.0,
+        cut: Cut | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(root)
+        self.releases = self.root / "releases"
+        self.current = self.root / "current"
+        self.previous = self.root / "previous"
+        self.state_dir = Path(state_dir)
+        self.journal_path = self.state_dir / "ota" / "journal.json"
+        self._pem = release_public_pem
+        self.service = service
+        self.selftest = selftest
+        self.deploy = deploy
+        self.confirm_timeout_s = confirm_timeout_s
+        self._cut = cut
+        self._clock = clock
+
+    # -- journal ----------------------------------------------------------------------------
+
+    def journal(self) -> dict:
+        """The last step written, ``{"state": "idle"}`` when nothing was ever installed."""
+        try:
+            return json.loads(self.journal_path.read_text())
+        except (OSError, ValueError):
+            return {"state": "idle"}
+
+    def _step(self, state: str, **fields) -> dict:
+        old = self.journal()
+        entry = {**{k: v for k, v in old.items() if k != "history"}, **fields, "state": state}
+        entry["ts"] = iso_utc(self._clock(), "seconds")
+        history = (old.get("history") or [])[-(HISTORY - 1) :]
+        entry["history"] = [*history, {"state": state, "ts": entry["ts"], **fields}]
+        # 0644: the daemon (another user) reads it to report the outcome.
+        write_atomic(self.journal_path, json.dumps(entry, indent=1).encode(), mode=0o644)
+        log.info("update %s %s", state, entry.get("version"))
+        self._point(state)
+        return entry
+
+    def _point(self, name: str) -> None:
+        if self._cut is not None:
+            self._cut(name)
+
+    # -- what is installed ------------------------------------------------------------------
+
+    def current_version(self) -> str | None:
+        """The version ``current`` points at, or None on a terminal without releases."""
+        manifest = read_manifest(self.current) if self.current.exists() else None
+        return str(manifest["version"]) if manifest else None
+
+    def _link(self, link: Path, target: Path) -> None:
+        # A symlink cannot be overwritten in place; a rename of a new one over it is atomic.
+        tmp = link.with_name(link.name + ".new")
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+        self._point(f"link-{link.name}-made")
+        os.replace(tmp, link)
+        _fsync_dir(link.parent)
+
+    # -- install ----------------------------------------------------------------------------
+
+    def unpack(self, artefact: Path) -> Path:
+        """Verify the artefact and put it, deployed, at ``releases/<version>``."""
+        release = verify_release(artefact, self._pem)
+        version = release.version
+        self._refuse_older(version)
+        final = self.releases / version
+        complete = final.is_dir() and not (final / INCOMPLETE).exists()
+        if complete and (read_manifest(final) or {}).get("files") == release.manifest["files"]:
+            try:
+                verify_tree(final, release.manifest)
+                if (final / "venv").is_dir():
+                    return final  # a re-run after a power cut: nothing to redo
+            except ReleaseError:
+                pass
+        self._step("unpacking", version=version, previous=self.current_version(), error=None)
+        # Unpacked in place (a venv's scripts name their own path, so no rename afterwards);
+        # the marker says "not whole yet" until the last file is synced.
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir(parents=True)
+        (final / INCOMPLETE).write_text(version)
+        _fsync_dir(self.releases)
+        verify_release(artefact, self._pem, extract_to=final)  # checked again as written
+        (final / MANIFEST).write_text(json.dumps(release.manifest, indent=1))
+        self._point("extracted")
+        self.deploy(final, release.manifest)
+        self._point("deployed")
+        os.sync()
+        (final / INCOMPLETE).unlink()
+        _fsync_dir(final)
+        self._step("unpacked", version=version)
+        return final
+
+    def _refuse_older(self, version: str) -> None:
+        running = self.current_version()
+        if running is not None and parse_version(version) <= parse_version(running):
+            raise ReleaseError(f"release {version} is not newer than the running {running}")
+
+    def apply(self, artefact: Path, version: str | None = None) -> dict:
+        """Install, switch at once (the daemon asked: it is idle), confirm or switch back.
+
+        Returns the final journal entry (``confirmed``, ``rolled_back``, ``rollback_refused``
+        or ``failed``).
+        """
+        try:
+            new = self.unpack(Path(artefact))
+        except ReleaseError as exc:
+            # ``version``: what was asked for, so the daemon can tell its request was answered.
+            self._step("failed", version=version, error=str(exc)[:300])
+            raise
+        previous = self.current.resolve() if self.current.exists() else None
+        self.service.stop()
+        self._point("stopped")
+        self._step("switching", version=new.name, previous=previous.name if previous else None)
+        self._link(self.current, new)
+        self._step("switched")
+        return self.confirm()
+
+    def confirm(self) -> dict:
+        """Selftest the switched release, start it, wait for READY; else switch back."""
+        new = self.current.resolve()
+        self._step("testing")
+        ok, detail = self.selftest(new)
+        self._point("selftested")
+        if ok and self.service.start(self.confirm_timeout_s):
+            if self.current.exists():
+                self._link(self.previous, new)
+            return self._step("confirmed", error=None)
+        why = f"selftest failed: {detail}" if not ok else "no READY within the confirm time"
+        return self.rollback(why)
+
+    def rollback(self, why: str) -> dict:
+        """Switch ``current`` back to the previous release, unless the ledger forbids it.
+
+        A ledger the newer release migrated to a layout the older code does not know stays
+        where it is: switching back would leave a daemon that refuses its own ledger (and
+        restoring an older copy would lose payouts). The terminal then stays on the new release.
+        """
+        entry = self.journal()
+        prev_name = entry.get("previous")
+        if not prev_name or not (self.releases / prev_name).is_dir():
+            self.service.start(self.confirm_timeout_s)
+            return self._step("rollback_refused", error=f"{why}; no previous release to go back to")
+        prev = self.releases / prev_name
+        needed = ledger_layout(self.state_dir / "ledger.sqlite")
+        knows = int(((read_manifest(prev) or {}).get("ledger") or {}).get("version", 0))
+        if needed is not None and needed > knows:
+            self.service.start(self.confirm_timeout_s)
+            return self._step(
+                "rollback_refused",
+                error=f"{why}; ledger layout {needed} is newer than {prev_name} knows ({knows})",
+            )
+        self._step("rolling_back", error=why[:300])
+        self._link(self.current, prev)
+        self.service.start(self.confirm_timeout_s)
+        return self._step("rolled_back")
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def recover(self, *, start_service: bool = False) -> dict:
+        """Finish or undo an update a power cut or crash interrupted (idempotent).
+
+        A trial that never confirmed is rolled back: the terminal cannot tell a new release
+        that hung from one that was cut off, and the previous one is known to work.
+        """
+        for stale in (
+            self.current.with_name("current.new"),
+            self.previous.with_name("previous.new"),
+        ):
+            if stale.is_symlink():
+                stale.unlink()
+        running = self.current.resolve() if self.current.exists() else None
+        if self.releases.is_dir():
+            for partial in self.releases.glob(f"*/{INCOMPLETE}"):
+                if partial.parent != running:
+                    shutil.rmtree(partial.parent, ignore_errors=True)
+        entry = self.journal()
+        state = entry["state"]
+        if state in ("unpacking", "unpacked"):
+            entry = self._step("failed", error="interrupted before the switch")
+        elif state in TRIAL or state == "rolling_back":
+            if self.current.exists() and self.current.resolve().name == entry.get("previous"):
+                entry = self._step("rolled_back", error=entry.get("error") or "interrupted trial")
+            else:
+                entry = self.rollback(entry.get("error") or "interrupted before it was confirmed")
+                return entry
+        if start_service:
+            self.service.start(self.confirm_timeout_s)
+        return entry
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
