@@ -116,7 +116,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def make_installer(cfg, args: argparse.Namespace, *, boot: bool = False):
     """The installer the root units run, built from the config."""
-    from edge.ota.install import Installer, SystemdService, command_selftest, venv_deploy
+    from edge.ota.deploy import SystemdService, command_selftest, venv_deploy
+    from edge.ota.install import Installer
 
     def no_selftest(_release_dir: Path) -> tuple[bool, str]:
         return True, "skipped"
@@ -138,13 +139,18 @@ def make_installer(cfg, args: argparse.Namespace, *, boot: bool = False):
 
 
 def cmd_installer(args: argparse.Namespace) -> int:
-    from edge.ota.agent import REQUEST
-
     cfg = load_config(args.config)
     installer = make_installer(cfg, args, boot=args.action == "recover" and args.boot)
     if args.action == "status":
         print(json.dumps(installer.journal(), indent=1))
         return 0
+    with installer.locked():
+        return _run_installer(cfg, installer, args)
+
+
+def _run_installer(cfg, installer, args: argparse.Namespace) -> int:
+    from edge.ota.agent import REQUEST
+
     if args.action == "recover":
         entry = installer.recover(start_service=not args.boot)
     elif args.action == "install":

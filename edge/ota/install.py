@@ -16,21 +16,21 @@ asks for the install at a moment no capture runs; this side verifies everything 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from edge.errors import ReleaseError
 from edge.events import iso_utc
 from edge.fsutil import write_atomic
+from edge.ota.deploy import Deploy, Selftest, Service
 from edge.ota.release import MANIFEST, parse_version, verify_release, verify_tree
 
 log = logging.getLogger(__name__)
@@ -42,124 +42,11 @@ HISTORY = 20
 INCOMPLETE = ".incomplete"
 
 
-class PowerCut(Exception):
-    """Raised by a test's ``cut`` hook to stop the installer dead after a step."""
-
-
-class Service(Protocol):
-    """The daemon's unit, as the installer needs it."""
-
-    def stop(self) -> None: ...
-
-    def start(self, timeout_s: float) -> bool:
-        """Start and wait for READY; False when it failed or did not get there in time."""
-        ...
-
-
-class SystemdService:
-    """``edge.service`` through systemctl (Type=notify: ``start`` returns after READY)."""
-
-    def __init__(self, unit: str = "edge.service", *, block: bool = True) -> None:
-        self.unit = unit
-        # At boot the recovery unit is ordered before edge.service: waiting for its start
-        # there would wait for ourselves.
-        self.block = block
-
-    def stop(self) -> None:
-        subprocess.run(["systemctl", "stop", self.unit], check=False, timeout=60)
-
-    def start(self, timeout_s: float) -> bool:
-        subprocess.run(["systemctl", "reset-failed", self.unit], check=False, timeout=30)
-        if not self.block:
-            subprocess.run(["systemctl", "start", "--no-block", self.unit], check=False, timeout=30)
-            return True
-        try:
-            run = subprocess.run(["systemctl", "start", self.unit], check=False, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return run.returncode == 0
-
-
-class FakeService:
-    """A service that keeps a history of what it was asked (tests, dry runs)."""
-
-    def __init__(self, ready: Callable[[], bool] | bool = True) -> None:
-        self.ready = ready
-        self.history: list[str] = []
-        self.running = True
-
-    def stop(self) -> None:
-        self.history.append("stop")
-        self.running = False
-
-    def start(self, timeout_s: float) -> bool:
-        ok = self.ready() if callable(self.ready) else self.ready
-        self.history.append("start" if ok else "start-failed")
-        self.running = ok
-        return ok
-
-
-Selftest = Callable[[Path], tuple[bool, str]]
-Deploy = Callable[[Path, dict], None]
 Cut = Callable[[str], None]
 
 
-def command_selftest(config: Path | None, timeout_s: float = 120.0) -> Selftest:
-    """``edge selftest --no-print`` run from a release's own venv, before its daemon starts."""
-
-    def run(release_dir: Path) -> tuple[bool, str]:
-        cmd = [str(release_dir / "venv" / "bin" / "edge")]
-        if config is not None:
-            cmd += ["--config", str(config)]
-        cmd += ["selftest", "--no-print"]
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return False, f"selftest did not run: {exc}"
-        lines = (out.stdout or out.stderr).strip().splitlines()
-        return out.returncode == 0, (lines[0] if lines else f"exit {out.returncode}")[:200]
-
-    return run
-
-
-def venv_deploy(
-    python: str | None = None, *, with_pip: bool = True, extra_paths: tuple[str, ...] = ()
-) -> Deploy:
-    """Make ``<release>/venv`` and install the release's wheel from its wheelhouse, offline.
-
-    ``--system-site-packages`` as at provisioning (apt's picamera2 and libcamera). With a
-    wheelhouse built without dependencies, they must already be importable (``extra_paths``
-    are added to the venv by a .pth file: tests point it at their own site-packages).
-    """
-
-    def deploy(release_dir: Path, manifest: dict) -> None:
-        venv = release_dir / "venv"
-        cmd = [python or sys.executable, "-m", "venv", "--system-site-packages"]
-        subprocess.run([*cmd, *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
-        target = venv / "bin" / "python"
-        pip = [str(target), "-m", "pip"] if with_pip else [sys.executable, "-m", "pip"]
-        pip += ["--disable-pip-version-check", "-q"]
-        if not with_pip:
-            pip += ["--python", str(target)]
-        # --ignore-installed: the system site-packages may hold another bansos-edge.
-        args = ["install", "--no-index", "--ignore-installed", "--find-links"]
-        args.append(str(release_dir / "wheels"))
-        if not manifest.get("wheelhouse", {}).get("deps"):
-            args.append("--no-deps")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        run = subprocess.run(
-            [*pip, *args, f"bansos-edge=={manifest['version']}"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if run.returncode != 0:
-            raise ReleaseError(f"install from the wheelhouse failed: {run.stderr.strip()[-300:]}")
-        if extra_paths:
-            site = next((venv / "lib").glob("python*/site-packages"))
-            (site / "zz-extra.pth").write_text("".join(p + "\n" for p in extra_paths))
-
-    return deploy
+class PowerCut(Exception):
+    """Raised by a test's ``cut`` hook to stop the installer dead after a step."""
 
 
 def ledger_layout(path: Path) -> int | None:
@@ -246,12 +133,14 @@ class Installer:
         manifest = read_manifest(self.current) if self.current.exists() else None
         return str(manifest["version"]) if manifest else None
 
-    def _link(self, link: Path, target: Path) -> None:
+    def _link(self, link: Path, target: Path | str) -> None:
         # A symlink cannot be overwritten in place; a rename of a new one over it is atomic.
         tmp = link.with_name(link.name + ".new")
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
-        os.symlink(os.path.relpath(target, link.parent), tmp)
+        # A str is the link text as is ("current/venv" resolves through ``current``).
+        rel = target if isinstance(target, str) else os.path.relpath(target, link.parent)
+        os.symlink(rel, tmp)
         self._point(f"link-{link.name}-made")
         os.replace(tmp, link)
         _fsync_dir(link.parent)
@@ -295,6 +184,14 @@ class Installer:
         if running is not None and parse_version(version) <= parse_version(running):
             raise ReleaseError(f"release {version} is not newer than the running {running}")
 
+    @contextlib.contextmanager
+    def locked(self):
+        """One installer at a time: edge-update and the OnFailure rollback may overlap."""
+        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path.with_name("installer.lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def apply(self, artefact: Path, version: str | None = None) -> dict:
         """Install, switch at once (the daemon asked: it is idle), confirm or switch back.
 
@@ -313,7 +210,17 @@ class Installer:
         self._step("switching", version=new.name, previous=previous.name if previous else None)
         self._link(self.current, new)
         self._step("switched")
+        self._venv_link()
         return self.confirm()
+
+    def _venv_link(self) -> None:
+        # edge.service runs <root>/venv/bin/edge: one link through ``current``, made once.
+        venv = self.root / "venv"
+        if venv.is_symlink() or not venv.exists():
+            if not venv.is_symlink() or os.readlink(venv) != "current/venv":
+                self._link(venv, "current/venv")
+        else:
+            log.warning("%s is a folder, not a link to current/venv: re-provision", venv)
 
     def confirm(self) -> dict:
         """Selftest the switched release, start it, wait for READY; else switch back."""

@@ -1,0 +1,132 @@
+"""What the installer drives: the daemon's unit, the selftest, and the venv of a release.
+
+Each is a small seam so the installer runs on a fake root in tests: :class:`FakeService` keeps
+a history like gpiozero's mock pins; the real ones call systemctl, the release's own
+``edge selftest`` and pip (offline, from the release's wheelhouse).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from edge.errors import ReleaseError
+
+
+class Service(Protocol):
+    """The daemon's unit, as the installer needs it."""
+
+    def stop(self) -> None: ...
+
+    def start(self, timeout_s: float) -> bool:
+        """Start and wait for READY; False when it failed or did not get there in time."""
+        ...
+
+
+class SystemdService:
+    """``edge.service`` through systemctl (Type=notify: ``start`` returns after READY)."""
+
+    def __init__(self, unit: str = "edge.service", *, block: bool = True) -> None:
+        self.unit = unit
+        # At boot the recovery unit is ordered before edge.service: waiting for its start
+        # there would wait for ourselves.
+        self.block = block
+
+    def stop(self) -> None:
+        subprocess.run(["systemctl", "stop", self.unit], check=False, timeout=60)
+
+    def start(self, timeout_s: float) -> bool:
+        subprocess.run(["systemctl", "reset-failed", self.unit], check=False, timeout=30)
+        if not self.block:
+            subprocess.run(["systemctl", "start", "--no-block", self.unit], check=False, timeout=30)
+            return True
+        try:
+            run = subprocess.run(["systemctl", "start", self.unit], check=False, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return run.returncode == 0
+
+
+class FakeService:
+    """A service that keeps a history of what it was asked (tests, dry runs)."""
+
+    def __init__(self, ready: Callable[[], bool] | bool = True) -> None:
+        self.ready = ready
+        self.history: list[str] = []
+        self.running = True
+
+    def stop(self) -> None:
+        self.history.append("stop")
+        self.running = False
+
+    def start(self, timeout_s: float) -> bool:
+        ok = self.ready() if callable(self.ready) else self.ready
+        self.history.append("start" if ok else "start-failed")
+        self.running = ok
+        return ok
+
+
+Selftest = Callable[[Path], tuple[bool, str]]
+Deploy = Callable[[Path, dict], None]
+
+
+def command_selftest(config: Path | None, timeout_s: float = 120.0) -> Selftest:
+    """``edge selftest --no-print`` run from a release's own venv, before its daemon starts."""
+
+    def run(release_dir: Path) -> tuple[bool, str]:
+        cmd = [str(release_dir / "venv" / "bin" / "edge")]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        cmd += ["selftest", "--no-print"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"selftest did not run: {exc}"
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        return out.returncode == 0, (lines[0] if lines else f"exit {out.returncode}")[:200]
+
+    return run
+
+
+def venv_deploy(
+    python: str | None = None, *, with_pip: bool = True, extra_paths: tuple[str, ...] = ()
+) -> Deploy:
+    """Make ``<release>/venv`` and install the release's wheel from its wheelhouse, offline.
+
+    ``--system-site-packages`` as at provisioning (apt's picamera2 and libcamera). With a
+    wheelhouse built without dependencies, they must already be importable (``extra_paths``
+    are added to the venv by a .pth file: tests point it at their own site-packages).
+    """
+
+    def deploy(release_dir: Path, manifest: dict) -> None:
+        venv = release_dir / "venv"
+        cmd = [python or sys.executable, "-m", "venv", "--system-site-packages"]
+        subprocess.run([*cmd, *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
+        target = venv / "bin" / "python"
+        pip = [str(target), "-m", "pip"] if with_pip else [sys.executable, "-m", "pip"]
+        pip += ["--disable-pip-version-check", "-q"]
+        if not with_pip:
+            pip += ["--python", str(target)]
+        # --ignore-installed: the system site-packages may hold another bansos-edge.
+        args = ["install", "--no-index", "--ignore-installed", "--find-links"]
+        args.append(str(release_dir / "wheels"))
+        if not manifest.get("wheelhouse", {}).get("deps"):
+            args.append("--no-deps")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        run = subprocess.run(
+            [*pip, *args, f"bansos-edge=={manifest['version']}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if run.returncode != 0:
+            raise ReleaseError(f"install from the wheelhouse failed: {run.stderr.strip()[-300:]}")
+        if extra_paths:
+            site = next((venv / "lib").glob("python*/site-packages"))
+            (site / "zz-extra.pth").write_text("".join(p + "\n" for p in extra_paths))
+
+    return deploy
