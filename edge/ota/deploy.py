@@ -81,9 +81,12 @@ def command_selftest(config: Path | None, timeout_s: float = 120.0) -> Selftest:
         cmd = [str(release_dir / "venv" / "bin" / "edge")]
         if config is not None:
             cmd += ["--config", str(config)]
-        cmd += ["selftest", "--no-print"]
+        # Nobody watches the LEDs during an update: no dwell, no slip.
+        cmd += ["selftest", "--no-print", "--dwell", "0"]
+        # The release's own code only: an inherited PYTHONPATH could put another edge first.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"selftest did not run: {exc}"
         lines = (out.stdout or out.stderr).strip().splitlines()
