@@ -8,6 +8,7 @@ checks the sha256 named by the signed command and then the release signature.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -69,7 +70,8 @@ def https_fetch(
                 log.info("release server ignored the range request, starting over")
                 have = 0
             _copy(resp, dest, have, size, progress, stop)
-    except (urllib.error.URLError, ssl.SSLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        # URLError, SSLError and timeouts are OSErrors; a cut body is an IncompleteRead.
         raise ReleaseError(f"release download failed: {exc}") from exc
     got = dest.stat().st_size
     if got != size:

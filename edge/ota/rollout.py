@@ -53,6 +53,7 @@ def update_commands(
     url: str | None = None,
     prefix: str = DEFAULT_PREFIX,
     chunk_bytes: int = CHUNK_BYTES,
+    issued_at: float | None = None,
 ) -> list[tuple[str, bytes]]:
     """Signed ``update`` commands (topic, payload) for every target.
 
@@ -79,5 +80,8 @@ def update_commands(
     out = []
     for device_id, regency in sorted(targets.items()):
         topic = Topics(regency, device_id, prefix).command("update")
-        out += [(topic, sign_command(central_key, device_id, "update", args)) for args in variants]
+        out += [
+            (topic, sign_command(central_key, device_id, "update", args, issued_at=issued_at))
+            for args in variants
+        ]
     return out
