@@ -10,9 +10,9 @@ import json
 import random
 
 import pytest
-from mosquitto import Pki
+from mosquitto import Pki, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from ota_support import HttpsServer, copy_checkout, fake_wheelhouse, tiny_models
-from support import T0, FakeClock, wait_for
+from support import T0, FakeClock
 
 from edge.cli.mqtt import print_summary
 from edge.config import parse_config
@@ -417,3 +417,48 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
     restarted = UpdateAgent(cfg, running="0.2.0")
     assert restarted.news and restarted.health()["update"]["state"] == "confirmed"
     agent.close()
+
+
+def test_rollout_cli_stages_and_publishes(kit, tmp_path, capsys, broker, central_key):
+    """`edge release rollout`: the fleet from the consumer's database, a stage, signed commands
+    on each chosen terminal's update topic."""
+    from cryptography.hazmat.primitives import serialization
+    from mosquitto import Spy
+
+    from edge.__main__ import main
+
+    db = tmp_path / "central.sqlite"
+    store = EventStore(db)
+    for device, regency in (("edge-3171-0001", "3171"), ("edge-3171-0002", "3171")):
+        store.record_health(health_of(device, regency, "0.1.0"))
+    store.record_health(health_of("edge-3201-0001", "3201", "0.1.0"))
+    store.close()
+    key = tmp_path / "central.pem"
+    key.write_bytes(
+        central_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = tmp_path / "release.pub"
+    pub.write_bytes(kit["pub"])
+    art = kit["arts"]["0.3.0"]
+    s = broker.settings("central")
+    base = ["release", "rollout", str(art), "--pub", str(pub), "--central-key", str(key)]
+    base += ["--db", f"sqlite:///{db}", "--broker", s.host, "--port", str(s.port), "--tls"]
+    base += ["--ca", s.ca_file, "--cert", s.cert_file, "--key", s.key_file]
+    assert main([*base, "--regency", "3171", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "release 0.3.0 to 2 of 3 terminal(s)" in out and "edge-3201-0001" not in out
+
+    spy = Spy(broker, ["bansos/v1/+/+/cmd/update"])
+    try:
+        url = "https://releases.example/0.3.0.tar"
+        assert main([*base, "--devices", "edge-3201-0001", "--url", url]) == 0
+        assert wait_for(lambda: spy.on("/cmd/update"), timeout=10)
+        (cmd,) = spy.on("/cmd/update")
+        assert cmd["device_id"] == "edge-3201-0001" and cmd["args"]["url"] == url
+        assert cmd["args"]["version"] == "0.3.0"
+    finally:
+        spy.close()

@@ -179,7 +179,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     release = verify_release(Path(args.artefact), Path(args.pub).read_bytes())
     store = EventStore(args.db)
     try:
-        fleet = store.devices()
+        # Terminals that sent events, and those only heard from in health reports.
+        fleet = {**store.devices(), **{t["device_id"]: t["regency"] for t in store.fleet()}}
     finally:
         store.close()
     targets = rollout.select(
