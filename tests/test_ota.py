@@ -381,3 +381,40 @@ def test_a_rollback_keeps_the_payouts_the_newer_release_recorded(releases, termi
     assert running(terminal) == "0.1.0"
     # The older code reads the ledger the newer one wrote: the household stays paid.
     assert run_with(terminal, "0.1.0", "read") == {"paid": True, "events": 1}
+
+
+def test_an_artefact_swapped_during_the_install_is_refused(releases, terminal, tmp_path):
+    """The artefact sits in the daemon's folder: what is extracted must be what was verified."""
+    arts, pub = releases
+    installer(terminal, pub).apply(arts["0.1.0"])
+    staged = tmp_path / "bansos-edge-0.2.0.tar"
+    staged.write_bytes(arts["0.2.0"].read_bytes())
+
+    def swap(step: str) -> None:
+        if step == "unpacking":  # after the first check, before the files are written
+            staged.write_bytes(arts["0.3.0"].read_bytes())
+
+    service = FakeService()
+    with pytest.raises(ReleaseError, match="changed while"):
+        installer(terminal, pub, cut=swap, service=service).apply(staged, version="0.2.0")
+    assert running(terminal) == "0.1.0" and service.history == []
+    installer(terminal, pub).recover()
+    assert not (terminal["root"] / "releases" / "0.2.0").exists()
+
+
+def test_a_failed_venv_build_leaves_the_running_release(releases, terminal):
+    arts, pub = releases
+    installer(terminal, pub).apply(arts["0.1.0"])
+
+    def broken(release_dir: Path, manifest: dict) -> None:
+        raise ReleaseError("install from the wheelhouse failed: no matching distribution")
+
+    service = FakeService()
+    inst = installer(terminal, pub, deploy=broken, service=service)
+    with pytest.raises(ReleaseError):
+        inst.apply(arts["0.2.0"], version="0.2.0")
+    assert inst.journal()["state"] == "failed" and "wheelhouse" in inst.journal()["error"]
+    assert running(terminal) == "0.1.0" and service.history == []
+    inst.recover()
+    assert not (terminal["root"] / "releases" / "0.2.0").exists()
+    assert installer(terminal, pub).apply(arts["0.2.0"])["state"] == "confirmed"

@@ -108,7 +108,13 @@ def venv_deploy(
     def deploy(release_dir: Path, manifest: dict) -> None:
         venv = release_dir / "venv"
         cmd = [python or sys.executable, "-m", "venv", "--system-site-packages"]
-        subprocess.run([*cmd, *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
+        made = subprocess.run(
+            [*cmd, *([] if with_pip else ["--without-pip"]), str(venv)],
+            capture_output=True,
+            text=True,
+        )
+        if made.returncode != 0:
+            raise ReleaseError(f"venv not made: {made.stderr.strip()[-300:]}")
         target = venv / "bin" / "python"
         pip = [str(target), "-m", "pip"] if with_pip else [sys.executable, "-m", "pip"]
         pip += ["--disable-pip-version-check", "-q"]

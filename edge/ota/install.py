@@ -168,7 +168,11 @@ class Installer:
         final.mkdir(parents=True)
         (final / INCOMPLETE).write_text(version)
         _fsync_dir(self.releases)
-        verify_release(artefact, self._pem, extract_to=final)  # checked again as written
+        # Checked again as it is written: the file sits in the daemon's folder, so what is
+        # extracted must be exactly what was verified, not whatever is there by now.
+        written = verify_release(artefact, self._pem, extract_to=final)
+        if written.manifest != release.manifest:
+            raise ReleaseError("the artefact changed while it was being installed")
         (final / MANIFEST).write_text(json.dumps(release.manifest, indent=1))
         self._point("extracted")
         self.deploy(final, release.manifest)
@@ -200,7 +204,7 @@ class Installer:
         """
         try:
             new = self.unpack(Path(artefact))
-        except ReleaseError as exc:
+        except (ReleaseError, OSError) as exc:
             # ``version``: what was asked for, so the daemon can tell its request was answered.
             self._step("failed", version=version, error=str(exc)[:300])
             raise
