@@ -12,6 +12,7 @@ import random
 import pytest
 from mosquitto import Pki, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from ota_support import HttpsServer, copy_checkout, fake_wheelhouse, tiny_models
+from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
 from support import T0, FakeClock
 
 from edge.cli.mqtt import print_summary
@@ -462,3 +463,34 @@ def test_rollout_cli_stages_and_publishes(kit, tmp_path, capsys, broker, central
         assert cmd["args"]["version"] == "0.3.0"
     finally:
         spy.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_fleet_versions_on_both_store_backends(request, tmp_path, backend):
+    dsn = (
+        f"sqlite:///{tmp_path / 'c.sqlite'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_dsn")
+    )
+    store = EventStore(dsn)
+    try:
+        update = {"version": "0.3.0", "state": "downloading", "received": 10, "size": 99}
+        store.record_health(health_of("edge-3171-0001", "3171", "0.2.0", update))
+        later = {**update, "state": "confirmed"}
+        store.record_health(
+            health_of("edge-3171-0001", "3171", "0.3.0", later, ts="2026-12-01T09:00:00Z")
+        )
+        store.record_health(health_of("edge-3171-0001", "3171", "0.1.0", ts="2026-12-01T01:00:00Z"))
+        assert store.fleet() == [
+            {
+                "device_id": "edge-3171-0001",
+                "regency": "3171",
+                "version": "0.3.0",
+                "update_version": "0.3.0",
+                "update_state": "confirmed",
+                "error": None,
+                "ts": "2026-12-01T09:00:00Z",
+            }
+        ]
+    finally:
+        store.close()
