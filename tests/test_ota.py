@@ -31,6 +31,10 @@ FAILING_SELFTEST = (
 )
 
 
+# 0.2.0 also changes a unit file, which must travel with it (and back on a rollback).
+NEW_UNIT = ("systemd/edge.service", ("[Unit]\n", "[Unit]\n# release 0.2.0\n"))
+
+
 @pytest.fixture(scope="session")
 def releases(tmp_path_factory, models_dir):
     """{version: artefact} of three real releases, and the release public key."""
@@ -40,7 +44,7 @@ def releases(tmp_path_factory, models_dir):
     out = {}
     for version, patches in (
         ("0.1.0", None),
-        ("0.2.0", None),
+        ("0.2.0", dict([NEW_UNIT])),
         ("0.3.0", dict([FAILING_SELFTEST])),
     ):
         src = copy_checkout(tmp / f"src-{version}", version=version, patches=patches)
@@ -418,3 +422,28 @@ def test_a_failed_venv_build_leaves_the_running_release(releases, terminal):
     inst.recover()
     assert not (terminal["root"] / "releases" / "0.2.0").exists()
     assert installer(terminal, pub).apply(arts["0.2.0"])["state"] == "confirmed"
+
+
+def test_unit_files_switch_with_the_release_and_back(releases, terminal, tmp_path):
+    arts, pub = releases
+    units = tmp_path / "etc-systemd-system"
+    service = FakeService()
+    installer(terminal, pub, unit_dir=units, service=service).apply(arts["0.1.0"])
+    assert sorted(p.name for p in units.iterdir()) == [
+        "edge-recover.service",
+        "edge-rollback.service",
+        "edge-update.path",
+        "edge-update.service",
+        "edge.service",
+    ]
+    assert "# release 0.2.0" not in (units / "edge.service").read_text()
+    service.history.clear()
+    entry = installer(terminal, pub, unit_dir=units, service=service, selftest=failing).apply(
+        arts["0.2.0"]
+    )
+    assert entry["state"] == "rolled_back"
+    # New units read before the trial, the old ones back before the old release starts.
+    assert service.history == ["stop", "reload", "reload", "start"]
+    assert "# release 0.2.0" not in (units / "edge.service").read_text()
+    installer(terminal, pub, unit_dir=units).apply(arts["0.2.0"])
+    assert "# release 0.2.0" in (units / "edge.service").read_text()

@@ -13,6 +13,8 @@ from edge.errors import ReleaseError
 
 log = logging.getLogger(__name__)
 
+UNIT_DIR = Path("/etc/systemd/system")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `edge release ...`."""
@@ -135,6 +137,7 @@ def make_installer(cfg, args: argparse.Namespace, *, boot: bool = False):
         selftest=selftest,
         deploy=venv_deploy(),
         confirm_timeout_s=cfg.ota.confirm_timeout_s,
+        unit_dir=UNIT_DIR,
     )
 
 

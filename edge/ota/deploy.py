@@ -26,6 +26,10 @@ class Service(Protocol):
         """Start and wait for READY; False when it failed or did not get there in time."""
         ...
 
+    def reload(self) -> None:
+        """Read changed unit files again (``systemctl daemon-reload``)."""
+        ...
+
 
 class SystemdService:
     """``edge.service`` through systemctl (Type=notify: ``start`` returns after READY)."""
@@ -38,6 +42,9 @@ class SystemdService:
 
     def stop(self) -> None:
         subprocess.run(["systemctl", "stop", self.unit], check=False, timeout=60)
+
+    def reload(self) -> None:
+        subprocess.run(["systemctl", "daemon-reload"], check=False, timeout=60)
 
     def start(self, timeout_s: float) -> bool:
         subprocess.run(["systemctl", "reset-failed", self.unit], check=False, timeout=30)
@@ -63,11 +70,30 @@ class FakeService:
         self.history.append("stop")
         self.running = False
 
+    def reload(self) -> None:
+        self.history.append("reload")
+
     def start(self, timeout_s: float) -> bool:
         ok = self.ready() if callable(self.ready) else self.ready
         self.history.append("start" if ok else "start-failed")
         self.running = ok
         return ok
+
+
+def install_units(src: Path, unit_dir: Path) -> list[str]:
+    """Copy a release's unit files (``edge*.service``, ``edge*.path``) that differ from the
+    installed ones into ``unit_dir``, each atomically; return the names that changed."""
+    from edge.fsutil import write_atomic
+
+    changed = []
+    for unit in sorted([*src.glob("edge*.service"), *src.glob("edge*.path")]):
+        dest = unit_dir / unit.name
+        data = unit.read_bytes()
+        if dest.exists() and dest.read_bytes() == data:
+            continue
+        write_atomic(dest, data, mode=0o644)
+        changed.append(unit.name)
+    return changed
 
 
 Selftest = Callable[[Path], tuple[bool, str]]

@@ -30,7 +30,7 @@ from pathlib import Path
 from edge.errors import ReleaseError
 from edge.events import iso_utc
 from edge.fsutil import write_atomic
-from edge.ota.deploy import Deploy, Selftest, Service
+from edge.ota.deploy import Deploy, Selftest, Service, install_units
 from edge.ota.release import MANIFEST, parse_version, verify_release, verify_tree
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Installer:
         selftest: Selftest,
         deploy: Deploy,
         confirm_timeout_s: float = 120.0,
+        unit_dir: Path | None = None,
         cut: Cut | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -98,6 +99,8 @@ class Installer:
         self.selftest = selftest
         self.deploy = deploy
         self.confirm_timeout_s = confirm_timeout_s
+        # Where the releases' unit files go (/etc/systemd/system); None leaves units alone.
+        self.unit_dir = unit_dir
         self._cut = cut
         self._clock = clock
 
@@ -215,7 +218,14 @@ class Installer:
         self._link(self.current, new)
         self._step("switched")
         self._venv_link()
+        self._units(new)
         return self.confirm()
+
+    def _units(self, release_dir: Path) -> None:
+        # The units travel with the release, so a rollback brings the old ones back too.
+        if self.unit_dir is not None and install_units(release_dir / "systemd", self.unit_dir):
+            self.service.reload()
+            self._point("units")
 
     def _venv_link(self) -> None:
         # edge.service runs <root>/venv/bin/edge: one link through ``current``, made once.
@@ -262,6 +272,7 @@ class Installer:
             )
         self._step("rolling_back", error=why[:300])
         self._link(self.current, prev)
+        self._units(prev)
         self.service.start(self.confirm_timeout_s)
         return self._step("rolled_back")
 
