@@ -140,7 +140,8 @@ def test_https_update_staged_then_handed_over_between_captures(kit, server, cfg)
     }
     assert agent.poll(busy=True) is None and not (ota / REQUEST).exists()  # a capture runs
     assert agent.poll(busy=False) == "update"
-    assert json.loads((ota / REQUEST).read_text()) == {"version": "0.2.0", "artefact": art.name}
+    request = json.loads((ota / REQUEST).read_text())
+    assert request == {"version": "0.2.0", "artefact": art.name, "id": agent.state["request_id"]}
     assert agent.poll(busy=False) == "update"  # claims stay paused until the installer acts
     # No installer came: claims resume, and central hears why.
     clock.advance(61)
@@ -154,10 +155,15 @@ def test_after_the_restart_the_installers_verdict_is_reported(kit, cfg):
     ota.mkdir(parents=True)
     art = kit["arts"]["0.2.0"]
     (ota / art.name).write_bytes(art.read_bytes())
-    (ota / "download.json").write_text(
-        json.dumps({"state": "requested", "version": "0.2.0", **facts(art)})
-    )
-    journal = {"state": "rolled_back", "version": "0.2.0", "error": "selftest failed: camera"}
+    asked = {"state": "requested", "version": "0.2.0", "request_id": "r-2", **facts(art)}
+    (ota / "download.json").write_text(json.dumps(asked))
+    # The verdict on an earlier request for the same version is not this one's.
+    stale = {"state": "failed", "version": "0.2.0", "request": "r-1", "error": "old"}
+    (ota / "journal.json").write_text(json.dumps(stale))
+    assert UpdateAgent(cfg, running="0.1.0").state["state"] == "staged"  # asked again
+    (ota / "download.json").write_text(json.dumps(asked))
+    journal = {"state": "rolled_back", "version": "0.2.0", "request": "r-2"}
+    journal["error"] = "selftest failed: camera"
     (ota / "journal.json").write_text(json.dumps(journal))
     agent = UpdateAgent(cfg, running="0.1.0")
     assert agent.news
@@ -414,7 +420,8 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
     assert main(["--config", str(config), "release", "apply"]) == 0  # nothing requested
     assert "no install was requested" in capsys.readouterr().err
     assert main(["--config", str(config), "release", "status"]) == 0
-    assert json.loads(capsys.readouterr().out)["state"] == "confirmed"
+    journal = json.loads(capsys.readouterr().out)
+    assert journal["state"] == "confirmed" and journal["request"] == agent.state["request_id"]
     restarted = UpdateAgent(cfg, running="0.2.0")
     assert restarted.news and restarted.health()["update"]["state"] == "confirmed"
     agent.close()

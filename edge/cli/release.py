@@ -168,7 +168,7 @@ def _run_installer(cfg, installer, args: argparse.Namespace) -> int:
         # Taken first: the path unit must not start this again for the same request.
         request_path.unlink()
         artefact = cfg.state_path / "ota" / Path(request["artefact"]).name
-        entry = installer.apply(artefact, version=request["version"])
+        entry = installer.apply(artefact, version=request["version"], request=request.get("id", ""))
     print(f"{entry['state']} {entry.get('version')} {entry.get('error') or ''}".rstrip())
     return 0 if entry["state"] in ("confirmed", "idle") else 1
 

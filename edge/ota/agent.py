@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,12 @@ class UpdateAgent:
             journal = json.loads((self.dir / "journal.json").read_text())
         except (OSError, ValueError):
             journal = {}
-        if journal.get("version") == self.state["version"] and journal.get("state") in DONE:
+        ours = journal.get("request") == self.state.get("request_id")
+        if (
+            ours
+            and journal.get("version") == self.state["version"]
+            and journal.get("state") in DONE
+        ):
             (self.dir / REQUEST).unlink(missing_ok=True)
             (self.dir / artefact_name(self.state["version"])).unlink(missing_ok=True)
             self._save(state=journal["state"], error=journal.get("error"))
@@ -268,9 +274,14 @@ class UpdateAgent:
             st = self.state.get("state")
             if st == "staged" and not busy:
                 version = self.state["version"]
-                request = {"version": version, "artefact": artefact_name(version)}
+                request_id = str(uuid.uuid4())
+                request = {
+                    "version": version,
+                    "artefact": artefact_name(version),
+                    "id": request_id,
+                }
                 write_atomic(self.dir / REQUEST, json.dumps(request).encode(), mode=0o644)
-                self._save(state="requested")
+                self._save(state="requested", request_id=request_id)
                 self._requested_at = self._monotonic()
                 log.info("update to %s: install requested", version)
                 return PAUSE_REASON

@@ -103,6 +103,9 @@ class Installer:
         self.unit_dir = unit_dir
         self._cut = cut
         self._clock = clock
+        # The daemon's request this run answers ("" for a technician's install), recorded with
+        # each step so the daemon does not take an older verdict for its own.
+        self._request: str | None = None
 
     # -- journal ----------------------------------------------------------------------------
 
@@ -115,6 +118,8 @@ class Installer:
 
     def _step(self, state: str, **fields) -> dict:
         old = self.journal()
+        if self._request is not None:
+            fields.setdefault("request", self._request)
         entry = {**{k: v for k, v in old.items() if k != "history"}, **fields, "state": state}
         entry["ts"] = iso_utc(self._clock(), "seconds")
         history = (old.get("history") or [])[-(HISTORY - 1) :]
@@ -199,12 +204,13 @@ class Installer:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
-    def apply(self, artefact: Path, version: str | None = None) -> dict:
+    def apply(self, artefact: Path, version: str | None = None, request: str = "") -> dict:
         """Install, switch at once (the daemon asked: it is idle), confirm or switch back.
 
         Returns the final journal entry (``confirmed``, ``rolled_back``, ``rollback_refused``
         or ``failed``).
         """
+        self._request = request
         try:
             new = self.unpack(Path(artefact))
         except (ReleaseError, OSError) as exc:
