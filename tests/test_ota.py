@@ -11,11 +11,13 @@ import json
 import site
 import sqlite3
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from ota_support import copy_checkout
+from support import ROOT
 
 from edge.errors import ReleaseError
 from edge.ota.deploy import FakeService, command_selftest, venv_deploy
@@ -447,3 +449,79 @@ def test_unit_files_switch_with_the_release_and_back(releases, terminal, tmp_pat
     assert "# release 0.2.0" not in (units / "edge.service").read_text()
     installer(terminal, pub, unit_dir=units).apply(arts["0.2.0"])
     assert "# release 0.2.0" in (units / "edge.service").read_text()
+
+
+# -- a terminal provisioned before releases --------------------------------------------------------
+
+
+def legacy_terminal(base: Path) -> dict:
+    """A root laid out as provisioning made it: a real venv (running this checkout's code) and
+    a real models folder, no releases."""
+    root = base / "opt"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    site_dir = next((root / "venv" / "lib").glob("python*/site-packages"))
+    (site_dir / "zz-test.pth").write_text("\n".join([str(ROOT), *site.getsitepackages()]) + "\n")
+    (root / "models").mkdir()
+    (root / "models" / "marker").write_text("provisioned models")
+    return {"root": root, "state": base / "state"}
+
+
+def legacy_works(term: dict) -> str:
+    out = subprocess.run(
+        [
+            str(term["root"] / "venv" / "bin" / "python"),
+            "-c",
+            "import edge; print(edge.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_provisioned_terminal_is_adopted_so_it_can_roll_back(releases, tmp_path):
+    arts, pub = releases
+    term = legacy_terminal(tmp_path)
+    assert legacy_works(term) == "0.1.0"
+    inst = installer(term, pub, selftest=failing)
+    entry = inst.apply(arts["0.2.0"])
+    assert entry["state"] == "rolled_back"
+    assert running(term) == "0.1.0+provisioned"
+    # The unit's ExecStart and the config's models.dir still name the same paths.
+    assert legacy_works(term) == "0.1.0"
+    assert (term["root"] / "models" / "marker").read_text() == "provisioned models"
+    assert states(inst)[:4] == ["unpacking", "unpacked", "adopting", "confirmed"]
+    again = installer(term, pub).apply(arts["0.2.0"])
+    assert again["state"] == "confirmed" and running(term) == "0.2.0"
+    assert (term["root"] / "models" / "manifest.json").is_file()  # the release's models now
+
+
+def test_a_power_cut_during_adoption_leaves_the_provisioned_code_running(releases, tmp_path):
+    arts, pub = releases
+    probe = CutAt()
+    installer(legacy_terminal(tmp_path / "probe"), pub, cut=probe).apply(arts["0.2.0"])
+    steps = probe.seen[: probe.seen.index("switching")]
+    assert steps[steps.index("stopped") + 1 :] == [
+        "adopting",
+        "moved-venv",
+        "moved-models",
+        "link-current-made",
+        "link-previous-made",
+        "link-venv-made",
+        "link-models-made",
+        "confirmed",
+    ]
+    for at in range(steps.index("stopped"), len(steps)):
+        term = legacy_terminal(tmp_path / str(at))
+        with pytest.raises(PowerCut):
+            installer(term, pub, cut=CutAt(at)).apply(arts["0.2.0"])
+        installer(term, pub).recover()
+        assert legacy_works(term) == "0.1.0", steps[at]
+        assert (term["root"] / "models" / "marker").is_file(), steps[at]
+        # Either still the provisioned layout (cut before the adoption began) or adopted whole.
+        if (term["root"] / "current").exists() or steps[at] != "stopped":
+            assert running(term) == "0.1.0+provisioned", steps[at]
+        assert not list((term["root"] / "releases").glob("*/.incomplete")), steps[at]

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 TRIAL = ("switching", "switched", "testing")
 DONE = ("idle", "confirmed", "rolled_back", "failed", "rollback_refused")
 HISTORY = 20
+SHARED = ("venv", "models")
 INCOMPLETE = ".incomplete"
 
 
@@ -217,13 +219,14 @@ class Installer:
             # ``version``: what was asked for, so the daemon can tell its request was answered.
             self._step("failed", version=version, error=str(exc)[:300])
             raise
-        previous = self.current.resolve() if self.current.exists() else None
         self.service.stop()
         self._point("stopped")
+        self._adopt()
+        previous = self.current.resolve() if self.current.exists() else None
         self._step("switching", version=new.name, previous=previous.name if previous else None)
         self._link(self.current, new)
         self._step("switched")
-        self._venv_link()
+        self._shared_links()
         self._units(new)
         return self.confirm()
 
@@ -233,14 +236,49 @@ class Installer:
             self.service.reload()
             self._point("units")
 
-    def _venv_link(self) -> None:
-        # edge.service runs <root>/venv/bin/edge: one link through ``current``, made once.
+    def _shared_links(self) -> None:
+        # edge.service runs <root>/venv/bin/edge and the config names <root>/models: one link
+        # each through ``current``, made once, so the unit and config never change.
+        for name in SHARED:
+            link = self.root / name
+            if not link.is_symlink() or os.readlink(link) != f"current/{name}":
+                self._link(link, f"current/{name}")
+
+    def _adopt(self) -> None:
+        """A terminal provisioned before releases (a real ``venv`` and ``models`` under the
+        root) gets them moved into ``releases/<its version>``, so it has a release to go
+        back to. Reached through the links, the moved venv keeps working: Python finds its
+        pyvenv.cfg by the path it was started with."""
         venv = self.root / "venv"
-        if venv.is_symlink() or not venv.exists():
-            if not venv.is_symlink() or os.readlink(venv) != "current/venv":
-                self._link(venv, "current/venv")
-        else:
-            log.warning("%s is a folder, not a link to current/venv: re-provision", venv)
+        if self.current.exists() or venv.is_symlink() or not venv.is_dir():
+            return
+        facts = _probe(venv / "bin" / "python")
+        version = facts.get("version") or "0"
+        dest = self.releases / f"{version}+provisioned"
+        # Made before the journal names it: a cut before that leaves only an incomplete
+        # folder, which recovery removes.
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / INCOMPLETE).write_text(version)
+        manifest = {"version": version, "ledger": {"version": facts.get("ledger", 0)}}
+        manifest["files"] = {}
+        (dest / MANIFEST).write_text(json.dumps({**manifest, "adopted": True}, indent=1))
+        _fsync_dir(self.releases)
+        self._step("adopting", version=version, previous=None, adopted=dest.name)
+        self._finish_adopt(dest)
+
+    def _finish_adopt(self, dest: Path) -> None:
+        # Also the recovery of an adoption cut short: each move happens once.
+        for name in SHARED:
+            real = self.root / name
+            if real.is_dir() and not real.is_symlink() and not (dest / name).exists():
+                os.rename(real, dest / name)
+                _fsync_dir(self.root)
+                self._point(f"moved-{name}")
+        self._link(self.current, dest)
+        self._link(self.previous, dest)
+        self._shared_links()
+        (dest / INCOMPLETE).unlink(missing_ok=True)
+        self._step("confirmed", version=dest.name, error=None)
 
     def confirm(self) -> dict:
         """Selftest the switched release, start it, wait for READY; else switch back."""
@@ -296,17 +334,20 @@ class Installer:
         ):
             if stale.is_symlink():
                 stale.unlink()
+        entry = self.journal()
+        state = entry["state"]
+        if state == "adopting":
+            self._finish_adopt(self.releases / entry["adopted"])
         running = self.current.resolve() if self.current.exists() else None
         if self.releases.is_dir():
             for partial in self.releases.glob(f"*/{INCOMPLETE}"):
                 if partial.parent != running:
                     shutil.rmtree(partial.parent, ignore_errors=True)
-        entry = self.journal()
-        state = entry["state"]
-        if state in ("unpacking", "unpacked"):
+        if state in ("adopting", "unpacking", "unpacked"):
             entry = self._step("failed", error="interrupted before the switch")
         elif state in TRIAL or state == "rolling_back":
             if self.current.exists() and self.current.resolve().name == entry.get("previous"):
+                self._units(self.current.resolve())
                 entry = self._step("rolled_back", error=entry.get("error") or "interrupted trial")
             else:
                 entry = self.rollback(entry.get("error") or "interrupted before it was confirmed")
@@ -314,6 +355,22 @@ class Installer:
         if start_service:
             self.service.start(self.confirm_timeout_s)
         return entry
+
+
+def _probe(python: Path) -> dict:
+    """Version and ledger layout of the code in a venv, asked of that code."""
+    probe = (
+        "import json, edge, edge.ledger.schema as s;"
+        "print(json.dumps({'version': edge.__version__, 'ledger': s.LEDGER_VERSION}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        out = subprocess.run(
+            [str(python), "-c", probe], capture_output=True, text=True, timeout=60, env=env
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
 
 
 def _fsync_dir(path: Path) -> None:
