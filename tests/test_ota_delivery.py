@@ -425,6 +425,14 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
     restarted = UpdateAgent(cfg, running="0.2.0")
     assert restarted.news and restarted.health()["update"]["state"] == "confirmed"
     agent.close()
+    # A technician's offline install of the same kind of artefact, then a boot's recovery.
+    newer = str(kit["arts"]["0.3.0"])
+    assert main(["--config", str(config), "release", "install", newer]) == 0
+    assert capsys.readouterr().out.strip() == "confirmed 0.3.0"
+    assert main(["--config", str(config), "release", "install", newer]) == 1  # not newer
+    assert "not newer than the running 0.3.0" in capsys.readouterr().err
+    assert main(["--config", str(config), "release", "recover", "--boot"]) == 0
+    assert (tmp_path / "opt" / "current").resolve().name == "0.3.0"
 
 
 def test_rollout_cli_stages_and_publishes(kit, tmp_path, capsys, broker, central_key):

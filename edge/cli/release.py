@@ -170,7 +170,9 @@ def _run_installer(cfg, installer, args: argparse.Namespace) -> int:
         artefact = cfg.state_path / "ota" / Path(request["artefact"]).name
         entry = installer.apply(artefact, version=request["version"], request=request.get("id", ""))
     print(f"{entry['state']} {entry.get('version')} {entry.get('error') or ''}".rstrip())
-    return 0 if entry["state"] in ("confirmed", "idle") else 1
+    if args.action == "recover":
+        return 0  # whatever the last update did, what runs now is whole
+    return 0 if entry["state"] == "confirmed" else 1
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
