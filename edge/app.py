@@ -168,7 +168,7 @@ class App:
             found.append("camera")
         if self.desk.faulted:
             found.append("printer")
-        if self.flow.paused:
+        if self.flow.paused and self.flow.paused != self._ota_pause:
             found.append("clock")
         return found
 
@@ -272,9 +272,11 @@ class App:
         # A staged release is handed to the installer only between captures; claims then
         # pause until the installer stops the daemon (see edge/ota/agent.py).
         reason = self.ota.poll(self.flow.busy)
-        if reason != self._ota_pause:
-            self._ota_pause = reason
-            self.flow.pause(reason or self.clock_pause.reason)
+        if reason and self.flow.paused != reason:
+            self.flow.pause(reason)  # also after a clock check changed the pause
+        elif not reason and self._ota_pause:
+            self.flow.pause(self.clock_pause.reason)
+        self._ota_pause = reason
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
