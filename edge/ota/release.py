@@ -158,7 +158,9 @@ def build_wheelhouse(
     if run.returncode != 0:
         raise ReleaseError(f"pip wheel failed: {run.stderr.strip()[-400:]}")
     if deps:
-        cmd = [*pip, "download", "--only-binary=:all:", "-d", str(out), str(checkout)]
+        # The dependencies of the wheel just built, as binary wheels for the target.
+        (wheel,) = out.glob("bansos_edge-*.whl")
+        cmd = [*pip, "download", "--only-binary=:all:", "-d", str(out), str(wheel)]
         if platform:
             cmd += ["--platform", platform]
         run = subprocess.run(cmd, capture_output=True, text=True, check=False)
