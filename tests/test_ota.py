@@ -155,6 +155,9 @@ def test_full_update_with_the_new_releases_own_selftest(releases, terminal):
     ]
     # Side by side: the old release is still there to go back to.
     assert (terminal["root"] / "releases" / "0.1.0" / "venv").is_dir()
+    # ... until the next one confirms: two releases on the card, never more.
+    installer(terminal, pub).apply(arts["0.3.0"])
+    assert sorted(p.name for p in (terminal["root"] / "releases").iterdir()) == ["0.2.0", "0.3.0"]
     verify_tree(terminal["root"] / "current", read_manifest(terminal["root"] / "current"))
 
 

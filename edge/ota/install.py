@@ -289,9 +289,19 @@ class Installer:
         if ok and self.service.start(self.confirm_timeout_s):
             if self.current.exists():
                 self._link(self.previous, new)
-            return self._step("confirmed", error=None)
+            entry = self._step("confirmed", error=None)
+            self._prune(keep={new.name, entry.get("previous")})
+            return entry
         why = f"selftest failed: {detail}" if not ok else "no READY within the confirm time"
         return self.rollback(why)
+
+    def _prune(self, keep: set) -> None:
+        # A card holds two releases: the one running and the one before it (until the next
+        # update confirms, a rollback may still want it).
+        for old in self.releases.iterdir():
+            if old.is_dir() and old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("removed release %s", old.name)
 
     def rollback(self, why: str) -> dict:
         """Switch ``current`` back to the previous release, unless the ledger forbids it.
