@@ -536,10 +536,11 @@ class OtaConfig(Section):
         default=120.0, gt=0, description="Seconds a new release has to pass selftest and READY"
     )
     apply_wait_s: float = Field(
-        default=600.0,
+        default=1800.0,
         gt=0,
-        description="Seconds the daemon stays paused for an install it asked for before it "
-        "gives up and takes claims again",
+        description="Seconds the daemon waits for the installer to answer its request "
+        "(unpacking a release on a Pi takes minutes; payouts go on meanwhile) before it "
+        "reports the update failed",
     )
 
 

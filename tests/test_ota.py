@@ -20,7 +20,14 @@ from ota_support import copy_checkout
 from support import ROOT
 
 from edge.errors import ReleaseError
-from edge.ota.deploy import FakeService, command_selftest, venv_deploy
+from edge.ota.deploy import (
+    PAUSED,
+    SWITCH,
+    FakeService,
+    command_selftest,
+    file_handshake,
+    venv_deploy,
+)
 from edge.ota.install import Installer, PowerCut, ledger_layout, read_manifest
 from edge.ota.release import build_release, generate_release_key, verify_tree
 
@@ -528,3 +535,33 @@ def test_a_power_cut_during_adoption_leaves_the_provisioned_code_running(release
         if (term["root"] / "current").exists() or steps[at] != "stopped":
             assert running(term) == "0.1.0+provisioned", steps[at]
         assert not list((term["root"] / "releases").glob("*/.incomplete")), steps[at]
+
+
+def test_no_switch_without_the_daemons_pause(releases, terminal):
+    arts, pub = releases
+    installer(terminal, pub).apply(arts["0.1.0"])
+    service = FakeService()
+    inst = installer(terminal, pub, service=service, wait_idle=lambda: False)
+    with pytest.raises(ReleaseError, match="did not pause"):
+        inst.apply(arts["0.2.0"], version="0.2.0", request="r-1")
+    journal = inst.journal()
+    assert (journal["state"], journal["request"]) == ("failed", "r-1")
+    assert running(terminal) == "0.1.0" and service.history == []
+
+
+def test_file_handshake_waits_for_the_pause(tmp_path):
+    from support import FakeClock
+
+    clock = FakeClock(0.0)
+    naps = []
+
+    def sleep(s):
+        naps.append(s)
+        clock.advance(s)
+        if len(naps) == 3:
+            (tmp_path / PAUSED).write_text("{}")  # the daemon answers on its third turn
+
+    assert file_handshake(tmp_path, 10, sleep=sleep, clock=clock)()
+    assert (tmp_path / SWITCH).exists() and len(naps) == 3
+    (tmp_path / PAUSED).unlink()
+    assert not file_handshake(tmp_path, 1, sleep=clock.advance, clock=clock)()

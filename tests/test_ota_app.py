@@ -63,11 +63,15 @@ def test_daemon_takes_an_update_and_pauses_claims_for_the_install(
         spy.publish(topic, sign_command(central, cfg.device.id, "update", args))
         assert wait_for(lambda: spy.on("/result"), timeout=10)
         assert spy.on("/result")[0]["ok"], spy.on("/result")
-        # No capture runs (no camera here): the release is handed over and claims pause.
+        # Handed to the installer; payouts go on while it unpacks.
         request = cfg.state_path / "ota" / "request.json"
         assert wait_for(request.exists, timeout=20)
         assert json.loads(request.read_text())["version"] == "99.0.0"
+        assert app.flow.paused is None
+        # The installer is ready to switch: no capture runs (no camera here), claims pause.
+        (cfg.state_path / "ota" / "switch").write_text("{}")
         assert wait_for(lambda: app.flow.paused == "update", timeout=5)
+        assert (cfg.state_path / "ota" / "paused").exists()
         assert "clock" not in app.faults()  # waiting for the installer is no fault
 
         def reported():

@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import random
+import threading
+import time
 
 import pytest
 from mosquitto import Pki, broker_fixture, pki_fixture, wait_for  # noqa: F401
@@ -24,7 +26,8 @@ from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.schemas import validate
 from edge.mqtt.store import EventStore
 from edge.ota import rollout
-from edge.ota.agent import REQUEST, UpdateAgent
+from edge.ota.agent import PAUSE_MAX_S, REQUEST, UpdateAgent
+from edge.ota.deploy import PAUSED, SWITCH
 from edge.ota.fetch import https_fetch
 from edge.ota.release import build_release, generate_release_key, verify_release
 
@@ -139,15 +142,31 @@ def test_https_update_staged_then_handed_over_between_captures(kit, server, cfg)
         "error": None,
     }
     assert agent.poll(busy=True) is None and not (ota / REQUEST).exists()  # a capture runs
-    assert agent.poll(busy=False) == "update"
+    assert agent.poll(busy=False) is None  # asked; payouts go on while the installer unpacks
     request = json.loads((ota / REQUEST).read_text())
     assert request == {"version": "0.2.0", "artefact": art.name, "id": agent.state["request_id"]}
-    assert agent.poll(busy=False) == "update"  # claims stay paused until the installer acts
-    # No installer came: claims resume, and central hears why.
-    clock.advance(61)
+    assert agent.poll(busy=False) is None and not (ota / PAUSED).exists()
+    (ota / SWITCH).write_text("{}")  # the installer is ready to switch
+    assert agent.poll(busy=True) is None and not (ota / PAUSED).exists()  # not mid-capture
+    assert agent.poll(busy=False) == "update" and (ota / PAUSED).exists()
+    assert agent.poll(busy=False) == "update"  # claims stay paused until the daemon is stopped
+    # The daemon was never stopped: claims resume, and central hears why.
+    clock.advance(PAUSE_MAX_S + 1)
     assert agent.poll(busy=False) is None
-    assert agent.state["state"] == "failed" and "installer" in agent.state["error"]
-    assert not (ota / REQUEST).exists()
+    assert agent.state["state"] == "failed" and "did not stop" in agent.state["error"]
+    assert not (ota / REQUEST).exists() and not (ota / PAUSED).exists()
+
+
+def test_an_unanswered_request_is_given_up(kit, server, cfg):
+    clock = FakeClock(100.0)
+    agent = UpdateAgent(cfg, running="0.1.0", monotonic=clock)
+    agent.action({"version": "0.2.0", **facts(kit["arts"]["0.2.0"]), "url": server.url})
+    assert wait_for(lambda: agent.state.get("state") == "staged")
+    assert agent.poll(busy=False) is None and agent.state["state"] == "requested"
+    clock.advance(cfg.ota.apply_wait_s + 1)
+    assert agent.poll(busy=False) is None
+    assert agent.state["state"] == "failed" and "did not start" in agent.state["error"]
+    assert agent.health()["update"]["state"] == "failed"
 
 
 def test_after_the_restart_the_installers_verdict_is_reported(kit, cfg):
@@ -382,15 +401,23 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
     restarted daemon reports the verdict."""
     from edge.__main__ import main
     from edge.cli import release as release_cli
-    from edge.ota.deploy import FakeService
+    from edge.ota.deploy import FakeService, file_handshake
     from edge.ota.install import Installer
 
     agent = UpdateAgent(cfg, running="0.1.0")
     art = kit["arts"]["0.2.0"]
     agent.action({"version": "0.2.0", **facts(art), "url": server.url})
     assert wait_for(lambda: agent.state.get("state") == "staged")
-    assert agent.poll(busy=False) == "update"
+    assert agent.poll(busy=False) is None and (cfg.state_path / "ota" / REQUEST).exists()
     service = FakeService()
+    paused = []
+    looping = threading.Event()
+
+    def daemon_loop():  # the daemon's frame loop, as far as the update goes
+        while not looping.is_set():
+            if agent.poll(busy=False):
+                paused.append(True)
+            time.sleep(0.02)
 
     def quick(release_dir, manifest):
         (release_dir / "venv").mkdir()
@@ -403,6 +430,9 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
             service=service,
             selftest=lambda d: (True, "ok"),
             deploy=quick,
+            wait_idle=file_handshake(cfg_.state_path / "ota", 10)
+            if args.action == "apply"
+            else None,
         )
         return inst
 
@@ -413,8 +443,16 @@ def test_hand_over_to_the_root_installer_and_back(kit, server, cfg, tmp_path, mo
         f'[device]\nid = "{DEVICE}"\nstate_dir = "{cfg.state_path}"\n'
         f'[ota]\nroot = "{tmp_path / "opt"}"\n'
     )
-    assert main(["--config", str(config), "release", "apply"]) == 0
+    loop = threading.Thread(target=daemon_loop)
+    loop.start()
+    try:
+        assert main(["--config", str(config), "release", "apply"]) == 0
+    finally:
+        looping.set()
+        loop.join(5)
+    assert paused  # claims paused before the daemon was stopped
     assert capsys.readouterr().out.strip() == "confirmed 0.2.0"
+    assert not (cfg.state_path / "ota" / PAUSED).exists()
     assert not (cfg.state_path / "ota" / REQUEST).exists()  # taken: no second run
     assert service.history == ["stop", "start"]
     assert main(["--config", str(config), "release", "apply"]) == 0  # nothing requested

@@ -118,7 +118,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def make_installer(cfg, args: argparse.Namespace, *, boot: bool = False):
     """The installer the root units run, built from the config."""
-    from edge.ota.deploy import SystemdService, command_selftest, venv_deploy
+    from edge.ota.deploy import SystemdService, command_selftest, file_handshake, venv_deploy
     from edge.ota.install import Installer
 
     def no_selftest(_release_dir: Path) -> tuple[bool, str]:
@@ -138,6 +138,8 @@ def make_installer(cfg, args: argparse.Namespace, *, boot: bool = False):
         deploy=venv_deploy(),
         confirm_timeout_s=cfg.ota.confirm_timeout_s,
         unit_dir=UNIT_DIR,
+        # Only the daemon's own request waits for it to pause; a technician stops it at once.
+        wait_idle=file_handshake(cfg.state_path / "ota") if args.action == "apply" else None,
     )
 
 

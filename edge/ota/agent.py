@@ -24,6 +24,7 @@ from edge import __version__
 from edge.errors import CommandRefused, KeyFileError, ReleaseError
 from edge.fsutil import write_atomic
 from edge.keys import load_central_public_pem
+from edge.ota.deploy import PAUSED, SWITCH
 from edge.ota.fetch import ChunkFile, https_fetch
 from edge.ota.install import DONE
 from edge.ota.release import artefact_name, parse_version, sha256_file, verify_release
@@ -34,6 +35,8 @@ REQUEST = "request.json"
 ACTIVE = ("downloading", "staged", "requested")
 RETRIES = 5
 PAUSE_REASON = "update"
+# Between the daemon's pause and the installer stopping it: seconds, unless it died.
+PAUSE_MAX_S = 120.0
 
 
 def load_release_key(cfg: Any) -> bytes | None:
@@ -75,6 +78,7 @@ class UpdateAgent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._requested_at: float | None = None
+        self._paused_at: float | None = None
         self._next_look = 0.0
         self._received = 0
         self.state: dict = self._load()
@@ -267,40 +271,59 @@ class UpdateAgent:
     def poll(self, busy: bool) -> str | None:
         """Called by the daemon's loop: the reason to pause claims, or None.
 
-        A staged release is handed over only between captures; then claims pause until the
-        installer stops the daemon, or until ``ota.apply_wait_s`` passes without it.
+        A staged release is handed to the installer, which unpacks it while payouts go on.
+        When it is ready to switch (``ota/switch``), claims pause at the first moment no
+        capture runs and ``ota/paused`` tells the installer it may stop the daemon. A pause
+        the installer does not end within ``PAUSE_MAX_S``, or a request it does not answer
+        within ``ota.apply_wait_s``, is given up and reported.
         """
         with self._lock:
             st = self.state.get("state")
             if st == "staged" and not busy:
-                version = self.state["version"]
-                request_id = str(uuid.uuid4())
-                request = {
-                    "version": version,
-                    "artefact": artefact_name(version),
-                    "id": request_id,
-                }
-                write_atomic(self.dir / REQUEST, json.dumps(request).encode(), mode=0o644)
-                self._save(state="requested", request_id=request_id)
-                self._requested_at = self._monotonic()
-                log.info("update to %s: install requested", version)
-                return PAUSE_REASON
+                self._request()
+                return None
             if st != "requested":
                 return None
+            now = self._monotonic()
             if self._requested_at is None:
-                self._requested_at = self._monotonic()
-            if self._monotonic() >= self._next_look:
-                # The installer refused before stopping us (e.g. a downgrade): no restart comes.
-                self._next_look = self._monotonic() + 2.0
+                self._requested_at = now
+            if self._paused_at is not None:
+                if now - self._paused_at <= PAUSE_MAX_S:
+                    return PAUSE_REASON
+                self._give_up("the installer did not stop the daemon")
+                return None
+            if (self.dir / SWITCH).exists() and not busy:
+                write_atomic(self.dir / PAUSED, b"{}", mode=0o644)
+                self._paused_at = now
+                log.info("update to %s: claims paused for the switch", self.state["version"])
+                return PAUSE_REASON
+            if now >= self._next_look:
+                # The installer may have refused before the switch (e.g. a damaged artefact).
+                self._next_look = now + 2.0
                 if self._settle():
                     self.news = True
                     return None
-            if self._monotonic() - self._requested_at > self.cfg.ota.apply_wait_s:
-                (self.dir / REQUEST).unlink(missing_ok=True)
-                self._save(state="failed", error="the installer did not start")
-                log.error("update to %s: installer did not start", self.state["version"])
-                return None
-            return PAUSE_REASON
+            if now - self._requested_at > self.cfg.ota.apply_wait_s:
+                self._give_up("the installer did not start")
+            return None
+
+    def _request(self) -> None:
+        version = self.state["version"]
+        request_id = str(uuid.uuid4())
+        request = {"version": version, "artefact": artefact_name(version), "id": request_id}
+        for stale in (SWITCH, PAUSED):
+            (self.dir / stale).unlink(missing_ok=True)
+        write_atomic(self.dir / REQUEST, json.dumps(request).encode(), mode=0o644)
+        self._save(state="requested", request_id=request_id)
+        self._requested_at = self._monotonic()
+        log.info("update to %s: install requested", version)
+
+    def _give_up(self, why: str) -> None:
+        for name in (REQUEST, PAUSED):
+            (self.dir / name).unlink(missing_ok=True)
+        self._paused_at = None
+        self._save(state="failed", error=why)
+        log.error("update to %s: %s", self.state["version"], why)
 
     def progress(self) -> dict | None:
         """The update in hand for health and results, None when there never was one."""

@@ -7,14 +7,17 @@ a history like gpiozero's mock pins; the real ones call systemctl, the release's
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from edge.errors import ReleaseError
+from edge.fsutil import write_atomic
 
 
 class Service(Protocol):
@@ -83,8 +86,6 @@ class FakeService:
 def install_units(src: Path, unit_dir: Path) -> list[str]:
     """Copy a release's unit files (``edge*.service``, ``edge*.path``) that differ from the
     installed ones into ``unit_dir``, each atomically; return the names that changed."""
-    from edge.fsutil import write_atomic
-
     changed = []
     for unit in sorted([*src.glob("edge*.service"), *src.glob("edge*.path")]):
         dest = unit_dir / unit.name
@@ -94,6 +95,54 @@ def install_units(src: Path, unit_dir: Path) -> list[str]:
         write_atomic(dest, data, mode=0o644)
         changed.append(unit.name)
     return changed
+
+
+# The hand-over with the daemon, in its state dir: "switch" when the new release is unpacked,
+# "paused" when the daemon has stopped taking claims between captures.
+SWITCH = "switch"
+PAUSED = "paused"
+
+
+def file_handshake(
+    ota_dir: Path,
+    timeout_s: float = 120.0,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], bool]:
+    """The installer's side of the hand-over: say "switch", wait for the daemon's "paused".
+
+    A capture lasts seconds, so a daemon that does not answer within ``timeout_s`` is not
+    running its loop; the switch is then abandoned rather than forced on a terminal whose
+    state is unknown.
+    """
+
+    def wait() -> bool:
+        write_atomic(ota_dir / SWITCH, b"{}", mode=0o644)
+        deadline = clock() + timeout_s
+        while clock() < deadline:
+            if (ota_dir / PAUSED).exists():
+                return True
+            sleep(0.2)
+        return (ota_dir / PAUSED).exists()
+
+    return wait
+
+
+def probe_venv(python: Path) -> dict:
+    """Version and ledger layout of the code in a venv, asked of that code."""
+    probe = (
+        "import json, edge, edge.ledger.schema as s;"
+        "print(json.dumps({'version': edge.__version__, 'ledger': s.LEDGER_VERSION}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        out = subprocess.run(
+            [str(python), "-c", probe], capture_output=True, text=True, timeout=60, env=env
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
 
 
 Selftest = Callable[[Path], tuple[bool, str]]

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 from edge.errors import ReleaseError
 from edge.events import iso_utc
 from edge.fsutil import write_atomic
-from edge.ota.deploy import Deploy, Selftest, Service, install_units
+from edge.ota.deploy import PAUSED, SWITCH, Deploy, Selftest, Service, install_units, probe_venv
 from edge.ota.release import MANIFEST, parse_version, verify_release, verify_tree
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,7 @@ class Installer:
         deploy: Deploy,
         confirm_timeout_s: float = 120.0,
         unit_dir: Path | None = None,
+        wait_idle: Callable[[], bool] | None = None,
         cut: Cut | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -103,6 +103,9 @@ class Installer:
         self.confirm_timeout_s = confirm_timeout_s
         # Where the releases' unit files go (/etc/systemd/system); None leaves units alone.
         self.unit_dir = unit_dir
+        # Asks the daemon to pause between captures and waits for it (see file_handshake);
+        # None: stop it at once (a technician's install, tests).
+        self.wait_idle = wait_idle
         self._cut = cut
         self._clock = clock
         # The daemon's request this run answers ("" for a technician's install), recorded with
@@ -219,7 +222,12 @@ class Installer:
             # ``version``: what was asked for, so the daemon can tell its request was answered.
             self._step("failed", version=version, error=str(exc)[:300])
             raise
+        if self.wait_idle is not None and not self.wait_idle():
+            self._handshake_done()
+            entry = self._step("failed", error="the daemon did not pause for the switch")
+            raise ReleaseError(entry["error"])
         self.service.stop()
+        self._handshake_done()
         self._point("stopped")
         self._adopt()
         previous = self.current.resolve() if self.current.exists() else None
@@ -229,6 +237,10 @@ class Installer:
         self._shared_links()
         self._units(new)
         return self.confirm()
+
+    def _handshake_done(self) -> None:
+        for name in (SWITCH, PAUSED):
+            (self.journal_path.parent / name).unlink(missing_ok=True)
 
     def _units(self, release_dir: Path) -> None:
         # The units travel with the release, so a rollback brings the old ones back too.
@@ -252,7 +264,7 @@ class Installer:
         venv = self.root / "venv"
         if self.current.exists() or venv.is_symlink() or not venv.is_dir():
             return
-        facts = _probe(venv / "bin" / "python")
+        facts = probe_venv(venv / "bin" / "python")
         version = facts.get("version") or "0"
         dest = self.releases / f"{version}+provisioned"
         # Made before the journal names it: a cut before that leaves only an incomplete
@@ -365,22 +377,6 @@ class Installer:
         if start_service:
             self.service.start(self.confirm_timeout_s)
         return entry
-
-
-def _probe(python: Path) -> dict:
-    """Version and ledger layout of the code in a venv, asked of that code."""
-    probe = (
-        "import json, edge, edge.ledger.schema as s;"
-        "print(json.dumps({'version': edge.__version__, 'ledger': s.LEDGER_VERSION}))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    try:
-        out = subprocess.run(
-            [str(python), "-c", probe], capture_output=True, text=True, timeout=60, env=env
-        )
-        return json.loads(out.stdout) if out.returncode == 0 else {}
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return {}
 
 
 def _fsync_dir(path: Path) -> None:
