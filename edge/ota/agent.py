@@ -2,10 +2,12 @@
 
 The daemon runs unprivileged with a read-only ``/opt``, so it never installs anything itself.
 It downloads the artefact into its state dir (HTTPS with resume, or chunks over MQTT), checks
-the sha256 the signed command named and the release signature, and once no capture is running
-it pauses claims and writes ``ota/request.json``. ``edge-update.path`` sees that file and starts
-``edge-update.service`` (root), which verifies again and installs (:mod:`edge.ota.install`).
-After the restart this side reads the installer's journal and reports how it ended.
+the sha256 the signed command named and the release signature, and writes
+``ota/request.json``. ``edge-update.path`` sees that file and starts ``edge-update.service``
+(root), which verifies again and unpacks (:mod:`edge.ota.install`) while payouts go on. When
+the installer is ready to switch it says so (``ota/switch``); the daemon pauses claims at the
+first moment no capture runs and answers ``ota/paused``. After the restart this side reads
+the installer's journal and reports how it ended.
 """
 
 from __future__ import annotations
