@@ -8,6 +8,7 @@ the installed venvs find the dependencies through a .pth to this interpreter's s
 from __future__ import annotations
 
 import json
+import os
 import site
 import sqlite3
 import subprocess
@@ -565,3 +566,14 @@ def test_file_handshake_waits_for_the_pause(tmp_path):
     assert (tmp_path / SWITCH).exists() and len(naps) == 3
     (tmp_path / PAUSED).unlink()
     assert not file_handshake(tmp_path, 1, sleep=clock.advance, clock=clock)()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root, as the installer has")
+def test_the_shared_ota_folder_stays_the_daemons(releases, terminal):
+    arts, pub = releases
+    terminal["state"].mkdir(parents=True, exist_ok=True)
+    os.chown(terminal["state"], 4242, 4243)  # the edge user owns its state dir
+    installer(terminal, pub).apply(arts["0.1.0"])  # a technician's install, before any start
+    ota = terminal["state"] / "ota"
+    assert (ota.stat().st_uid, ota.stat().st_gid) == (4242, 4243)
+    assert oct(ota.stat().st_mode & 0o777) == "0o700"

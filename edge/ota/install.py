@@ -130,10 +130,22 @@ class Installer:
         history = (old.get("history") or [])[-(HISTORY - 1) :]
         entry["history"] = [*history, {"state": state, "ts": entry["ts"], **fields}]
         # 0644: the daemon (another user) reads it to report the outcome.
+        self._ota_dir()
         write_atomic(self.journal_path, json.dumps(entry, indent=1).encode(), mode=0o644)
         log.info("update %s %s", state, entry.get("version"))
         self._point(state)
         return entry
+
+    def _ota_dir(self) -> None:
+        # Shared with the daemon, which writes its downloads and answers there: made by root
+        # (a technician's install before the first start), it must still belong to the daemon.
+        ota = self.journal_path.parent
+        if ota.is_dir():
+            return
+        ota.mkdir(parents=True, mode=0o700)
+        owner = self.state_dir.stat()
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            os.chown(ota, owner.st_uid, owner.st_gid)
 
     def _point(self, name: str) -> None:
         if self._cut is not None:
@@ -204,7 +216,7 @@ class Installer:
     @contextlib.contextmanager
     def locked(self):
         """One installer at a time: edge-update and the OnFailure rollback may overlap."""
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        self._ota_dir()
         with open(self.journal_path.with_name("installer.lock"), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
