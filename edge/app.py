@@ -27,6 +27,7 @@ from edge.keys import DeviceIdentity, load_central_public_pem
 from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
+from edge.ota.agent import UpdateAgent
 from edge.payout.flow import Decision, PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals
@@ -92,6 +93,9 @@ class App:
             on_fault=self._camera_fault,
             stall_s=cfg.camera.stall_s,
         )
+        self.ota = UpdateAgent(cfg)
+        self._ota_pause: str | None = None
+        self.reporter = self._make_reporter()
         self.clock_guard = health.ClockGuard(state, cfg.device.max_clock_skew_s)
         self.clock_pause = health.ClockPause(self.clock_guard, self.flow)
         self.reporter = self._make_reporter()
@@ -152,6 +156,7 @@ class App:
         actions = terminal_actions(self.cfg, self.bundles, self.desk, self.ledger)
         if self.evidence is not None:
             actions["evidence"] = self.evidence.command
+        actions["update"] = self.ota.action
         try:
             return Reporter.from_config(
                 self.cfg,
@@ -192,7 +197,7 @@ class App:
             found.append("camera")
         if self.desk.faulted:
             found.append("printer")
-        if self.flow.paused:
+        if self.flow.paused and self.flow.paused != self._ota_pause:
             found.append("clock")
         return found
 
@@ -214,6 +219,7 @@ class App:
             "faults": self.faults(),
             "camera_dropped": self.stream.dropped,
             "decisions": self.decided,
+            **self.ota.health(),
         }
 
     def status_line(self) -> str:
@@ -253,6 +259,8 @@ class App:
         self.clock_pause.check()
         self.desk.retry_pending()
         self._refresh_signal()
+        if self.ota.news and self.reporter is not None:
+            self.reporter.publish_health({"reason": "update"})
         sdnotify.ready()
         sdnotify.status(self.status_line())
         log.info("ready in %.2f s (since the process started)", sdnotify.process_age_s())
@@ -274,6 +282,7 @@ class App:
                     log.info("camera source ended")
                     break
                 now = time.monotonic()
+                self._update_pause()
                 self._refresh_signal()
                 # Pinging only from here means a stuck frame loop stops the pings and systemd
                 # restarts us; a faulted camera does not, since the stream retries on its own.
@@ -291,6 +300,16 @@ class App:
             self.close()
         return 0
 
+    def _update_pause(self) -> None:
+        # A staged release is handed to the installer only between captures; claims then
+        # pause until the installer stops the daemon (see edge/ota/agent.py).
+        reason = self.ota.poll(self.flow.busy)
+        if reason and self.flow.paused != reason:
+            self.flow.pause(reason)  # also after a clock check changed the pause
+        elif not reason and self._ota_pause:
+            self.flow.pause(self.clock_pause.reason)
+        self._ota_pause = reason
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -299,6 +318,7 @@ class App:
 
     def close(self) -> None:
         sdnotify.stopping()
+        self.ota.close()
         self.stream.stop()
         if self.reporter is not None:
             self.reporter.stop()

@@ -577,6 +577,38 @@ class RetentionConfig(Section):
     )
 
 
+class OtaConfig(Section):
+    """Fleet updates: signed releases from central, installed side by side (edge/ota)."""
+
+    release_public_key: OptionalPath = Field(
+        default=None,
+        description="PEM file with the release Ed25519 public key, installed at provisioning; "
+        "it must not be central's bundle key. Unset: update commands are refused",
+    )
+    root: ConfigPath = Field(
+        default=Path("/opt/edge"),
+        description="Prefix holding releases/<version>, the current and previous links",
+    )
+    ca_file: OptionalPath = Field(
+        default=None,
+        description="The only CA trusted for HTTPS release downloads (pinned); unset: "
+        "releases arrive only in chunks over MQTT",
+    )
+    max_bytes: int = Field(
+        default=1 << 30, gt=0, description="Largest release artefact accepted, bytes"
+    )
+    confirm_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds a new release has to pass selftest and READY"
+    )
+    apply_wait_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Seconds the daemon waits for the installer to answer its request "
+        "(unpacking a release on a Pi takes minutes; payouts go on meanwhile) before it "
+        "reports the update failed",
+    )
+
+
 class LoggingConfig(Section):
     """What the daemon logs."""
 
@@ -617,6 +649,7 @@ class Config(Section):
         default_factory=RetentionConfig, description=RetentionConfig.__doc__
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
+    ota: OtaConfig = Field(default_factory=OtaConfig, description=OtaConfig.__doc__)
 
     @property
     def state_path(self) -> Path:

@@ -72,3 +72,7 @@ class RegistryError(EdgeError):
 
 class BadgeError(EdgeError):
     """A staff badge or reason card that must not be used: forged, expired, malformed."""
+
+
+class ReleaseError(EdgeError):
+    """A release artefact is unsigned, tampered, truncated, or cannot be installed here."""

@@ -12,4 +12,5 @@ COMMAND_MODULES = (
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.retention",  # prune
     "edge.cli.bench",  # bench
+    "edge.cli.release",  # release keygen|build|verify|install|apply|recover|status|rollout
 )

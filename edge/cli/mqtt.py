@@ -171,11 +171,33 @@ def print_summary(store, out=None, silent_after_s: float = 900.0) -> None:
                 f"SILENT {row['device_id']}: nothing heard for {row['silent_for_s']:.0f} s",
                 file=out,
             )
+    print_fleet(store, out)
     for device_id, spans in sorted(store.gaps().items()):
         text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in spans)
         print(f"GAP {device_id}: seq {text} missing", file=out)
     for a in store.anomalies():
         print(f"ANOMALY {a['kind']} {a['device_id']} {a['event_id']}: {a['detail']}", file=out)
+
+
+def print_fleet(store, out=None) -> None:
+    """Running versions across the fleet, and every terminal whose update did not confirm."""
+    out = out or sys.stdout
+    fleet = store.fleet()
+    if not fleet:
+        return
+    versions: dict[str, int] = {}
+    for t in fleet:
+        versions[t["version"] or "?"] = versions.get(t["version"] or "?", 0) + 1
+    text = ", ".join(f"{v}={n}" for v, n in sorted(versions.items()))
+    print(f"versions ({len(fleet)} terminals): {text}", file=out)
+    for t in fleet:
+        state = t["update_state"]
+        if state and state != "confirmed":
+            why = f": {t['error']}" if t["error"] else ""
+            print(
+                f"UPDATE {t['device_id']} {t['version']} -> {t['update_version']} {state}{why}",
+                file=out,
+            )
 
 
 def cmd_consume(args: argparse.Namespace) -> int:

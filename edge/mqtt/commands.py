@@ -39,7 +39,7 @@ from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "evidence")
+COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "evidence", "update")
 MAX_RESEND = 10000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_SKEW_S = 300.0
@@ -160,6 +160,17 @@ def terminal_actions(
         "config": config_action(cfg, bundle_store, ledger),
         "reprint": reprint,
     }
+
+
+def _check_chunk_data(args: dict) -> None:
+    # The same checks as a bundle chunk; the update action writes the chunk to a file (a
+    # release is too big to reassemble in the command database, as bundles are).
+    if args["chunk"] >= args["chunks"]:
+        raise CommandRefused("chunk index out of range")
+    try:
+        unb64(args["data"])
+    except ValueError as exc:
+        raise CommandRefused("chunk data is not base64") from exc
 
 
 class CommandProcessor:
@@ -316,18 +327,15 @@ class CommandProcessor:
             check_keys(args["set"])
         if name == "bundle":
             self._check_chunk(args)
+        if name == "update" and "data" in args:
+            _check_chunk_data(args)
         if name == "resend":
             span = args["to_seq"] - args["from_seq"]
             if not 0 <= span < MAX_RESEND:
                 raise CommandRefused(f"resend range must hold 1..{MAX_RESEND} events")
 
     def _check_chunk(self, args: dict) -> None:
-        if args["chunk"] >= args["chunks"]:
-            raise CommandRefused("chunk index out of range")
-        try:
-            unb64(args["data"])
-        except ValueError as exc:
-            raise CommandRefused("chunk data is not base64") from exc
+        _check_chunk_data(args)
         row = self._db.execute(
             "SELECT chunks, bundle_id FROM chunks WHERE sha256 = ? LIMIT 1", (args["sha256"],)
         ).fetchone()

@@ -210,8 +210,14 @@ class Consumer:
             client.ack(msg.mid, msg.qos)
             return
         if not msg.topic.endswith("/event"):
-            # A health or status report: its head is recorded (HeadBook never raises).
+            # A health or status report: its head is recorded (HeadBook never raises), and
+            # a health report's versions and update progress (fleet view).
             self.heads.observe(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
+            if msg.topic.endswith("/health"):
+                try:
+                    self.handle_health(msg.topic, bytes(msg.payload))
+                except Exception:  # the fleet view is best effort; never stall the thread
+                    log.warning("fleet view not updated from %s", safe_text(msg.topic))
             client.ack(msg.mid, msg.qos)
             return
         # Acknowledged by hand, and only once stored: an event the database could not take
@@ -266,6 +272,22 @@ class Consumer:
         except Exception as exc:  # a parser bug must not stall the network thread
             log.debug("event on %s broke a parser", safe_text(topic), exc_info=True)
             return None, f"unreadable event ({exc.__class__.__name__})"
+
+    def handle_health(self, topic: str, payload: bytes) -> str:
+        """Keep the versions of a health report: ``fleet`` or ``ignored: <why>``.
+
+        Health is not signed (the broker's ACL lets a terminal publish only under its own id),
+        so a report that names another device than its topic is dropped, not stored.
+        """
+        try:
+            report = parse("health", payload)
+        except PayloadError as exc:
+            return f"ignored: {exc}"
+        where = split(topic, self._prefix)
+        if where is None or (where[0], where[1]) != (report["regency"], report["device_id"]):
+            return "ignored: health does not belong to the topic it came on"
+        self._store.record_health(report)
+        return "fleet"
 
     def _problem(self, topic: str, event: dict) -> str | None:
         """Why a well-formed event may not be stored: wrong topic, unknown or revoked device,

@@ -19,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge import __version__
 from edge.errors import PayloadError
 from edge.events import canonical, iso_utc
 from edge.mqtt.claims import ClaimsSync
@@ -404,6 +405,7 @@ class Reporter:
         head = self._head()
         if head is not None:
             body["head"] = head
+        body["version"] = __version__  # the running release, retained for central
         if reason:
             body["reason"] = reason
         return canonical(body)

@@ -51,6 +51,17 @@ _TABLES = (
         detail TEXT NOT NULL,
         at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (kind, event_id))""",
+    # The newest health report per terminal: running version and the update in hand, so
+    # central can watch a rollout (`edge consume --summary`, `edge release rollout`).
+    """CREATE TABLE IF NOT EXISTS fleet (
+        device_id TEXT PRIMARY KEY,
+        regency TEXT NOT NULL,
+        version TEXT,
+        update_version TEXT,
+        update_state TEXT,
+        update_error TEXT,
+        ts TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS rejected (
         topic TEXT NOT NULL,
         reason TEXT NOT NULL,
@@ -330,6 +341,41 @@ class EventStore:
         """Device id -> regency of every device with stored events."""
         rows = self._rows("SELECT DISTINCT device_id, regency FROM events")
         return {r[0]: r[1] for r in rows}
+
+    def record_health(self, report: dict) -> None:
+        """Keep the versions of a terminal's health report (the newest by its ``ts``)."""
+        update = report.get("update") or {}
+        params = (
+            report["device_id"],
+            report["regency"],
+            report.get("version"),
+            update.get("version"),
+            update.get("state"),
+            (update.get("error") or None) and str(update["error"])[:200],
+            report["ts"],
+            time.time(),
+        )
+        self._run(
+            lambda: self._sql(
+                "INSERT INTO fleet (device_id, regency, version, update_version, update_state,"
+                " update_error, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET regency = excluded.regency,"
+                " version = excluded.version, update_version = excluded.update_version,"
+                " update_state = excluded.update_state, update_error = excluded.update_error,"
+                " ts = excluded.ts, received_at = excluded.received_at"
+                " WHERE excluded.ts >= fleet.ts",
+                params,
+            )
+        )
+
+    def fleet(self) -> list[dict]:
+        """Every terminal that reported health: version and update state, by device id."""
+        keys = ("device_id", "regency", "version", "update_version", "update_state", "error", "ts")
+        rows = self._rows(
+            "SELECT device_id, regency, version, update_version, update_state, update_error, ts"
+            " FROM fleet ORDER BY device_id"
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def last_seq(self, device_id: str) -> int:
         """Highest stored sequence number of a device (0 when none)."""

@@ -1,0 +1,1 @@
+"""Fleet updates: signed releases, their delivery, side-by-side install and rollback."""
