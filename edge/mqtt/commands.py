@@ -163,8 +163,8 @@ def terminal_actions(
 
 
 def _check_chunk_data(args: dict) -> None:
-    # The same checks as a bundle chunk; the update action writes the chunk to a file (a
-    # release is too big to reassemble in the command database, as bundles are).
+    # Bundle and release chunks alike; a release chunk then goes to a file (too big to
+    # reassemble in the command database, as bundles are).
     if args["chunk"] >= args["chunks"]:
         raise CommandRefused("chunk index out of range")
     try:
