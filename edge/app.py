@@ -166,6 +166,8 @@ class App:
             found.append("printer")
         if self.flow.paused:
             found.append("clock")
+        if getattr(self.signals, "fault", None):  # FaultedSignals: GPIO could not be set up
+            found.append("signals")
         return found
 
     @property

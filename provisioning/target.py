@@ -35,7 +35,7 @@ WANTS = UNIT_DIR / "multi-user.target.wants" / "edge.service"
 SYSUSERS = Path("etc/sysusers.d/edge.conf")
 REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
 CHANGED_FLAG = "EDGE_PROVISION_CHANGED"
-GROUPS = ("gpio", "video", "dialout")
+GROUPS = ("gpio", "video", "dialout", "lp")
 
 
 @dataclass

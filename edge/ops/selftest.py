@@ -205,6 +205,12 @@ class Selftest:
         from edge.devices.signals import make_signals
 
         signals = make_signals(self.cfg.signals, pin_factory=self.pin_factory)
+        fault = getattr(signals, "fault", None)
+        if fault:
+            return FAIL, (
+                f"{fault}: check the pins in [signals], that the user is in group gpio, "
+                "and that LG_WD points to a writable directory"
+            )
         try:
             start = len(signals.history)
             for pattern in SIGNAL_CYCLE:
