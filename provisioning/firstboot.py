@@ -145,7 +145,7 @@ def blink_fault(pins: dict[str, int]) -> None:  # pragma: no cover - needs GPIO
     red.blink(on_time=0.5, off_time=0.5, background=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner: Runner = run) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(os.environ.get("EDGE_FIRSTBOOT_ROOT", "/"))
     if argv[:1] == ["--led"]:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         blink_fault(args.get("pins", {}))
         return 0
     try:
-        ran = FirstBoot(root).run_all()
+        ran = FirstBoot(root, runner).run_all()
     except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as exc:
         journal(3, f"failed: {exc}; fix it, then: systemctl start edge-firstboot.service")
         return 1

@@ -81,6 +81,7 @@ def lock_path(target: str) -> Path:
 def pip_env() -> dict[str, str]:
     """pip without this machine's config: no local wheel folders, mirrors or constraints."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k == "PIP_CERT"}
+    env.pop("PYTHONPATH", None)
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
