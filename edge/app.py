@@ -27,6 +27,7 @@ from edge.keys import DeviceIdentity, load_central_public_pem
 from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
+from edge.ops.clock import TimeKeeper
 from edge.payout.flow import Decision, PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals
@@ -65,9 +66,16 @@ class App:
         self.store = ModelStore.load(cfg.models.dir, required=needed)
         self.engine = FaceEngine(self.store, cfg)
         self.identity = DeviceIdentity.load_or_create(state / "keys")
+        # Which time each event is signed with, and why (edge/ops/clock.py).
+        self.time_keeper = TimeKeeper(state, cfg.device.max_clock_skew_s)
         self.ledger = Ledger(
-            state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
+            state / "ledger.sqlite",
+            self.identity,
+            cfg.device.id,
+            cfg.device.regency,
+            stamp=self.time_keeper.ledger_stamp,
         )
+        self.time_keeper.last_event = self.ledger.last_ts
         self.bundles = self._make_bundle_store()
         self.flow = PayoutFlow(
             cfg,
@@ -88,8 +96,8 @@ class App:
             stall_s=cfg.camera.stall_s,
         )
         self.reporter = self._make_reporter()
-        self.clock_guard = health.ClockGuard(state, cfg.device.max_clock_skew_s)
-        self.clock_pause = health.ClockPause(self.clock_guard, self.flow)
+        self.clock_guard = self.time_keeper
+        self.clock_pause = health.ClockPause(self.time_keeper, self.flow)
 
     # -- construction helpers ----------------------------------------------------------------
 

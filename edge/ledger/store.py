@@ -38,6 +38,7 @@ from edge.events import (
     canonical,
     event_hash,
     iso_utc,
+    parse_iso_utc,
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
@@ -65,8 +66,12 @@ class Ledger(ReceiptRows, RemotePayouts):
         device_id: str,
         regency: str,
         clock=time.time,
+        stamp=None,
     ) -> None:
         self.path = Path(path)
+        # stamp(last_ts) -> (ts, note): the time rule of edge.ops.clock.TimeKeeper; the note
+        # goes into the event as extra.clock. None: the plain ``clock``.
+        self._stamp = stamp
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
         self.regency = regency
@@ -106,6 +111,12 @@ class Ledger(ReceiptRows, RemotePayouts):
                 _rollback(self._conn)
                 raise
 
+    def last_ts(self) -> float | None:
+        """The time of the last signed event (POSIX seconds), None for an empty ledger."""
+        with self._lock:
+            row = self._conn.execute("SELECT ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return parse_iso_utc(row[0]).timestamp() if row else None
+
     def _head(self) -> tuple[int, str]:
         row = self._conn.execute(
             "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
@@ -144,7 +155,12 @@ class Ledger(ReceiptRows, RemotePayouts):
         household was already paid for this round, here or at another terminal.
         """
         accepted = _check_decision(outcome, household_id, round_id, amount)
-        now = self._clock()
+        if self._stamp is None:
+            now = self._clock()
+        else:
+            with self._lock:  # the last event's time, and ours not before it
+                now, note = self._stamp(self.last_ts())
+            extra = {**(extra or {}), "clock": note}
         self._check_clock(now)
         fields = {
             "outcome": outcome,
