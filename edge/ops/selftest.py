@@ -88,12 +88,14 @@ class Selftest:
         dwell: float = 0.4,
         pin_factory: Any = None,
         store: Any = None,
+        hw_paths: Any = None,
     ) -> None:
         self.cfg = cfg
         self.print_receipt = print_receipt
         self.camera_timeout = camera_timeout
         self.dwell = dwell
         self.pin_factory = pin_factory
+        self.hw_paths = hw_paths  # edge.ops.hardware.Paths: a fake Pi's files in tests
         self.report = SelftestReport(cfg.device.id)
         self._given_store = store  # an already loaded ModelStore (tests, the daemon)
         self.store: ModelStore | None = None
@@ -112,6 +114,7 @@ class Selftest:
             ("broker", self.check_broker),
             ("printer", self.check_printer),  # last: its slip lists every other result
         ]
+        steps[-1:-1] = self.hardware_steps()
         for name, step in steps:
             try:
                 status, detail = step()
@@ -123,6 +126,19 @@ class Selftest:
             self.report.checks.append(Check(name, status, detail))
             log.debug("selftest %s %s", name, status)
         return self.report
+
+    def hardware_steps(self) -> list[tuple[str, Callable[[], tuple[str, str]]]]:
+        """The rows of the hardware matrix (edge/ops/hardware.py) that apply here."""
+        from edge.ops.hardware import hardware_checks
+
+        def done(status: str, detail: str) -> Callable[[], tuple[str, str]]:
+            return lambda: (status, detail)
+
+        try:
+            rows = hardware_checks(self.cfg, self.hw_paths)
+        except Exception as exc:  # reading /proc or /boot must not stop the selftest
+            return [("hardware", done(FAIL, f"{type(exc).__name__}: {exc}"))]
+        return [(name, done(status, detail)) for name, status, detail in rows]
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -174,6 +190,7 @@ class Selftest:
             cam_cfg, test_image = self._camera_config(Path(tmp))
             camera = open_camera(cam_cfg)
             camera.open()
+            focus = ", autofocus continuous" if getattr(camera, "autofocus", False) else ""
             deadline = time.monotonic() + self.camera_timeout
             try:
                 while time.monotonic() < deadline:
@@ -194,7 +211,7 @@ class Selftest:
         source = "test image" if test_image else cam_cfg.kind
         if frames == 0:
             return FAIL, f"{source}: no frames in {self.camera_timeout:.0f} s"
-        seen = f"{source}: {frames} frame(s) {shape[1]}x{shape[0]}"
+        seen = f"{source}: {frames} frame(s) {shape[1]}x{shape[0]}{focus}"
         if self.engine is None:
             return FAIL, f"{seen}, no face check: models not verified"
         if not faces:
