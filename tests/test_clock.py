@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support import FakeClock
 
 from edge.events import CLOCK_FLOOR, parse_iso_utc
 from edge.ops.clock import NoTrustedTime, RtcReading, TimeKeeper, clock_rule_problem
 from edge.ops.health import ClockGuard
-from tests.support import FakeClock
 
 T = datetime(2026, 12, 1, 7, 0, tzinfo=UTC).timestamp()  # a distribution morning, WIB 14:00
 DAY = 86400.0

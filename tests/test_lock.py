@@ -15,8 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from tests.support import under_ci
+from support import under_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "provisioning"))

@@ -151,7 +151,7 @@ def test_firstboot_units_verify(tmp_path):
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        from tests.support import unavailable
+        from support import unavailable
 
         unavailable("systemd-analyze", "apt-get install systemd")
     for unit in ("edge-firstboot.service", "edge-firstboot-led.service"):

@@ -14,10 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import require_module, unavailable
 
 from edge.config import SignalsConfig
 from edge.devices.signals import FaultedSignals, lgpio_workdir, make_signals
-from tests.support import require_module, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
