@@ -77,6 +77,7 @@ class App:
         )
         self.time_keeper.last_event = self.ledger.last_ts
         self.bundles = self._make_bundle_store()
+        self.time_keeper.central_time = self._bundle_issued_at
         self.flow = PayoutFlow(
             cfg,
             self.engine,
@@ -120,6 +121,9 @@ class App:
             self.engine.model_id,
             self.engine.model_sha256,
             device_id=self.cfg.device.id,
+            # validity windows on the defended time: a wall clock days slow after an outage
+            # must not make the round's bundle look "not yet valid"
+            clock=self.time_keeper.now,
         )
 
     def _make_crop_sink(self) -> CropSink | None:
@@ -152,6 +156,11 @@ class App:
 
     def _cooldown_s(self) -> float:
         return self.cfg.flow.cooldown_s
+
+    def _bundle_issued_at(self) -> float | None:
+        # A verified bundle's issued_at was signed by central: a lower bound of the true time.
+        bundle = self.bundles.current()
+        return bundle.issued_at.timestamp() if bundle else None
 
     def _masked_name(self, household_id: str) -> str | None:
         bundle = self.bundles.current()

@@ -190,3 +190,23 @@ def test_events_carry_the_rule_and_an_auditor_can_recheck_it(tmp_path, identity,
     assert [clock_rule_problem(e) for e in events] == [None] * 4
     forged = {**events[3], "ts": events[2]["ts"]}
     assert clock_rule_problem(forged) is not None
+
+
+def test_a_verified_bundle_time_anchors_a_terminal_with_no_clock(pi):
+    """The installed bundle's issued_at (signed by central) is offered at each check."""
+    pi.wall.set(CLOCK_FLOOR - DAY)
+    keeper = pi.keeper()
+    keeper.central_time = lambda: T - 3600  # issued an hour before the true time
+    reading = keeper.check()
+    assert reading.ok and reading.source == "central" and reading.now == T - 3600
+
+
+def test_now_follows_the_rules_without_writing(pi):
+    pi.ntp(True)
+    pi.sign()
+    pi.power_cycle(off_s=DAY, wall_at_boot=T - 7200)  # fake-hwclock, two hours behind
+    keeper = pi.keeper()
+    keeper.last_event = lambda: pi.last_ts
+    before = (pi.state / "clock.json").read_bytes()
+    assert keeper.now() == pytest.approx(T)  # carried from the last event, not T - 7200
+    assert (pi.state / "clock.json").read_bytes() == before

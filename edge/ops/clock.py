@@ -157,6 +157,9 @@ class TimeKeeper:
         self._rtc = rtc
         # The last signed event's time (the daemon sets Ledger.last_ts), for check().
         self.last_event: Callable[[], float | None] = lambda: None
+        # The newest time central signed that this terminal verified (the installed bundle's
+        # issued_at; the daemon sets it): offered at each check, see offer_central.
+        self.central_time: Callable[[], float | None] = lambda: None
 
     # -- the anchor file ----------------------------------------------------------------------
 
@@ -272,6 +275,14 @@ class TimeKeeper:
             )
         return Stamp(now, "wall", now, 0.0)
 
+    def now(self) -> float:
+        """The time by these rules, nothing written (e.g. a bundle's validity window); the wall
+        clock when no rule applies."""
+        try:
+            return self.stamp(self.last_event(), save=False).ts
+        except NoTrustedTime:
+            return self._clock()
+
     def ledger_stamp(self, last_ts: float | None) -> tuple[float, dict]:
         """For :class:`edge.ledger.store.Ledger`: the time and the ``extra.clock`` note."""
         st = self.stamp(last_ts)
@@ -296,6 +307,9 @@ class TimeKeeper:
 
     def check(self) -> ClockReading:
         """A :class:`edge.ops.health.ClockReading`: ok while some rule gives a time."""
+        central = self.central_time()
+        if central is not None:
+            self.offer_central(central)
         now = self._clock()
         trusted = self._load().get("trusted", {}).get("wall")
         synced = self._ntp_synced()
