@@ -140,6 +140,12 @@ def test_unit_shape_is_what_the_sandbox_copies():
     assert unit_value("RuntimeDirectory") == "edge"
     assert unit_value("ProtectSystem") == "strict" and unit_value("ProtectHome") == "yes"
     assert unit_value("ReadWritePaths") == "/var/lib/edge"
+    # USB receipt printers: usblp's /dev/usb/lp* and libusb nodes, owned by group lp
+    text = UNIT.read_text()
+    assert "DeviceAllow=char-usb rw" in text and "DeviceAllow=char-usb_device rw" in text
+    assert "lp" in unit_value("SupplementaryGroups").split()
+    sysusers = (ROOT / "systemd" / "edge.sysusers.conf").read_text().splitlines()
+    assert "m edge lp" in sysusers
 
 
 def test_payout_completes_in_the_unit_shaped_sandbox(sandbox_run, make_identity, make_ledger):
