@@ -28,6 +28,7 @@ from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
 from edge.ota.agent import UpdateAgent
+from edge.ops.clock import TimeKeeper
 from edge.payout.flow import Decision, PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals
@@ -68,12 +69,20 @@ class App:
         self.store = ModelStore.load(cfg.models.dir, required=needed)
         self.engine = FaceEngine(self.store, cfg)
         self.identity = DeviceIdentity.load_or_create(state / "keys")
+        # Which time each event is signed with, and why (edge/ops/clock.py).
+        self.time_keeper = TimeKeeper(state, cfg.device.max_clock_skew_s)
         self.ledger = Ledger(
-            state / "ledger.sqlite", self.identity, cfg.device.id, cfg.device.regency
+            state / "ledger.sqlite",
+            self.identity,
+            cfg.device.id,
+            cfg.device.regency,
+            stamp=self.time_keeper.ledger_stamp,
         )
+        self.time_keeper.last_event = self.ledger.last_ts
         self.bundles = self._make_bundle_store()
         self.evidence: EvidenceStore | None = None
         self.override = self._make_override()
+        self.time_keeper.central_time = self._bundle_issued_at
         self.flow = PayoutFlow(
             cfg,
             self.engine,
@@ -95,9 +104,8 @@ class App:
         )
         self.ota = UpdateAgent(cfg)
         self._ota_pause: str | None = None
-        self.reporter = self._make_reporter()
-        self.clock_guard = health.ClockGuard(state, cfg.device.max_clock_skew_s)
-        self.clock_pause = health.ClockPause(self.clock_guard, self.flow)
+        self.clock_guard = self.time_keeper
+        self.clock_pause = health.ClockPause(self.time_keeper, self.flow)
         self.reporter = self._make_reporter()
 
     # -- construction helpers ----------------------------------------------------------------
@@ -121,6 +129,9 @@ class App:
             self.engine.model_id,
             self.engine.model_sha256,
             device_id=self.cfg.device.id,
+            # validity windows on the defended time: a wall clock days slow after an outage
+            # must not make the round's bundle look "not yet valid"
+            clock=self.time_keeper.now,
         )
 
     def _make_override(self) -> SupervisedOverride | None:
@@ -178,6 +189,11 @@ class App:
     def _cooldown_s(self) -> float:
         return self.cfg.flow.cooldown_s
 
+    def _bundle_issued_at(self) -> float | None:
+        # A verified bundle's issued_at was signed by central: a lower bound of the true time.
+        bundle = self.bundles.current()
+        return bundle.issued_at.timestamp() if bundle else None
+
     def _masked_name(self, household_id: str) -> str | None:
         bundle = self.bundles.current()
         household = bundle.households.get(household_id) if bundle else None
@@ -199,6 +215,8 @@ class App:
             found.append("printer")
         if self.flow.paused and self.flow.paused != self._ota_pause:
             found.append("clock")
+        if getattr(self.signals, "fault", None):  # FaultedSignals: GPIO could not be set up
+            found.append("signals")
         return found
 
     @property

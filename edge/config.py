@@ -453,13 +453,17 @@ class SignalsConfig(Section):
 class PrinterConfig(Section):
     """The receipt printer."""
 
-    kind: Literal["serial", "file", "dummy", "none"] = Field(
-        default="file", description="dummy: bytes kept in memory (tests); none: no printer"
+    kind: Literal["serial", "usb", "file", "dummy", "none"] = Field(
+        default="file",
+        description="usb: usblp device (path, default /dev/bansos-printer); dummy: bytes kept "
+        "in memory (tests); none: no printer",
     )
     port: str = Field(default="/dev/serial0", description="serial: the printer's serial device")
     baudrate: int = Field(default=9600, ge=1200, description="serial: line speed, bits/s")
     path: OptionalPath = Field(
-        default=None, description="file printer: output file (unset: state_dir/receipts.bin)"
+        default=None,
+        description="file: output file (unset: state_dir/receipts.bin); usb: the device "
+        "(unset: /dev/bansos-printer)",
     )
     refusal_slip: bool = Field(default=False, description="Print a slip for refusals as well")
     timeout_s: float = Field(
@@ -467,7 +471,13 @@ class PrinterConfig(Section):
     )
     status_queries: bool = Field(
         default=True,
-        description="serial: ask online/paper (DLE EOT); false when the printer's TX is not wired",
+        description="serial, usb: ask online/paper (DLE EOT); false when the printer never "
+        "answers (TX not wired, or a model without DLE EOT)",
+    )
+    qr: Literal["native", "image"] = Field(
+        default="native",
+        description="native: the printer draws the QR (GS ( k); image: sent as a raster image, "
+        "for printers without native QR",
     )
     profile: str = Field(
         default="", description="python-escpos profile name; empty: generic 58 mm, 32 columns"

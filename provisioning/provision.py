@@ -22,6 +22,8 @@ REPO = HERE.parent
 if (REPO / "edge" / "__init__.py").is_file() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
+import rootfs  # noqa: E402
+from args import build_parser  # noqa: E402
 from target import (  # noqa: E402
     CA_FILE,
     CENTRAL_PUB,
@@ -45,9 +47,6 @@ from target import (  # noqa: E402
     Report,
     Target,
     check_models,
-    first_boot_values,
-    parse_broker,
-    parse_pins,
     write_out,
 )
 
@@ -96,7 +95,7 @@ class Provisioner(Target):
             return
         if not self.real:
             # pip would build for this machine, not the Pi: the wheel waits in /opt/edge/dist
-            # and first boot (provisioning/user-data) installs it.
+            # and first boot (provisioning/firstboot.py) installs it from the wheelhouse.
             self.report.add("skipped", "pip install", "--root: installed at first boot")
             return
         if target is None:
@@ -226,9 +225,7 @@ class Provisioner(Target):
             "models": {"dir": f"/{MODELS}"},
             "camera": {"kind": a.camera},
             "signals": {"kind": "gpiozero", **a.pins},
-            "printer": (
-                {"kind": "serial", "port": a.printer_port} if a.printer_port else {"kind": "none"}
-            ),
+            "printer": self.printer_values(),
             "mqtt": mqtt,
         }
         if a.point_name:
@@ -236,6 +233,15 @@ class Provisioner(Target):
         if a.central_pub:
             values["bundle"] = {"central_public_key": f"/{CENTRAL_PUB}"}
         return values
+
+    def printer_values(self) -> dict:
+        a = self.args
+        if a.printer_usb:
+            # udev links the printer to this name (provisioning/boot.py udev_rule)
+            return {"kind": "usb", "path": "/dev/bansos-printer"}
+        if a.printer_port:
+            return {"kind": "serial", "port": rootfs.default_printer_port(a)}
+        return {"kind": "none"}
 
     def check_inputs(self) -> None:
         """Refuse bad files from the technician before writing anything."""
@@ -287,7 +293,7 @@ class Provisioner(Target):
     def stage_tools(self) -> None:
         """Ship this script and its assets so first boot can finish the job on the Pi."""
         assets = ("edge.service", "edge-prune.service", "edge-prune.timer", "edge.sysusers.conf")
-        for name in (*assets, "user-data", "operations.md"):
+        for name in (*assets, "operations.md"):
             self.copy(find_asset(name), TOOLS / name)
         self.copy(Path(__file__).resolve(), TOOLS / "provision.py", 0o755)
         self.copy(HERE / "target.py", TOOLS / "target.py")
@@ -337,15 +343,6 @@ class Provisioner(Target):
         else:
             self.report.add("unchanged", "edge.service", "running, nothing changed")
 
-    def render_user_data(self) -> None:
-        if not self.args.boot:
-            return
-        text = find_asset("user-data").read_text()
-        for key, value in first_boot_values(self.args).items():
-            text = text.replace("{{" + key + "}}", value)
-        target = Path(self.args.boot) / "user-data"
-        self.report.add(write_out(target, text.encode()), str(target), "cloud-init first boot")
-
     def run(self) -> Report:
         config = self.prepare_config()
         self.check_inputs()
@@ -357,41 +354,14 @@ class Provisioner(Target):
         self.write(CONFIG, config, 0o640)
         self.install_unit()
         self.stage_tools()
-        self.render_user_data()
+        rootfs.install_udev(self, self.args)
+        if not self.real:  # a card: first boot finishes on the Pi, offline
+            rootfs.install_firstboot(self, self.args, find_asset)
+            rootfs.stage_wheelhouse(self, self.args)
+        rootfs.edit_boot(self, self.args)
         self.system_user()
         self.start_service()
         return self.report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="/", help="root of the target system (default /)")
-    p.add_argument("--device-id", required=True, help="e.g. edge-3171-0001")
-    p.add_argument("--regency", required=True, help="four-digit BPS regency code")
-    p.add_argument(
-        "--broker",
-        required=True,
-        type=parse_broker,
-        help="MQTT broker host[:port] (port 8883 default)",
-    )
-    p.add_argument("--point-name", help="distribution point name printed on receipts")
-    p.add_argument("--printer-port", help="serial port of the receipt printer, e.g. /dev/serial0")
-    p.add_argument("--pins", type=parse_pins, default={}, help="red=17,green=27,blue=22,buzzer=18")
-    p.add_argument("--camera", default="picamera2", choices=("picamera2", "opencv", "auto"))
-    p.add_argument("--central-pub", help="central Ed25519 public key PEM (verifies bundles)")
-    p.add_argument("--ca", help="CA certificate PEM of the broker")
-    p.add_argument("--registry", help="device registry signed by central (edge registry build)")
-    p.add_argument("--no-tls", action="store_true", help="plain MQTT (lab only)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--wheel", help="bansos_edge wheel to install")
-    src.add_argument("--source", help="source checkout to install")
-    p.add_argument("--models", help="models folder made by `make models` (manifest.json)")
-    p.add_argument("--no-install", action="store_true", help="do not run pip (tests, dry layout)")
-    p.add_argument("--no-system", action="store_true", help="no useradd/systemctl on a real root")
-    p.add_argument("--restart", action="store_true", help="restart the service even if unchanged")
-    p.add_argument("--boot", help="mounted boot partition: write the cloud-init user-data there")
-    p.add_argument("--out", help="where to put the CSR and device card (default ./provisioned/ID)")
-    return p
 
 
 def ensure_edge_importable(args: argparse.Namespace, argv: list[str]) -> None:

@@ -36,7 +36,7 @@ TIMER_WANTS = UNIT_DIR / "timers.target.wants" / "edge-prune.timer"
 SYSUSERS = Path("etc/sysusers.d/edge.conf")
 REEXEC_FLAG = "EDGE_PROVISION_REEXEC"
 CHANGED_FLAG = "EDGE_PROVISION_CHANGED"
-GROUPS = ("gpio", "video", "dialout")
+GROUPS = ("gpio", "video", "dialout", "lp")
 
 
 @dataclass
@@ -172,30 +172,26 @@ def parse_pins(text: str) -> dict[str, int]:
     return pins
 
 
-def first_boot_values(a: argparse.Namespace) -> dict[str, str]:
-    """The first-boot command repeats this run's choices; files are already on the card."""
-    extra = []
+def first_boot_argv(a: argparse.Namespace) -> list[str]:
+    """provision.py's arguments for first boot on the Pi: this run's choices, with paths of
+    the files already on the card."""
+    argv = ["--device-id", a.device_id, "--regency", a.regency]
+    argv += ["--broker", f"{a.broker[0]}:{a.broker[1]}", "--model", a.model]
     if a.point_name:
-        extra += ["--point-name", a.point_name]
+        argv += ["--point-name", a.point_name]
     if a.printer_port:
-        extra += ["--printer-port", a.printer_port]
+        argv += ["--printer-port", a.printer_port]
+    if a.printer_usb:
+        vendor, product = a.printer_usb
+        argv += ["--printer-usb", f"{vendor:04x}:{product:04x}"]
     if a.pins:
-        extra += [
-            "--pins",
-            ",".join(f"{k.removesuffix('_pin')}={v}" for k, v in a.pins.items()),
-        ]
+        argv += ["--pins", ",".join(f"{k.removesuffix('_pin')}={v}" for k, v in a.pins.items())]
     if a.camera != "picamera2":
-        extra += ["--camera", a.camera]
+        argv += ["--camera", a.camera]
     if a.central_pub:
-        extra += ["--central-pub", f"/{CENTRAL_PUB}"]
+        argv += ["--central-pub", f"/{CENTRAL_PUB}"]
     if a.ca:
-        extra += ["--ca", f"/{CA_FILE}"]
+        argv += ["--ca", f"/{CA_FILE}"]
     if a.no_tls:
-        extra += ["--no-tls"]
-    return {
-        "DEVICE_ID": shlex.quote(a.device_id),
-        "REGENCY": shlex.quote(a.regency),
-        "BROKER": shlex.quote(f"{a.broker[0]}:{a.broker[1]}"),
-        "EXTRA_ARGS": " ".join(shlex.quote(x) for x in extra),
-        "HOSTNAME": a.device_id,
-    }
+        argv += ["--no-tls"]
+    return argv

@@ -1,7 +1,8 @@
 """A small ESC/POS decoder for tests: what would a printer make of these bytes?
 
 It understands the commands our printer module sends (and fails loudly on anything else):
-ESC @, ESC E, ESC a, ESC !, ESC t, ESC d, GS !, GS V, GS ( k (QR), DLE EOT, text and LF.
+ESC @, ESC E, ESC a, ESC !, ESC t, ESC d, GS !, GS V, GS ( k (QR), GS v 0 (raster image),
+DLE EOT, text and LF.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Decoded:
     status_queries: list[int] = field(default_factory=list)  # DLE EOT n
     feeds: int = 0
     order: list[str] = field(default_factory=list)  # "text", "qr", "cut" as they came
+    # GS v 0 raster images: rows of 0/1 dots (1 = black), as the printer would burn them
+    images: list[list[list[int]]] = field(default_factory=list)
 
     @property
     def texts(self) -> list[str]:
@@ -160,7 +163,25 @@ class _Decoder:
             self.out.qr_size.append(self.qr_size)
             self.out.order.append("qr")
 
-    GS_COMMANDS = {ord("V"): gs_cut, ord("!"): gs_size, ord("("): gs_paren}
+    def gs_raster(self, i: int) -> int:
+        """GS v 0 m xL xH yL yH d...: a bit image, xL+xH*256 bytes wide, yL+yH*256 dots high."""
+        if self.data[i + 2] != ord("0"):
+            raise ValueError(f"unknown GS v {self.data[i + 2]:#x} at {i}")
+        width = self.data[i + 4] | (self.data[i + 5] << 8)
+        height = self.data[i + 6] | (self.data[i + 7] << 8)
+        start, end = i + 8, i + 8 + width * height
+        if end > len(self.data):
+            raise IndexError("raster image cut off")
+        bits = self.data[start:end]
+        rows = [
+            [(bits[r * width + c // 8] >> (7 - c % 8)) & 1 for c in range(width * 8)]
+            for r in range(height)
+        ]
+        self.out.images.append(rows)
+        self.out.order.append("image")
+        return end
+
+    GS_COMMANDS = {ord("V"): gs_cut, ord("!"): gs_size, ord("("): gs_paren, ord("v"): gs_raster}
 
 
 def decode(data: bytes, codepage: str = "cp437") -> Decoded:

@@ -21,7 +21,7 @@ from edge.ledger.audit import audit_ledger
 from edge.mqtt.commands import CommandProcessor, sign_command, terminal_actions
 from edge.mqtt.counter import CommandCounter
 from edge.mqtt.schemas import errors
-from edge.ops.health import ClockGuard
+from edge.ops.clock import RtcReading, TimeKeeper
 
 DEVICE = "edge-test-0001"
 TOPIC = f"bansos/v1/3171/{DEVICE}/cmd/"
@@ -49,14 +49,26 @@ def terminal(tmp_path, central_pem, make_ledger, clock):
     """The daemon's command path: config action + ledger + counter state + clock guard."""
     cfg = Config()
     ledger = make_ledger()
-    guard = ClockGuard(
+    # The daemon's clock; NTP is switched on and off through timesyncd's flag file.
+    flag = tmp_path / "ntp-synchronized"
+    guard = TimeKeeper(
         tmp_path / "state",
         300.0,
         clock=clock,
         boottime=lambda: 1000.0,  # the boot clock stands still: wall-clock jumps show
         boot_id=lambda: "boot-1",
-        sync_flag=tmp_path / "no-ntp",
+        sync_flag=flag,
+        rtc=lambda: RtcReading(False),
     )
+
+    def ntp(synced: bool) -> None:
+        if synced:
+            flag.touch()
+            guard.stamp()  # anchors on the synchronised time, as signing an event does
+        else:
+            flag.unlink(missing_ok=True)
+
+    ntp(True)
 
     def make(limits=LIMITS, path=tmp_path / "commands.sqlite", guarded=True):
         actions = terminal_actions(cfg, FakeBundles(limits), FakeDesk(), ledger)
@@ -65,7 +77,9 @@ def terminal(tmp_path, central_pem, make_ledger, clock):
         )
 
     proc = make()
-    yield SimpleNamespace(cfg=cfg, ledger=ledger, proc=proc, clock=clock, guard=guard, make=make)
+    yield SimpleNamespace(
+        cfg=cfg, ledger=ledger, proc=proc, clock=clock, guard=guard, ntp=ntp, make=make
+    )
     proc.close()
 
 
@@ -169,11 +183,11 @@ def test_a_command_replayed_after_the_clock_went_30_days_ahead_and_back_is_refus
     first = config(central_key, clock, {"flow.cooldown_s": 7})
     assert send(terminal, first)["status"] == "applied"
     clock.advance(30 * DAY)
-    terminal.guard.trust()  # e.g. NTP vouched for the jump: commands are accepted again
+    terminal.ntp(True)  # e.g. NTP vouched for the jump: commands are accepted again
     later = config(central_key, clock, {"flow.cooldown_s": 9})
     assert send(terminal, later)["status"] == "applied"
     clock.advance(-30 * DAY)
-    terminal.guard.trust()
+    terminal.ntp(True)
     again = send(terminal, first)
     assert again["status"] == "refused" and again["error"] == "replayed command"
     assert terminal.cfg.flow.cooldown_s == 9
@@ -191,20 +205,6 @@ def test_an_older_counter_is_refused_even_when_never_seen(terminal, central_key)
     assert send(terminal, new)["status"] == "applied"
     assert send(terminal, old)["error"] == "replayed command"
     assert terminal.proc.highest_counter() == 11 and terminal.cfg.flow.cooldown_s == 4
-
-
-def test_commands_are_refused_while_the_clock_is_not_trusted(terminal, central_key):
-    clock = terminal.clock
-    terminal.guard.trust()
-    clock.advance(30 * DAY)  # wall clock jumped, boot clock did not: not trusted
-    assert not terminal.guard.check().ok
-    payload = config(central_key, clock, {"flow.cooldown_s": 8})
-    result = send(terminal, payload)
-    assert result["status"] == "refused" and "clock is not trusted" in result["error"]
-    assert terminal.cfg.flow.cooldown_s == Config().flow.cooldown_s
-    # Not counted as applied: once the clock is trusted again, the same command may run.
-    terminal.guard.trust()
-    assert send(terminal, payload)["status"] == "applied"
 
 
 def test_central_counters_only_grow_per_device_across_restarts(tmp_path):
@@ -236,3 +236,59 @@ def test_unsigned_ranges_in_a_forged_bundle_never_reach_the_action(terminal, cen
     payload = sign_command(central_key, DEVICE, "config", args, issued_at=T - 10)
     result = send(terminal, payload)
     assert result["status"] == "refused" and result["error"].startswith("malformed command")
+
+
+@pytest.fixture
+def slow_pi(tmp_path, central_pem, make_ledger):
+    """The daemon's real clock (TimeKeeper) on a terminal with neither NTP nor RTC, whose last
+    trusted time was three days ago: it signs on carried time, which nobody verified."""
+    from support import FakeClock
+
+    from edge.ops.clock import RtcReading, TimeKeeper
+
+    wall, boot, boot_id = FakeClock(T0), FakeClock(100.0), ["boot-1"]
+    keeper = TimeKeeper(
+        tmp_path / "state",
+        300.0,
+        clock=wall,
+        boottime=boot,
+        boot_id=lambda: boot_id[0],
+        sync_flag=tmp_path / "no-ntp",
+        rtc=lambda: RtcReading(False),
+    )
+    keeper.trust(T0, "ntp")
+    boot_id[0] = "boot-2"  # a power cut: the Pi comes back at its last trusted time
+    actions = terminal_actions(Config(), FakeBundles(LIMITS), FakeDesk(), make_ledger())
+    proc = CommandProcessor(
+        central_pem, DEVICE, tmp_path / "c.sqlite", actions, clock=wall, clock_guard=keeper
+    )
+    yield SimpleNamespace(proc=proc, keeper=keeper, wall=wall)
+    proc.close()
+
+
+def test_a_clock_days_slow_anchors_on_the_signed_time_of_a_command(slow_pi, central_key):
+    true_now = T0 + 3 * DAY
+    assert slow_pi.keeper.check().source == "carried"
+    payload = sign_command(
+        central_key, DEVICE, "config", {"set": {"flow.cooldown_s": 7}}, issued_at=true_now - 5
+    )
+    result = slow_pi.proc.handle(TOPIC + "config", payload)
+    # Before: refused as "issued in the future" until NTP answered, which may be never.
+    assert result["status"] == "applied", result
+    reading = slow_pi.keeper.check()
+    assert reading.source == "central" and reading.now >= true_now - 5
+
+
+def test_commands_are_refused_while_the_clock_is_not_trusted(slow_pi, central_key, tmp_path):
+    """An unverified clock ahead of central's signed time judges no command; NTP ends that."""
+    # The last event was signed two days ahead (a clock set wrong by hand, then carried on).
+    slow_pi.keeper.last_event = lambda: T0 + 2 * DAY
+    assert slow_pi.keeper.check().source == "carried"
+    payload = sign_command(
+        central_key, DEVICE, "config", {"set": {"flow.cooldown_s": 7}}, issued_at=T0
+    )
+    result = slow_pi.proc.handle(TOPIC + "config", payload)
+    assert result["status"] == "refused" and "clock is not trusted" in result["error"], result
+    # Not counted as applied: once NTP vouches for the clock, the same command runs.
+    (tmp_path / "no-ntp").touch()
+    assert slow_pi.proc.handle(TOPIC + "config", payload)["status"] == "applied"

@@ -14,6 +14,7 @@ from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
 from edge.ledger.audit import verify_events
 from edge.ops import sdnotify
+from edge.ops.clock import RtcReading
 from tests.escpos_decode import decode
 
 pytestmark = pytest.mark.slow
@@ -140,9 +141,11 @@ def test_missing_tls_certificate_pays_out_offline(tmp_path, engine, models_dir, 
     assert any("mqtt not started" in r.getMessage() for r in caplog.records)
 
 
-def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
-    """A wall clock that jumped since it was last trusted: no claim is taken, the LED says fault."""
-    import json
+def test_clock_with_no_rule_pauses_payouts_until_a_time_is_anchored(tmp_path, models_dir):
+    """Payouts stop only when no time rule applies (edge/ops/clock.py): a clock before the floor
+    on a terminal that never trusted a time nor signed an event. The LED says fault; a time
+    signed by central anchors the boot and payouts resume."""
+    from edge.events import CLOCK_FLOOR
 
     cfg = Config()
     cfg.models.dir = str(models_dir)
@@ -151,19 +154,19 @@ def test_untrusted_clock_pauses_payouts(tmp_path, models_dir):
     cfg.liveness.enabled = False
     demo.FrameScript(tmp_path / "frames").pause(0.2)
     app = demo.App(cfg)
-    reading = app.clock_guard.check()
-    assert reading.ok
-    # Pretend the clock was trusted an hour "later" than the guard's own reading, in this boot.
-    # (App builds its ClockGuard on the real clock and takes none: the jump is made relative to
-    # what the guard read, so no second reading of the wall clock enters the test.)
-    app.clock_guard.trust(reading.now + 3600)
-    record = json.loads(app.clock_guard.path.read_text())
-    assert record["wall"] == reading.now + 3600
+    keeper = app.time_keeper
+    keeper._clock = lambda: CLOCK_FLOOR - 86400  # booted at fake-hwclock's image date
+    keeper._sync_flag = tmp_path / "no-ntp"
+    keeper._rtc = lambda: RtcReading(False)
     app.clock_pause.check()
     assert app.flow.paused and "clock" in app.flow.paused
     app._refresh_signal()
     assert app.signals.current == "fault"
     assert "clock" in app.health()["faults"]
+    assert keeper.offer_central(CLOCK_FLOOR + 3600)  # a verified command's issued_at
+    app.clock_pause.check()
+    assert not app.flow.paused
+    assert app.clock_guard.check().source == "central"
     app.close()
 
 

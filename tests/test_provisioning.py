@@ -146,14 +146,16 @@ def test_layout_of_a_provisioned_card(tmp_path, kit, make_identity):
     assert "skipped   user edge" in res.stdout
     assert not (root / "etc/passwd").exists()
 
-    # First boot has what it needs on the card, and cloud-init calls it.
+    # First boot has what it needs on the card, and its own unit runs it (no cloud-init).
     tools = root / "opt/edge/provisioning"
-    assert {p.name for p in tools.iterdir()} >= {"provision.py", "target.py", "edge.service"}
-    user_data = (tmp_path / "boot" / "user-data").read_text()
-    assert user_data.startswith("#cloud-config")
-    assert "{{" not in user_data
-    assert "/opt/edge/provisioning/provision.py --root /" in user_data
-    assert "--device-id edge-3171-0007" in user_data and "--pins red=5,green=6" in user_data
+    assert {p.name for p in tools.iterdir()} >= {
+        "provision.py", "target.py", "edge.service", "firstboot.py", "wheelhouse.py"
+    }  # fmt: skip
+    choices = json.loads((tools / "firstboot.json").read_text())
+    argv = " ".join(choices["argv"])
+    assert "--device-id edge-3171-0007" in argv and "--pins red=5,green=6" in argv
+    # this boot partition is neither image's (empty, no cloud-init): no user-data invented
+    assert not (tmp_path / "boot" / "user-data").exists()
 
 
 def test_second_run_changes_nothing(tmp_path, kit):
@@ -227,19 +229,6 @@ def test_broken_existing_config_is_not_replaced(tmp_path, kit):
     res = provision(tmp_path, kit)
     assert res.returncode == 1 and "not valid TOML" in res.stderr
     assert config.read_text() == "[device\nid = 1\n"
-
-
-def test_user_data_template_is_cloud_config():
-    text = (ROOT / "provisioning" / "user-data").read_text()
-    assert text.startswith("#cloud-config\n")
-    for field in ("{{DEVICE_ID}}", "{{REGENCY}}", "{{BROKER}}", "{{EXTRA_ARGS}}"):
-        assert field in text
-    try:
-        import yaml
-    except ModuleNotFoundError:
-        return
-    doc = yaml.safe_load(text.replace("{{", "x").replace("}}", "x"))
-    assert "provision.py" in doc["runcmd"][0]
 
 
 def test_installed_config_passes_check_config(tmp_path, kit):

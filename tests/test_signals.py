@@ -12,13 +12,13 @@ from edge.devices.signals import (
     HISTORY,
     OUTCOME_HOLD_S,
     PATTERNS,
+    FaultedSignals,
     Indicator,
     Signals,
     idle_pattern,
     make_signals,
     outcome_pattern,
 )
-from edge.errors import DeviceError
 
 R, G, B, BUZ = 17, 27, 22, 18
 # gpiozero's own assert_states_and_times allows 0.05 s; two busy shared cores need a little more
@@ -149,10 +149,13 @@ def test_mock_kind_makes_its_own_factory_and_log_kind_only_records():
     log_only.close()
 
 
-def test_pins_in_use_is_a_device_error(mock_factory):
+def test_pins_in_use_is_a_reported_fault(mock_factory):
     first = make_signals(SignalsConfig(kind="gpiozero"))
-    with pytest.raises(DeviceError, match="GPIO"):
-        make_signals(SignalsConfig(kind="gpiozero", buzzer_pin=5))
+    second = make_signals(SignalsConfig(kind="gpiozero", buzzer_pin=5))
+    # a second user of the same pins gets no LED, not a crash: the reason is kept for health
+    assert isinstance(second, FaultedSignals) and "GPIO" in second.fault
+    second.show("fault")
+    assert second.history == ["fault"]
     first.close()
 
 

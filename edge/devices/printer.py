@@ -1,4 +1,4 @@
-"""Receipt printer: python-escpos over a serial line, a file, or nothing.
+"""Receipt printer: python-escpos over a serial line, a USB printer, a file, or nothing.
 
 Every transport is a small subclass of a python-escpos printer, so all output goes through the
 one ``_raw(bytes)`` method python-escpos defines. Transports are opened explicitly by
@@ -42,6 +42,8 @@ from edge.errors import DeviceError
 log = logging.getLogger(__name__)
 
 PAPER = {2: "ok", 1: "low", 0: "out"}
+# The name udev gives the USB receipt printer (provisioning/boot.py udev_rule).
+USB_PRINTER = "/dev/bansos-printer"
 
 
 @dataclass(frozen=True)
@@ -169,18 +171,54 @@ class FileTransport(_QuietClose, File):
             raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from exc
 
 
+class UsbTransport(FileTransport):
+    """A USB receipt printer through the kernel's usblp driver (``/dev/usb/lp0``, linked by udev
+    to ``/dev/bansos-printer``): writes like a file, and reads DLE EOT answers back, since
+    usblp is bidirectional, within ``timeout_s``.
+    """
+
+    def __init__(self, *args, timeout_s: float = 0.5, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_s = timeout_s
+
+    def open(self, raise_not_found: bool = True) -> None:
+        self.close()
+        try:
+            self._device = open(self.devfile, "r+b", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            self._device = False
+            raise DeviceError(f"printer: cannot open {self.devfile}: {exc.strerror}") from exc
+
+    def _read(self) -> bytes:
+        import select
+
+        dev = self._device
+        if not dev:
+            return b""
+        ready, _, _ = select.select([dev], [], [], self.timeout_s)
+        return os.read(dev.fileno(), 16) if ready else b""
+
+
 class Printer:
-    """A receipt printer over one python-escpos transport (``None`` for kind "none")."""
+    """A receipt printer over one python-escpos transport (``None`` for kind "none").
+
+    The printer's profile: ``qr`` "native" sends the QR as a GS ( k command the printer
+    renders; "image" renders it here and sends a raster image (GS v 0), for printers without
+    native QR. ``status_queries`` off: no DLE EOT queries, for printers that never answer them
+    (they would look offline for ever).
+    """
 
     def __init__(
         self,
         transport: Escpos | None,
         kind: str,
         status_queries: bool = True,
+        qr: str = "native",
     ) -> None:
         self.transport = transport
         self.kind = kind
         self.status_queries = status_queries
+        self.qr_native = qr != "image"
         self._open = False
         # the payout loop prints while a health reporter may ask for status: one at a time
         self._lock = threading.RLock()
@@ -223,10 +261,11 @@ class Printer:
             return PrinterStatus(False, "unknown")
         if not self._open and not self.open():
             return PrinterStatus(False, "unknown")
-        if isinstance(self.transport, FileTransport):
+        queryable = isinstance(self.transport, SerialTransport | UsbTransport)
+        if isinstance(self.transport, FileTransport) and not (queryable and self.status_queries):
             writable = os.access(self.transport.devfile, os.W_OK)
             return PrinterStatus(writable, "unknown")
-        if not isinstance(self.transport, SerialTransport) or not self.status_queries:
+        if not queryable or not self.status_queries:
             return PrinterStatus(True, "unknown")
         try:
             if not self.transport.is_online():
@@ -262,7 +301,7 @@ class Printer:
         for b in blocks:
             if isinstance(b, Qr):
                 p.set(align="center")
-                p.qr(b.payload, ec=QR_ECLEVEL_M, size=qr_dot_size(b.payload), native=True)
+                p.qr(b.payload, ec=QR_ECLEVEL_M, size=qr_dot_size(b.payload), native=self.qr_native)
                 p.set(align="left")
                 style = ("left", style[1], style[2])
                 continue
@@ -289,7 +328,9 @@ class Printer:
         self._check_ready("before")
         try:
             self._emit(transport, blocks)
-            if isinstance(transport, FileTransport):
+            if isinstance(transport, UsbTransport):
+                pass  # unbuffered writes to the device: nothing to flush or sync
+            elif isinstance(transport, FileTransport):
                 transport.sync()
             else:
                 dev = transport._device  # not .device: that property reopens as a side effect
@@ -332,16 +373,20 @@ def make_printer(cfg, state_dir: str | Path) -> Printer:
     (receipts wait as pending) and the transport is reopened at the next status or print.
     """
     profile = profile_58mm(getattr(cfg, "profile", ""))
+    queries, qr = getattr(cfg, "status_queries", True), getattr(cfg, "qr", "native")
+    timeout_s = getattr(cfg, "timeout_s", 0.5)
     if cfg.kind == "serial":
-        transport = SerialTransport(
-            cfg.port, cfg.baudrate, getattr(cfg, "timeout_s", 0.5), profile=profile
-        )
-        printer = Printer(transport, "serial", getattr(cfg, "status_queries", True))
+        transport = SerialTransport(cfg.port, cfg.baudrate, timeout_s, profile=profile)
+        printer = Printer(transport, "serial", queries, qr)
+    elif cfg.kind == "usb":
+        path = str(cfg.path or USB_PRINTER)
+        usb = UsbTransport(devfile=path, profile=profile, timeout_s=timeout_s)
+        printer = Printer(usb, "usb", queries, qr)
     elif cfg.kind == "file":
         path = cfg.path or str(Path(state_dir) / "receipts.bin")
-        printer = Printer(FileTransport(devfile=path, profile=profile), "file")
+        printer = Printer(FileTransport(devfile=path, profile=profile), "file", False, qr)
     elif cfg.kind == "dummy":
-        printer = Printer(Dummy(profile=profile), "dummy")
+        printer = Printer(Dummy(profile=profile), "dummy", queries, qr)
     else:
         printer = Printer(None, "none")
     printer.open()

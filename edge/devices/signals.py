@@ -15,11 +15,13 @@ what shows between recipients.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from edge.errors import DeviceError
 
@@ -120,10 +122,13 @@ class GpioSignals(Signals):
         pin_factory=None,
     ) -> None:
         super().__init__()
-        from gpiozero import RGBLED, Buzzer, LEDBoard
-        from gpiozero.exc import GPIOZeroError
-
+        self.led: Any = None
+        self.buzzer: Any = None
         try:
+            # Inside the try: with GPIOZERO_PIN_FACTORY=lgpio the backend is imported by the
+            # first device, and lgpio's import itself can fail (see lgpio_workdir).
+            from gpiozero import RGBLED, Buzzer, LEDBoard
+
             if separate:
                 self.led = LEDBoard(
                     red_pin,
@@ -144,10 +149,12 @@ class GpioSignals(Signals):
                     pin_factory=pin_factory,
                 )
             self.buzzer = Buzzer(buzzer_pin, pin_factory=pin_factory)
-        except GPIOZeroError as exc:
-            if getattr(self, "led", None) is not None:
+        except Exception as exc:  # GPIOZeroError, and OSError/ImportError from the backend
+            if self.led is not None:
                 self.led.close()
-            raise DeviceError(f"signals: cannot use GPIO pins: {exc}") from exc
+            raise DeviceError(
+                f"signals: cannot use GPIO pins: {type(exc).__name__}: {exc}"
+            ) from exc
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -217,24 +224,57 @@ def _mock_factory():
     return MockFactory(pin_class=BoundedMockPin)
 
 
-def make_signals(cfg, pin_factory=None) -> Signals:
+class FaultedSignals(Signals):
+    """Stands in for LED and buzzer that could not be set up: keeps the history, and says why
+    in ``fault`` so the daemon reports it (health, selftest) instead of dying in a restart loop.
+    """
+
+    def __init__(self, fault: str) -> None:
+        super().__init__()
+        self.fault = fault
+
+
+def lgpio_workdir(runtime_dir: str | os.PathLike[str] | None = None) -> str:
+    """Point lgpio at a writable directory before it is imported, and return it.
+
+    Importing lgpio creates its notification FIFO (``.lgd-nfy*``) in ``$LG_WD``, else in the
+    working directory, which is ``/`` and read-only under edge.service (ProtectSystem=strict):
+    the import then raises FileNotFoundError. The unit sets LG_WD itself; this covers a daemon
+    started any other way. Order: LG_WD, systemd's RUNTIME_DIRECTORY, ``runtime_dir``, /tmp.
+    """
+    if not os.environ.get("LG_WD"):
+        rt = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        os.environ["LG_WD"] = rt or str(runtime_dir or "/tmp")
+    return os.environ["LG_WD"]
+
+
+def make_signals(cfg, pin_factory=None, runtime_dir=None) -> Signals:
     """Build the signals chosen by ``cfg.signals`` (a SignalsConfig).
 
     ``pin_factory`` overrides gpiozero's; kind "mock" makes a fresh mock factory if none.
+    GPIO that cannot be used (pins taken, no gpiochip, the backend fails to import) gives a
+    :class:`FaultedSignals` with the reason, logged as an error: a terminal without its LED
+    still pays out, and the fault shows in health and selftest.
     """
     if cfg.kind == "log":
         return Signals()
     if cfg.kind == "mock" and pin_factory is None:
         pin_factory = _mock_factory()
-    return GpioSignals(
-        cfg.red_pin,
-        cfg.green_pin,
-        cfg.blue_pin,
-        cfg.buzzer_pin,
-        separate=cfg.led_kind == "separate",
-        active_high=cfg.active_high,
-        pin_factory=pin_factory,
-    )
+    if pin_factory is None:
+        lgpio_workdir(runtime_dir)
+    try:
+        return GpioSignals(
+            cfg.red_pin,
+            cfg.green_pin,
+            cfg.blue_pin,
+            cfg.buzzer_pin,
+            separate=cfg.led_kind == "separate",
+            active_high=cfg.active_high,
+            pin_factory=pin_factory,
+        )
+    except DeviceError as exc:
+        log.error("%s; LED and buzzer are off, payouts continue", exc)
+        return FaultedSignals(str(exc))
 
 
 # The outcomes with a pattern of their own; every other outcome is a refusal.

@@ -43,6 +43,7 @@ from edge.events import (
     is_payout,
     iso_utc,
     sign_head,
+    parse_iso_utc,
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
@@ -72,8 +73,12 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         device_id: str,
         regency: str,
         clock=time.time,
+        stamp=None,
     ) -> None:
         self.path = Path(path)
+        # stamp(last_ts) -> (ts, note): the time rule of edge.ops.clock.TimeKeeper; the note
+        # goes into the event as extra.clock. None: the plain ``clock``.
+        self._stamp = stamp
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
         self.regency = regency
@@ -112,6 +117,12 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
             except BaseException:
                 _rollback(self._conn)
                 raise
+
+    def last_ts(self) -> float | None:
+        """The time of the last signed event (POSIX seconds), None for an empty ledger."""
+        with self._lock:
+            row = self._conn.execute("SELECT ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return parse_iso_utc(row[0]).timestamp() if row else None
 
     def _head(self) -> tuple[int, str]:
         row = self._conn.execute(
@@ -157,7 +168,12 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         carries ``household_ref``, never ``household_id`` (kept in this ledger's columns).
         """
         accepted = _check_decision(outcome, household_id, round_id, amount, household_ref)
-        now = self._clock()
+        if self._stamp is None:
+            now = self._clock()
+        else:
+            with self._lock:  # the last event's time, and ours not before it
+                now, note = self._stamp(self.last_ts())
+            extra = {**(extra or {}), "clock": note}
         self._check_clock(now)
         fields: dict[str, Any] = {
             "outcome": outcome,

@@ -39,6 +39,10 @@ from edge.ports import Reprinter
 
 log = logging.getLogger(__name__)
 
+# Rules of edge.ops.clock.TimeKeeper that give a time nobody verified this boot: a command is
+# judged by such a clock only when it agrees with the command's signed time.
+UNVERIFIED_TIME = ("mono", "carried", "wall")
+
 COMMAND_NAMES = ("bundle", "config", "reprint", "health", "resend", "evidence", "update")
 MAX_RESEND = 10000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
@@ -256,18 +260,42 @@ class CommandProcessor:
         # The order is the contract: a command is refused for the first rule it breaks.
         cmd = self._check_signed(payload, seen)
         self._check_addressed(cmd, topic_name)
-        self._check_clock_trusted()
-        self._check_fresh(cmd)
+        now = self._check_clock_trusted(self._issued(cmd))
+        self._check_fresh(cmd, now)
         self._check_args(cmd["name"], cmd["args"])
         return cmd
 
-    def _check_clock_trusted(self) -> None:
-        # A terminal whose clock jumped cannot judge a command's age: it acts on none.
+    @staticmethod
+    def _issued(cmd: dict) -> float:
+        try:
+            return parse_iso_utc(cmd["issued_at"]).timestamp()
+        except ValueError as exc:  # the schema's pattern lets 2026-13-45 through
+            raise CommandRefused("malformed command: issued_at is no date") from exc
+
+    def _check_clock_trusted(self, issued: float) -> float:
+        """The time to judge the command by, or refused while the clock cannot be believed.
+
+        Central's signature on ``issued_at`` is itself a time (a lower bound): a terminal whose
+        clock is not verified (no NTP, no RTC) and runs behind anchors on it
+        (``TimeKeeper.offer_central``), so a Pi back from a power cut days slow still takes its
+        next bundle. A clock neither verified nor within ``max_skew_s`` of the signed time (for
+        instance one days ahead) judges nothing: every command is refused until NTP answers.
+        """
         if self._clock_guard is None:
-            return
+            return self._clock()
+        offer = getattr(self._clock_guard, "offer_central", None)
+        if offer is not None:
+            offer(issued)
         reading = self._clock_guard.check()
         if not reading.ok:
             raise CommandRefused(f"device clock is not trusted ({reading.reason}): try later")
+        unverified = reading.source in UNVERIFIED_TIME
+        if unverified and abs(reading.now - issued) > self._max_skew_s:
+            raise CommandRefused(
+                f"device clock is not trusted ({reading.reason}) and disagrees with the "
+                "command's signed time: try later"
+            )
+        return reading.now
 
     def highest_counter(self) -> int:
         """The highest command counter this terminal has applied (0 before the first)."""
@@ -304,18 +332,14 @@ class CommandProcessor:
         if cmd["name"] not in self._actions:
             raise CommandRefused(f"unknown command: {cmd['name']}")
 
-    def _check_fresh(self, cmd: dict) -> None:
+    def _check_fresh(self, cmd: dict, now: float) -> None:
         """Refuse a replay (counter not above the highest applied), then a command from the
         future or past its age limit (the clock is trusted by now)."""
         highest = self.highest_counter()
         if cmd["counter"] <= highest:
             log.warning("command counter %s is not above %s", cmd["counter"], highest)
             raise CommandRefused("replayed command")
-        now = self._clock()
-        try:
-            issued = parse_iso_utc(cmd["issued_at"]).timestamp()
-        except ValueError as exc:  # the schema's pattern lets 2026-13-45 through
-            raise CommandRefused("malformed command: issued_at is no date") from exc
+        issued = self._issued(cmd)
         if issued > now + self._max_skew_s:
             raise CommandRefused("command issued in the future")
         if issued < now - self._max_age_s:

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Protocol
 
 from edge.events import CLOCK_FLOOR, iso_utc
+from edge.ops.clock import TIMESYNC_FLAG, ClockReading, TimeKeeper, _boot_id, _boottime
 
 log = logging.getLogger(__name__)
 
-# systemd-timesyncd touches this file each time it synchronises (timedatectl's NTPSynchronized).
-TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 MIN_FREE_BYTES = 256 * 1024 * 1024
 MIN_FREE_RATIO = 0.05
 MAX_CPU_TEMP_C = 80.0  # the Pi 4 firmware starts throttling at 80-85 °C
@@ -36,18 +35,6 @@ THROTTLED_FILE = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 def _iso(ts: float) -> str:
     # Whole seconds: these readings and refusals are read by people.
     return iso_utc(ts, timespec="seconds")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _boottime() -> float:
-    """Seconds since boot, counting suspend (what the wall clock should have advanced by)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 @dataclass(frozen=True)
@@ -70,19 +57,6 @@ def disk_free(path: str | os.PathLike[str]) -> DiskReading:
     usage = shutil.disk_usage(p)
     ok = usage.free >= MIN_FREE_BYTES and usage.free >= MIN_FREE_RATIO * usage.total
     return DiskReading(str(path), usage.free, usage.total, ok)
-
-
-@dataclass(frozen=True)
-class ClockReading:
-    ok: bool
-    now: float
-    reason: str  # "ok" or why the clock is not trusted for signing
-    synced: bool  # NTP said so during this boot
-    last_trusted: float | None
-
-    @property
-    def now_iso(self) -> str:
-        return _iso(self.now)
 
 
 class ClockGuard:
@@ -246,6 +220,7 @@ class Health:
                 "reason": self.clock.reason,
                 "ntp_synced": self.clock.synced,
                 "last_trusted": _iso(self.clock.last_trusted) if self.clock.last_trusted else None,
+                "source": self.clock.source,
             },
             "cpu_temp_c": self.cpu_temp_c,
             "throttled": self.throttled,
@@ -254,10 +229,10 @@ class Health:
         }
 
 
-def collect(cfg, guard: ClockGuard | None = None) -> Health:
+def collect(cfg, guard: ClockCheck | None = None) -> Health:
     """Take every reading for the terminal configured by ``cfg`` (an ``edge.config.Config``)."""
     state = Path(cfg.device.state_dir)
-    guard = guard or ClockGuard(state, cfg.device.max_clock_skew_s)
+    guard = guard or TimeKeeper(state, cfg.device.max_clock_skew_s)
     disk = disk_free(state)
     clock = guard.check()
     temp = cpu_temperature()
