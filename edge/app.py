@@ -27,8 +27,8 @@ from edge.keys import DeviceIdentity, load_central_public_pem
 from edge.ledger.store import Ledger
 from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
-from edge.ota.agent import UpdateAgent
 from edge.ops.clock import TimeKeeper
+from edge.ota.agent import UpdateAgent
 from edge.payout.flow import Decision, PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals

@@ -42,8 +42,8 @@ from edge.events import (
     event_hash,
     is_payout,
     iso_utc,
-    sign_head,
     parse_iso_utc,
+    sign_head,
     sign_receipt,
 )
 from edge.keys import DeviceIdentity
