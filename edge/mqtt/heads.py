@@ -6,8 +6,8 @@ such message to :class:`HeadBook`, which keeps each device's latest head with th
 seen (table ``heads``) and every signed checkpoint (table ``checkpoints``). Two things a
 tampered terminal cannot hide once a checkpoint has left it:
 
-- ``head_rollback``: a signed head with a lower seq than one already held, and not older than
-  it (a retained or stale message is not evidence): the newest events were deleted.
+- ``head_rollback``: a signed head with a lower seq than one already held, and signed later
+  than it (a retained or stale message is not evidence): the newest events were deleted.
 - ``head_fork``: a signed head, or an event, whose hash at seq N differs from what central
   holds at N: the chain was cut and written again.
 
@@ -204,7 +204,8 @@ def _checkpoint(sql, device_id, head, signed_seq, signed_ts, retained, now) -> s
     if signed_seq is not None and seq < signed_seq:
         # A lower head is evidence only when it is not older than the higher one: a retained
         # status, or two reports handled out of order by a shared group, are merely stale.
-        if not retained and _when(head["ts"]) >= _when(signed_ts):
+        # Signed strictly later: two heads of the same instant prove no order.
+        if not retained and _when(head["ts"]) > _when(signed_ts):
             detail = f"signed head went back from seq {signed_seq} to {seq}"
             ref = f"{device_id}@{seq}<{signed_seq}"
             _anomaly(sql, "head_rollback", ref, device_id, detail, now)

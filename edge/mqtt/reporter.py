@@ -83,7 +83,8 @@ class Reporter:
             cfg.device.id,
             self._settings,
             reconnect_max_s=reconnect_max_s,
-            will=(self.topics.status, self._status("offline", "lost")),
+            # No head in the will: it is written now and published whenever the link drops.
+            will=(self.topics.status, self._status("offline", "lost", head=False)),
         )
         # As many PUBACKs outstanding as the window (the broker's Receive Maximum still caps it).
         self._client.max_inflight_messages_set(window)
@@ -392,7 +393,7 @@ class Reporter:
         stats = getattr(self._ledger, "stats", None)
         return int(stats()["events"]) if stats else None
 
-    def _status(self, state: str, reason: str | None = None) -> bytes:
+    def _status(self, state: str, reason: str | None = None, head: bool = True) -> bytes:
         body = {
             "schema": "bansos.status/1",
             "device_id": self._cfg.device.id,
@@ -402,9 +403,9 @@ class Reporter:
         boot = getattr(self._ledger, "boot_session", None)
         if boot:
             body["boot_session"] = boot
-        head = self._head()
-        if head is not None:
-            body["head"] = head
+        checkpoint = self._head() if head else None
+        if checkpoint is not None:
+            body["head"] = checkpoint
         body["version"] = __version__  # the running release, retained for central
         if reason:
             body["reason"] = reason
