@@ -334,9 +334,15 @@ class CommandProcessor:
 
     def _check_fresh(self, cmd: dict, now: float) -> None:
         """Refuse a replay (counter not above the highest applied), then a command from the
-        future or past its age limit (the clock is trusted by now)."""
+        future or past its age limit (the clock is trusted by now).
+
+        A chunk of a bundle or release is exempt from the counter order: the broker may
+        redeliver one out of order after a reconnect, and writing it again is harmless (the
+        same bytes at the same place, and nothing is used before the whole blob matches its
+        signed sha256; an old bundle or release is then refused for being older).
+        """
         highest = self.highest_counter()
-        if cmd["counter"] <= highest:
+        if cmd["counter"] <= highest and "chunk" not in cmd["args"]:
             log.warning("command counter %s is not above %s", cmd["counter"], highest)
             raise CommandRefused("replayed command")
         issued = self._issued(cmd)

@@ -277,7 +277,8 @@ class Consumer:
         """Keep the versions of a health report: ``fleet`` or ``ignored: <why>``.
 
         Health is not signed (the broker's ACL lets a terminal publish only under its own id),
-        so a report that names another device than its topic is dropped, not stored.
+        so a report that names another device than its topic, or a device the registry does
+        not list as active, is dropped, not stored.
         """
         try:
             report = parse("health", payload)
@@ -286,6 +287,9 @@ class Consumer:
         where = split(topic, self._prefix)
         if where is None or (where[0], where[1]) != (report["regency"], report["device_id"]):
             return "ignored: health does not belong to the topic it came on"
+        entry = self._registry.lookup(report["device_id"])
+        if entry is None or entry.revoked:
+            return "ignored: unknown or revoked device"
         self._store.record_health(report)
         return "fleet"
 
