@@ -84,10 +84,11 @@ class FakeService:
 
 
 def install_units(src: Path, unit_dir: Path) -> list[str]:
-    """Copy a release's unit files (``edge*.service``, ``edge*.path``) that differ from the
-    installed ones into ``unit_dir``, each atomically; return the names that changed."""
+    """Copy a release's unit files (``edge*.service``, ``.path``, ``.timer``) that differ from
+    the installed ones into ``unit_dir``, each atomically; return the names that changed."""
     changed = []
-    for unit in sorted([*src.glob("edge*.service"), *src.glob("edge*.path")]):
+    kinds = ("edge*.service", "edge*.path", "edge*.timer")
+    for unit in sorted(u for kind in kinds for u in src.glob(kind)):
         dest = unit_dir / unit.name
         data = unit.read_bytes()
         if dest.exists() and dest.read_bytes() == data:
