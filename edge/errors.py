@@ -64,3 +64,7 @@ class GalleryError(EdgeError):
 
 class KeyFileError(EdgeError):
     """A key file is missing, unreadable or of the wrong kind."""
+
+
+class CentralError(EdgeError):
+    """Central's dashboard side: a manifest, summary or user that cannot be used."""

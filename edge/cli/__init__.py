@@ -7,6 +7,7 @@ COMMAND_MODULES = (
     "edge.cli.payout",  # bundle, keys, central-keygen, audit, claim-qr
     "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
     "edge.cli.mqtt",  # consume, command
+    "edge.cli.central",  # central serve, register, user, reconcile, verify
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.bench",  # bench
 )

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device-id", help="terminal id (default: from the device card)")
     b.add_argument("--valid-from", help="ISO date/time (default: now)")
     b.add_argument("--valid-days", type=float, default=31.0, help="validity in days (31)")
+    b.add_argument(
+        "--register",
+        metavar="DB",
+        help="also register its entitlements in the central store (edge central register)",
+    )
     b.set_defaults(func=cmd_bundle_build)
 
     i = bsub.add_parser("inspect", help="show a bundle's metadata (no templates, no names)")
@@ -184,6 +189,17 @@ def cmd_bundle_build(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(blob)
     print(f"bundle written: {args.out} ({len(blob)} bytes) for device {device_id}")
+    if args.register:
+        from edge.central.manifest import manifest_from_bundle, register_manifest
+        from edge.central.store import CentralStore
+        from edge.keys import public_pem
+
+        store = CentralStore(args.register)
+        try:
+            n = register_manifest(store, manifest_from_bundle(blob, public_pem(central.public_key())))
+        finally:
+            store.close()
+        print(f"registered {n} entitlement(s) of round {args.round_id} at central")
     return 0
 
 

@@ -75,6 +75,12 @@ def _pg_value(value):
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
+def household_key(event: dict) -> str | None:
+    """The household an event names: its pseudonymous ``household_ref`` when it carries one
+    (edge.privacy.household_ref), else its ``household_id``; stored in ``household_id``."""
+    return event.get("household_ref") or event.get("household_id")
+
+
 class EventStore:
     """Stores verified events exactly once and records anomalies. Thread-safe."""
 
@@ -174,7 +180,7 @@ class EventStore:
                 "SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{event['device_id']}"),)
             )
             if accepted:
-                claim = f"c:{event.get('household_id')}\x1f{event.get('round_id')}"
+                claim = f"c:{household_key(event)}\x1f{event.get('round_id')}"
                 self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(claim),))
         new = self._insert(event, now)
         if new:
@@ -194,7 +200,7 @@ class EventStore:
                 ev["seq"],
                 ev["ts"],
                 ev.get("outcome"),
-                ev.get("household_id"),
+                household_key(ev),
                 ev.get("round_id"),
                 ev.get("amount"),
                 ev["prev_hash"],
@@ -231,7 +237,7 @@ class EventStore:
         rows = self._sql(
             "SELECT event_id, device_id FROM events WHERE household_id = ? AND round_id = ? "
             "AND outcome = 'accepted' AND event_id <> ?",
-            (ev["household_id"], ev["round_id"], ev["event_id"]),
+            (household_key(ev), ev["round_id"], ev["event_id"]),
         ).fetchall()
         for other_id, other_device in rows:
             where = "the same terminal" if other_device == ev["device_id"] else other_device
