@@ -92,7 +92,8 @@ class Dashboard:
         )
         # A regency or province user starts at their own place.
         if user.role == "regency" and not f.regency:
-            f = q.Filters(f.round_id, user.scope[:2], user.scope or "", f.point, f.device_id)
+            scope = user.scope or ""
+            f = q.Filters(f.round_id, f.province or scope[:2], scope, f.point, f.device_id)
         elif user.role == "province" and not f.province:
             f = q.Filters(f.round_id, user.scope or "", f.regency, f.point, f.device_id)
         if f.regency and not f.province:

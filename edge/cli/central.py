@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
 import json
 import logging
@@ -128,9 +129,10 @@ def cmd_reconcile(args) -> int:
             officer = User("cli", "national", None, show_ids=True)
             rows = q.home_visits(store, officer, q.Filters(args.round_id, regency=args.regency))
             path = args.out / f"home-visits-{args.round_id}-{args.regency}.csv"
-            lines = ["point,household,amount,device_id"]
-            lines += [f"{r['point']},{r['household']},{r['amount']},{r['device_id']}" for r in rows]
-            path.write_text("\n".join(lines) + "\n", "utf-8")
+            with path.open("w", encoding="utf-8", newline="") as fh:
+                w = csv.writer(fh, lineterminator="\n")
+                w.writerow(("point", "household", "amount", "device_id"))
+                w.writerows((r["point"], r["household"], r["amount"], r["device_id"]) for r in rows)
             print(f"{path}: {len(rows)} household(s) to visit")
     finally:
         store.close()
