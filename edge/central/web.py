@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,3 +299,31 @@ def create_app(
         )
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+class ServerThread:
+    """uvicorn serving the dashboard on a background thread (``make run``, tests)."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 8080) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="dashboard", daemon=True)
+        self.url = f"http://{host}:{port}/"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; raise CentralError when it is not up within ``timeout`` seconds."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise CentralError(f"the dashboard did not start on {self.url}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit (open live streams are closed after a second) and wait."""
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -19,8 +19,16 @@
       .catch(function () { if (state) state.textContent = "update failed"; })
       .finally(function () { busy = false; if (again) { again = false; refresh(); } });
   }
-  var source = new EventSource("/stream");
-  source.addEventListener("change", refresh);
-  source.onopen = function () { if (state) state.textContent = "live"; };
-  source.onerror = function () { if (state) state.textContent = "reconnecting"; };
+  var source = null;
+  function open() {
+    source = new EventSource("/stream");
+    source.addEventListener("change", refresh);
+    source.onopen = function () { if (state) state.textContent = "live"; };
+    source.onerror = function () { if (state) state.textContent = "reconnecting"; };
+  }
+  // A page left for another may be kept in the back/forward cache with its stream open; a
+  // browser allows only six connections to one host, so a few clicks would stall the next page.
+  window.addEventListener("pagehide", function () { if (source) { source.close(); source = null; } });
+  window.addEventListener("pageshow", function (e) { if (e.persisted) { open(); refresh(); } });
+  open();
 })();
