@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central_world import AMOUNT, ROUND, World, household
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.central import queries as q
 from edge.central.auth import User
@@ -231,8 +231,12 @@ def test_health_and_status_reports_feed_the_terminal_page(world):
     }
     topic = "bansos/v1/3171/edge-a01/"
     assert monitor.handle(topic + "health", json.dumps(health).encode())
-    status = {"schema": "bansos.status/1", "device_id": "edge-a01", "state": "offline",
-              "ts": "2026-12-01T08:00:00Z"}
+    status = {
+        "schema": "bansos.status/1",
+        "device_id": "edge-a01",
+        "state": "offline",
+        "ts": "2026-12-01T08:00:00Z",
+    }
     assert monitor.handle(topic + "status", json.dumps(status).encode())
     # Reports for another terminal's topic, and junk, are dropped.
     assert not monitor.handle("bansos/v1/3171/edge-a02/health", json.dumps(health).encode())
@@ -280,8 +284,12 @@ def test_manifests_from_files_and_signed_bundles(
         "Kantor Pos Tebet",
     )
     assert manifest["households"] == [
-        {"household_id": "KPM-3171-0001-0001", "household_ref": None, "amount": AMOUNT,
-         "masked_name": "SITI A***"}
+        {
+            "household_id": "KPM-3171-0001-0001",
+            "household_ref": None,
+            "amount": AMOUNT,
+            "masked_name": "SITI A***",
+        }
     ]
     path.write_bytes(blob)
     with pytest.raises(CentralError):

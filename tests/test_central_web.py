@@ -128,7 +128,12 @@ def test_the_reconciliation_csv_follows_the_users_scope_and_masking(world):
 
 
 def test_user_rules(world):
-    for role, scope in (("regency", "31"), ("province", "3171"), ("national", "31"), ("boss", None)):
+    for role, scope in (
+        ("regency", "31"),
+        ("province", "3171"),
+        ("national", "31"),
+        ("boss", None),
+    ):
         with pytest.raises(CentralError):
             add_user(world.store, "x", PASSWORD, role, scope)
     with pytest.raises(CentralError):

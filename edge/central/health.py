@@ -40,11 +40,11 @@ class HealthMonitor:
         self._prefix = prefix
         cid = client_id or f"central-health-{os.uname().nodename}-{os.getpid()}"[:64]
         self._settings = settings
+        self.subscribed = threading.Event()
         self._client = make_client(cid, settings)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *a: self.subscribed.set()
         self._client.on_message = self._on_message
-        self.subscribed = threading.Event()
         self.stored = 0
         self.dropped = 0
 
@@ -62,9 +62,7 @@ class HealthMonitor:
         if reason_code.is_failure:
             log.warning("broker refused the health monitor: %s", reason_code)
             return
-        client.subscribe(
-            [(f"{self._prefix}/+/+/health", 0), (f"{self._prefix}/+/+/status", 1)]
-        )
+        client.subscribe([(f"{self._prefix}/+/+/health", 0), (f"{self._prefix}/+/+/status", 1)])
 
     def _on_message(self, client, userdata, msg) -> None:
         try:

@@ -73,7 +73,9 @@ def _rows(manifest: dict) -> list[tuple]:
     rows = []
     for n, h in enumerate(manifest.get("households") or []):
         item = {**top, **{k: v for k, v in h.items() if v is not None}}
-        missing = [k for k in ("round_id", "device_id", "regency", "household_id") if not item.get(k)]
+        missing = [
+            k for k in ("round_id", "device_id", "regency", "household_id") if not item.get(k)
+        ]
         if missing or not isinstance(item.get("amount"), int) or item["amount"] < 0:
             raise CentralError(f"manifest household #{n}: missing or bad {missing or ['amount']}")
         regency = str(item["regency"])
@@ -177,6 +179,15 @@ def _recount_cell(sql, round_id: str, device_id: str) -> None:
         "regency = excluded.regency, point = excluded.point, entitled = excluded.entitled, "
         "entitled_amount = excluded.entitled_amount, collected = excluded.collected, "
         "collected_amount = excluded.collected_amount",
-        (round_id, device_id, province, regency, point, entitled, entitled_amount, collected,
-         collected_amount),
+        (
+            round_id,
+            device_id,
+            province,
+            regency,
+            point,
+            entitled,
+            entitled_amount,
+            collected,
+            collected_amount,
+        ),
     )

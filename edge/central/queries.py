@@ -159,17 +159,19 @@ def _point_devices(store: CentralStore, user: User, f: Filters) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _place(f: Filters) -> tuple[str, tuple]:
+    """The narrowest of terminal, regency, province in ``f`` as SQL (tables without points)."""
+    for col in ("device_id", "regency", "province"):
+        if getattr(f, col):
+            return f"{col} = ?", (getattr(f, col),)
+    return "1 = 1", ()
+
+
 def refusals(store: CentralStore, user: User, f: Filters) -> dict:
     """Decisions by outcome (totals, and per terminal) in the place ``f`` names."""
     check(user, f)
     scope, sp = user.where()
-    cond, params = "1 = 1", ()
-    if f.device_id:
-        cond, params = "device_id = ?", (f.device_id,)
-    elif f.regency:
-        cond, params = "regency = ?", (f.regency,)
-    elif f.province:
-        cond, params = "province = ?", (f.province,)
+    cond, params = _place(f)
     rows = store.rows(
         f"SELECT device_id, regency, outcome, n FROM c_outcomes WHERE {scope} AND {cond} "
         "ORDER BY regency, device_id, outcome",
@@ -214,11 +216,7 @@ def terminals(store: CentralStore, user: User, f: Filters, now: float | None = N
     check(user, f)
     now = time.time() if now is None else now
     scope, sp = user.where()
-    cond, params = "1 = 1", ()
-    if f.regency:
-        cond, params = "regency = ?", (f.regency,)
-    elif f.province:
-        cond, params = "province = ?", (f.province,)
+    cond, params = _place(f)
     rows = store.rows(
         "SELECT device_id, regency, last_event_at, last_event_seq, status, status_at, "
         "health_at, outbox_depth, reported_seq, clock_trusted, faults FROM c_terminals "
@@ -227,7 +225,19 @@ def terminals(store: CentralStore, user: User, f: Filters, now: float | None = N
     )
     out = []
     for r in rows:
-        (device_id, regency, ev_at, seq, status, status_at, health_at, depth, rseq, clock, faults) = r
+        (
+            device_id,
+            regency,
+            ev_at,
+            seq,
+            status,
+            status_at,
+            health_at,
+            depth,
+            rseq,
+            clock,
+            faults,
+        ) = r
         seen = max((t for t in (ev_at, status_at, health_at) if t is not None), default=None)
         silent = seen is None or now - seen > OFFLINE_AFTER_S
         online = status != "offline" and not silent

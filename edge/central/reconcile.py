@@ -152,8 +152,11 @@ def _check_ledger(path: Path, summary: dict, lines: dict[str, dict]) -> list[str
     theirs = lines.get(mine["device_id"])
     if theirs is None:
         return [f"{mine['device_id']}: {mine['payouts']} payout(s) in its ledger, none at central"]
-    diffs = [k for k in ("payouts", "amount", "first_seq", "last_seq", "events_sha256")
-             if mine[k] != theirs[k]]
+    diffs = [
+        k
+        for k in ("payouts", "amount", "first_seq", "last_seq", "events_sha256")
+        if mine[k] != theirs[k]
+    ]
     if diffs:
         detail = ", ".join(f"{k} ledger {mine[k]} vs central {theirs[k]}" for k in diffs[:3])
         return [f"{mine['device_id']}: {detail}"]

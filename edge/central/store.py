@@ -64,7 +64,9 @@ class CentralStore(EventStore):
         if self._pg:
             sql = "SELECT (SELECT last_value FROM c_changes), (SELECT MAX(updated_at) FROM c_terminals)"
         else:
-            sql = "SELECT (SELECT MAX(rowid) FROM events), (SELECT MAX(updated_at) FROM c_terminals)"
+            sql = (
+                "SELECT (SELECT MAX(rowid) FROM events), (SELECT MAX(updated_at) FROM c_terminals)"
+            )
         return tuple(self._rows(sql)[0])
 
     # -- terminal health ---------------------------------------------------------------------

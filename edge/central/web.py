@@ -147,7 +147,9 @@ class Dashboard:
         events = q.device_events(self.store, user, device_id, outcome)
         f = self.filters(request, user)
         f = q.Filters(f.round_id, device_id=device_id)
-        health = [t for t in q.terminals(self.store, user, q.Filters()) if t["device_id"] == device_id]
+        health = [
+            t for t in q.terminals(self.store, user, q.Filters()) if t["device_id"] == device_id
+        ]
         return self.page(
             request,
             "terminal.html",
@@ -299,6 +301,15 @@ def create_app(
         )
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ServerThread:

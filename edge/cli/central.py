@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from edge.cli.mqtt import DEFAULT_DB, _broker_args, _settings
 
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 
 def _db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--db", default=DEFAULT_DB, help=f"sqlite:///path or postgresql://... (default {DEFAULT_DB})"
+        "--db",
+        default=DEFAULT_DB,
+        help=f"sqlite:///path or postgresql://... (default {DEFAULT_DB})",
     )
 
 
@@ -96,7 +99,9 @@ def cmd_user(args) -> int:
     from edge.central.auth import add_user
     from edge.central.store import CentralStore
 
-    password = os.environ.get(args.password_env) or getpass.getpass(f"password for {args.username}: ")
+    password = os.environ.get(args.password_env) or getpass.getpass(
+        f"password for {args.username}: "
+    )
     store = CentralStore(args.db)
     try:
         user = add_user(store, args.username, password, args.role, args.scope, args.show_ids)
@@ -178,7 +183,7 @@ def cmd_serve(args) -> int:
     from edge.central.web import create_app
 
     store = CentralStore(args.db)
-    helpers = []
+    helpers: list[Any] = []
     if args.health:
         helpers.append(HealthMonitor(_settings(args), store, prefix=args.prefix))
     if args.registry:

@@ -196,7 +196,9 @@ def cmd_bundle_build(args) -> int:
 
         store = CentralStore(args.register)
         try:
-            n = register_manifest(store, manifest_from_bundle(blob, public_pem(central.public_key())))
+            n = register_manifest(
+                store, manifest_from_bundle(blob, public_pem(central.public_key()))
+            )
         finally:
             store.close()
         print(f"registered {n} entitlement(s) of round {args.round_id} at central")
