@@ -121,7 +121,9 @@ def test_double_payout_and_refusals_are_counted_but_collect_once(world):
     assert alert["kind"] == "double_payout" and alert["event_id"] == second["event_id"]
     assert first["event_id"] in alert["detail"] and alert["regency"] == "3171"
     ref = q.refusals(world.store, NATIONAL, q.Filters(ROUND))
-    assert ref["refused"] == {"no_match": 2, "spoof": 1}
+    assert ref["refused"] == {"no_match": 2, "spoof": 1} and ref["devices"] == {}
+    ref = q.refusals(world.store, NATIONAL, q.Filters(ROUND, "31", "3171"))
+    assert ref["refused"] == {"no_match": 1, "spoof": 1}
     assert ref["devices"]["edge-a01"]["outcomes"] == {"accepted": 1, "no_match": 1, "spoof": 1}
     # Each refusal links to its events: the terminal's events of that outcome.
     [spoof] = q.device_events(world.store, NATIONAL, "edge-a01", "spoof")

@@ -168,21 +168,27 @@ def _place(f: Filters) -> tuple[str, tuple]:
 
 
 def refusals(store: CentralStore, user: User, f: Filters) -> dict:
-    """Decisions by outcome (totals, and per terminal) in the place ``f`` names."""
+    """Decisions by outcome in the place ``f`` names; per terminal too within one regency.
+
+    Above a regency the per-terminal list would run to thousands of rows: totals only there.
+    """
     check(user, f)
     scope, sp = user.where()
     cond, params = _place(f)
     rows = store.rows(
-        f"SELECT device_id, regency, outcome, n FROM c_outcomes WHERE {scope} AND {cond} "
-        "ORDER BY regency, device_id, outcome",
+        f"SELECT outcome, SUM(n) FROM c_outcomes WHERE {scope} AND {cond} GROUP BY outcome",
         (*sp, *params),
     )
-    totals: dict[str, int] = {}
+    totals = {outcome: int(n) for outcome, n in rows}
     per_device: dict[str, dict] = {}
-    for device_id, regency, outcome, n in rows:
-        totals[outcome] = totals.get(outcome, 0) + int(n)
-        per_device.setdefault(device_id, {"regency": regency, "outcomes": {}})
-        per_device[device_id]["outcomes"][outcome] = int(n)
+    if f.regency or f.device_id or user.role == "regency":
+        for device_id, regency, outcome, n in store.rows(
+            f"SELECT device_id, regency, outcome, n FROM c_outcomes WHERE {scope} AND {cond} "
+            "ORDER BY device_id, outcome",
+            (*sp, *params),
+        ):
+            per_device.setdefault(device_id, {"regency": regency, "outcomes": {}})
+            per_device[device_id]["outcomes"][outcome] = int(n)
     refused = {k: v for k, v in totals.items() if k not in PAYOUTS}
     return {"totals": totals, "refused": refused, "devices": per_device}
 
@@ -211,8 +217,11 @@ def anomalies(store: CentralStore, user: User, limit: int = 100) -> list[dict]:
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def terminals(store: CentralStore, user: User, f: Filters, now: float | None = None) -> list[dict]:
-    """Every terminal in scope with its last contact and latest health report."""
+def terminals(
+    store: CentralStore, user: User, f: Filters, now: float | None = None, limit: int = 1000
+) -> list[dict]:
+    """Terminals in scope (the first ``limit`` by regency and id) with their last contact and
+    latest health report."""
     check(user, f)
     now = time.time() if now is None else now
     scope, sp = user.where()
@@ -220,8 +229,8 @@ def terminals(store: CentralStore, user: User, f: Filters, now: float | None = N
     rows = store.rows(
         "SELECT device_id, regency, last_event_at, last_event_seq, status, status_at, "
         "health_at, outbox_depth, reported_seq, clock_trusted, faults FROM c_terminals "
-        f"WHERE {scope} AND {cond} ORDER BY regency, device_id",
-        (*sp, *params),
+        f"WHERE {scope} AND {cond} ORDER BY regency, device_id LIMIT ?",
+        (*sp, *params, limit),
     )
     out = []
     for r in rows:
