@@ -220,6 +220,8 @@ def latencies(dsn: str, repeat: int) -> dict:
         "refusals: national": lambda: q.refusals(store, nat, f_nat),
         "refusals: regency": lambda: q.refusals(store, reg_user, f_reg),
         "alerts: national": lambda: q.anomalies(store, nat),
+        "page cards (counts): national": lambda: q.summary_counts(store, nat, f_nat),
+        "page cards (counts): regency": lambda: q.summary_counts(store, reg_user, f_reg),
         "terminal health: regency": lambda: q.terminals(store, reg_user, f_reg),
         "terminal health: national": lambda: q.terminals(store, nat, f_nat),
         "rounds menu: national": lambda: q.rounds(store, nat),

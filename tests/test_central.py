@@ -120,6 +120,8 @@ def test_double_payout_and_refusals_are_counted_but_collect_once(world):
     [alert] = q.anomalies(world.store, NATIONAL)
     assert alert["kind"] == "double_payout" and alert["event_id"] == second["event_id"]
     assert first["event_id"] in alert["detail"] and alert["regency"] == "3171"
+    assert q.summary_counts(world.store, NATIONAL, q.Filters(ROUND))["alerts"] == 1
+    assert q.summary_counts(world.store, NATIONAL, q.Filters(ROUND, "31", "3172"))["alerts"] == 0
     ref = q.refusals(world.store, NATIONAL, q.Filters(ROUND))
     assert ref["refused"] == {"no_match": 2, "spoof": 1} and ref["devices"] == {}
     ref = q.refusals(world.store, NATIONAL, q.Filters(ROUND, "31", "3171"))
@@ -246,6 +248,8 @@ def test_health_and_status_reports_feed_the_terminal_page(world):
     [t] = q.terminals(world.store, NATIONAL, q.Filters())
     assert (t["outbox_depth"], t["last_seq"], t["reported_seq"], t["behind"]) == (7, 1, 9, 8)
     assert t["clock_trusted"] is False and t["faults"] == ["printer"] and not t["online"]
+    counts = q.summary_counts(world.store, NATIONAL, q.Filters(ROUND, "31", "3171"))
+    assert counts == {"terminals": 1, "offline": 1, "faulty": 1, "alerts": 0}
     status["state"] = "online"
     monitor.handle(topic + "status", json.dumps(status).encode())
     assert q.terminals(world.store, NATIONAL, q.Filters())[0]["online"]

@@ -109,13 +109,13 @@ def _run_terminal(consumer, registry, root, terminal, now, rng) -> None:
     device_id, regency, ids, also = terminal
     identity = DeviceIdentity.generate()
     registry.add(device_id, identity.device_public_pem())
-    clock = _Clock(now - 8 * 3600 + rng.uniform(0, 1800))
+    clock = _Clock(now - 10 * 3600 + rng.uniform(0, 1800))
     share = rng.uniform(0.45, 0.95)
     path = root / f"{device_id}.sqlite"
     path.unlink(missing_ok=True)
     with Ledger(path, identity, device_id, regency, clock=clock) as ledger:
         for household in ids[: int(len(ids) * share)] + also:
-            clock.t += rng.uniform(60, 600)
+            clock.t += rng.uniform(120, 900)
             if clock.t >= now:
                 break
             if rng.random() < 0.12:

@@ -159,11 +159,11 @@ def _point_devices(store: CentralStore, user: User, f: Filters) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _place(f: Filters) -> tuple[str, tuple]:
+def _place(f: Filters, alias: str = "") -> tuple[str, tuple]:
     """The narrowest of terminal, regency, province in ``f`` as SQL (tables without points)."""
     for col in ("device_id", "regency", "province"):
         if getattr(f, col):
-            return f"{col} = ?", (getattr(f, col),)
+            return f"{alias + '.' if alias else ''}{col} = ?", (getattr(f, col),)
     return "1 = 1", ()
 
 
@@ -266,6 +266,35 @@ def terminals(
             }
         )
     return out
+
+
+def summary_counts(store: CentralStore, user: User, f: Filters, now: float | None = None) -> dict:
+    """Counts for the progress page's cards: alerts, terminals, offline and faulty ones."""
+    check(user, f)
+    now = time.time() if now is None else now
+    scope, sp = user.where()
+    cond, params = _place(f)
+    silent = now - OFFLINE_AFTER_S
+    [(total, offline, faulty)] = store.rows(
+        "SELECT COUNT(*), SUM(CASE WHEN status = 'offline' OR COALESCE(last_event_at, 0) < ? "
+        "AND COALESCE(status_at, 0) < ? AND COALESCE(health_at, 0) < ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN faults IS NOT NULL AND faults <> '[]' THEN 1 ELSE 0 END) "
+        f"FROM c_terminals WHERE {scope} AND {cond}",
+        (silent, silent, silent, *sp, *params),
+    )
+    tscope, tsp = user.where("t")
+    tcond, tparams = _place(f, "t")
+    [(alerts,)] = store.rows(
+        "SELECT COUNT(*) FROM anomalies a JOIN c_terminals t ON t.device_id = a.device_id "
+        f"WHERE {tscope} AND {tcond}",
+        (*tsp, *tparams),
+    )
+    return {
+        "terminals": int(total or 0),
+        "offline": int(offline or 0),
+        "faulty": int(faulty or 0),
+        "alerts": int(alerts or 0),
+    }
 
 
 def device_regency(store: CentralStore, device_id: str) -> str | None:

@@ -36,8 +36,8 @@ def chromium(width: int, height: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.central.snapshot", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("docs/dashboard.png"))
-    parser.add_argument("--path", default="/?round=2026-12&province=31", help="page to capture")
-    parser.add_argument("--size", default="1280x900", help="window size WxH")
+    parser.add_argument("--path", default="/?round=2026-12", help="page to capture")
+    parser.add_argument("--size", default="1440x820", help="window size WxH")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     from selenium.webdriver.common.by import By

@@ -139,6 +139,7 @@ class Dashboard:
             f=f,
             data=q.progress(self.store, user, f),
             timeline=q.timeline(self.store, user, f),
+            counts=q.summary_counts(self.store, user, f),
         )
 
     def terminal(self, request: Request, user: User) -> Response:
