@@ -110,3 +110,73 @@ def test_register_and_user_commands(tmp_path, monkeypatch, capsys, world):
     finally:
         store.close()
     assert main(["central", "user", "--db", db, "x", "--role", "regency", "--scope", "31"]) == 1
+
+
+@pytest.mark.slow
+def test_bundle_build_registers_its_entitlements_at_central(models_dir, faces_dir, tmp_path):
+    """``edge bundle build --register DB``: central knows who is entitled once it built it."""
+    import csv as csv_mod
+
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f'[device]\nid = "edge-r01"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[models]\ndir = "{models_dir}"\n'
+    )
+    with open(tmp_path / "hh.csv", "w", newline="") as fh:
+        w = csv_mod.writer(fh)
+        w.writerow(["household_id", "member_id", "role", "name", "regency", "photos"])
+        for s in (1, 2):
+            w.writerow(
+                [
+                    f"KPM-3171-0009-000{s}",
+                    "M1",
+                    "recipient",
+                    f"Orang {s}",
+                    "3171",
+                    f"orl__s0{s}/1.pgm",
+                ]
+            )
+    edge = ["-c", str(cfg_path)]
+    assert main([*edge, "keys", "init"]) == 0
+    assert main([*edge, "keys", "show", "--out", str(tmp_path / "card.json")]) == 0
+    assert main([*edge, "central-keygen", str(tmp_path / "central.key")]) == 0
+    db = f"sqlite:///{tmp_path / 'central.sqlite'}"
+    rc = main(
+        [
+            *edge,
+            "bundle",
+            "build",
+            "--csv",
+            str(tmp_path / "hh.csv"),
+            "--photos",
+            str(faces_dir),
+            "--round",
+            ROUND,
+            "--amount",
+            "300000",
+            "--device-pub",
+            str(tmp_path / "card.json"),
+            "--central-key",
+            str(tmp_path / "central.key"),
+            "--out",
+            str(tmp_path / "b.bundle"),
+            "--point",
+            "Kantor Pos Mampang",
+            "--regency",
+            "3171",
+            "--register",
+            db,
+        ]
+    )
+    assert rc == 0
+    store = CentralStore(tmp_path / "central.sqlite")
+    try:
+        rows = store.rows(
+            "SELECT household_id, point, device_id, amount FROM c_entitlements ORDER BY 1"
+        )
+        assert rows == [
+            ("KPM-3171-0009-0001", "Kantor Pos Mampang", "edge-r01", 300000),
+            ("KPM-3171-0009-0002", "Kantor Pos Mampang", "edge-r01", 300000),
+        ]
+    finally:
+        store.close()
