@@ -187,6 +187,8 @@ def test_a_regency_user_sees_only_their_regency(world):
     assert set(q.refusals(world.store, JAKSEL, q.Filters())["devices"]) == {"edge-a01"}
     with pytest.raises(q.Forbidden):
         q.device_events(world.store, JAKSEL, "edge-c01")
+    with pytest.raises(q.Forbidden):
+        q.timeline(world.store, JAKSEL, q.Filters(ROUND, device_id="edge-c01"))
     [c01] = q.device_events(world.store, NATIONAL, "edge-c01", "accepted")[-1:]
     with pytest.raises(q.Forbidden):
         q.event_detail(world.store, JAKSEL, c01["event_id"])

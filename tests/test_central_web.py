@@ -56,6 +56,15 @@ def test_pages_need_a_login_and_a_right_password(world):
     [(stored,)] = world.store.rows("SELECT password_hash FROM c_users WHERE username = 'nat'")
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
     assert authenticate(world.store, "nat", PASSWORD).role == "national"
+    # After login, back to the page asked for, but never to another site.
+    for target, landed in (("/alerts", "/alerts"), ("//evil.example/x", "/"), ("/\\evil", "/")):
+        r = anon.post(
+            "/login",
+            params={"next": target},
+            data={"username": "nat", "password": PASSWORD},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and r.headers["location"] == landed
     nat = client_for(world, "nat")
     assert "bansos_central" in nat.cookies
     r = nat.post("/logout", follow_redirects=False)
@@ -94,6 +103,9 @@ def test_a_regency_user_cannot_see_another_regency(world):
     alerts = jaksel.get("/alerts").text
     assert "double_payout" not in alerts and "edge-c0" not in alerts
     assert "edge-c0" not in jaksel.get("/terminals").text
+    # Naming a foreign terminal in the progress page's filters leaks nothing either.
+    assert jaksel.get("/", params={"device": "edge-c01"}).status_code == 403
+    assert jaksel.get("/", params={"round": ROUND, "device": "edge-c01"}).status_code == 403
     c01_event = world.store.rows("SELECT event_id FROM events WHERE device_id = 'edge-c01'")[0][0]
     assert jaksel.get(f"/event/{c01_event}").status_code == 403
     # The national user sees what was hidden.

@@ -127,6 +127,8 @@ def progress(store: CentralStore, user: User, f: Filters) -> dict:
 def timeline(store: CentralStore, user: User, f: Filters) -> list[dict]:
     """Payouts and amount per hour (UTC) for the place ``f`` names."""
     check(user, f)
+    if f.device_id and not user.sees_regency(device_regency(store, f.device_id)):
+        raise Forbidden("that terminal is outside your scope")
     if f.device_id or f.point:
         devices = [f.device_id] if f.device_id else _point_devices(store, user, f)
         if not devices:

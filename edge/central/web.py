@@ -101,7 +101,7 @@ class Dashboard:
             f = q.Filters(f.round_id, f.regency[:2], f.regency, f.point, f.device_id)
         if not f.round_id:
             rounds = q.rounds(self.store, user)
-            f = q.Filters(rounds[0] if rounds else "", *(f.province, f.regency, f.point))
+            f = q.Filters(rounds[0] if rounds else "", f.province, f.regency, f.point, f.device_id)
         return f
 
     def page(self, request: Request, name: str, user: User, **context) -> Response:
@@ -223,8 +223,7 @@ class Dashboard:
                 request.session.clear()
                 request.session["user"] = user.username
                 log.info("dashboard login: %s (%s)", user.username, user.role)
-                target = str(request.query_params.get("next", "/"))
-                return RedirectResponse(target if target.startswith("/") else "/", 303)
+                return RedirectResponse(_local(request.query_params.get("next", "/")), 303)
             error = "wrong username or password"
         return self.templates.TemplateResponse(
             request, "login.html", {"error": error, "user": None}, status_code=401 if error else 200
@@ -255,6 +254,14 @@ class Dashboard:
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _local(target: str) -> str:
+    """``target`` when it is a path on this site, else ``/`` (no redirect to another host:
+    ``//host`` and ``/\\host`` are read by browsers as other sites)."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
 
 
 def _download(data: bytes, filename: str) -> Response:
