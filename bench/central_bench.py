@@ -39,6 +39,7 @@ from pg import PgCluster, pg_bin  # type: ignore[import-not-found]  # noqa: E402
 from edge.central import queries as q  # noqa: E402
 from edge.central.auth import User  # noqa: E402
 from edge.central.manifest import register_manifest  # noqa: E402
+from edge.central.rebuild import rebuild_counters  # noqa: E402
 from edge.central.store import CentralStore  # noqa: E402
 
 ROUND = "2026-12"
@@ -99,34 +100,11 @@ DROP_KEYS = [
     "DROP INDEX events_claim",
 ]
 
-# The counters in bulk: what the trigger would have left after every one of these events.
-COUNTERS = [
-    """INSERT INTO c_cells SELECT e.round_id, e.device_id, min(e.province), min(e.regency),
-        min(e.point), count(*), sum(e.amount), count(e.collected_event),
-        sum(CASE WHEN e.collected_event IS NULL THEN 0 ELSE e.amount END), 0, 0
-    FROM c_entitlements e GROUP BY e.round_id, e.device_id""",
-    """UPDATE c_cells c SET paid = p.n, paid_amount = p.amount FROM (SELECT round_id, device_id,
-        count(*) AS n, sum(amount) AS amount FROM events WHERE outcome = 'accepted'
-        GROUP BY round_id, device_id) p WHERE c.round_id = p.round_id AND c.device_id = p.device_id""",
-    """INSERT INTO c_timeline SELECT round_id, 'r', regency, substr(regency, 1, 2),
-        substr(ts, 1, 13), count(*), sum(amount) FROM events WHERE outcome = 'accepted'
-        GROUP BY round_id, regency, substr(ts, 1, 13)""",
-    """INSERT INTO c_timeline SELECT round_id, 'd', device_id, min(substr(regency, 1, 2)),
-        substr(ts, 1, 13), count(*), sum(amount) FROM events WHERE outcome = 'accepted'
-        GROUP BY round_id, device_id, substr(ts, 1, 13)""",
-    """INSERT INTO c_outcomes SELECT device_id, outcome, min(substr(regency, 1, 2)),
-        min(regency), count(*) FROM events GROUP BY device_id, outcome""",
-    """INSERT INTO c_terminals (device_id, province, regency, last_event_at, last_event_seq,
-        status, status_at, health_at, outbox_depth, reported_seq, clock_trusted, faults,
-        updated_at)
-    SELECT device_id, min(substr(regency, 1, 2)), min(regency), max(received_at), max(seq),
-        'online', max(received_at), max(received_at), 0, max(seq), 1, '[]', max(received_at)
-    FROM events GROUP BY device_id""",
-    # A few thousand double payouts and chain alerts for the alerts page.
-    """INSERT INTO anomalies SELECT CASE WHEN i % 2 = 0 THEN 'double_payout' ELSE 'chain_break'
-        END, md5('e' || (i * 997))::uuid::text, 'edge-' || lpad(((i * 997 - 1) % {T})::text, 6,
-        '0'), 'generated', extract(epoch FROM now()) - i FROM generate_series(1, 2000) AS i""",
-]
+# A few thousand double payouts and chain alerts for the alerts page.
+ANOMALIES = """INSERT INTO anomalies SELECT CASE WHEN i % 2 = 0 THEN 'double_payout'
+    ELSE 'chain_break' END, md5('e' || (i * 997))::uuid::text,
+    'edge-' || lpad(((i * 997 - 1) % {T})::text, 6, '0'), 'generated',
+    extract(epoch FROM now()) - i FROM generate_series(1, 2000) AS i"""
 
 
 def _sql(conn, sql: str, **kw) -> float:
@@ -166,9 +144,18 @@ def load(dsn: str, households: int, events: int, log=print) -> dict:
             phases[f"load {name}"] = _sql(conn, sql, **kw)
         log("building keys and indexes ...")
         phases["keys and indexes"] = sum(_sql(conn, sql) for sql in KEYS)
-        log("counters in bulk ...")
-        phases["counters"] = sum(_sql(conn, sql, **kw) for sql in COUNTERS)
+        phases["anomalies"] = _sql(conn, ANOMALIES, **kw)
         conn.execute("ALTER TABLE events ENABLE TRIGGER c_on_event")
+        conn.execute("ANALYZE")
+    # The counters in bulk, by the code `edge central rebuild` runs: the numbers the trigger
+    # would have kept (the entitlements' links were generated with them).
+    log("counters in bulk ...")
+    store = CentralStore(dsn)
+    t0 = time.perf_counter()
+    store.write(lambda sql: (sql("SET work_mem = '256MB'", ()), rebuild_counters(sql, False)))
+    phases["counters"] = time.perf_counter() - t0
+    store.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
         phases["analyze"] = _sql(conn, "VACUUM ANALYZE")
         sizes = conn.execute(
             "SELECT pg_size_pretty(pg_database_size(current_database())), "

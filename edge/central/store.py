@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from edge.central import schema
+from edge.central.rebuild import rebuild_counters
 from edge.mqtt.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,30 @@ class CentralStore(EventStore):
 
     def _create_tables(self) -> None:
         super()._create_tables()
+        if self._pg:
+            found = "SELECT COUNT(*) FROM pg_trigger WHERE tgname = 'c_on_event'"
+        else:
+            found = (
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'c_on_event'"
+            )
+        first_install = not self._conn.execute(found).fetchone()[0]
         for sql in schema.TABLES:
             self._ddl(sql)
         for sql in schema.pg_triggers() if self._pg else schema.sqlite_triggers():
             self._ddl(sql)
+        if first_install and self._conn.execute("SELECT 1 FROM events LIMIT 1").fetchone():
+            # A consumer stored events before central was installed: count them once. On
+            # PostgreSQL this runs in the DDL transaction, whose CREATE TRIGGER holds off
+            # concurrent inserts until the counters are complete.
+            log.warning("central installed on a store with events: counting them once")
+            if self._pg:
+                rebuild_counters(self._sql)
+            else:
+                self._transaction(rebuild_counters, self._sql)
+
+    def rebuild(self) -> None:
+        """Recount every counter from the events and entitlements (``edge central rebuild``)."""
+        self.write(rebuild_counters)
 
     def _ddl(self, sql: str) -> None:
         # No parameters: psycopg then leaves the text alone (the trigger bodies hold no %).

@@ -72,6 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--home-visits", action="store_true", help="also write the home-visit list")
     c.set_defaults(func=cmd_reconcile)
 
+    b = csub.add_parser("rebuild", help="recount every dashboard counter from the events")
+    _db(b)
+    b.set_defaults(func=cmd_rebuild)
+
     v = csub.add_parser("verify", help="check a signed summary (and CSV, terminal ledgers)")
     v.add_argument("summary", type=Path)
     v.add_argument("--central-pub", required=True, type=Path, help="central public key (PEM)")
@@ -92,6 +96,18 @@ def cmd_register(args) -> int:
             print(f"{path}: {n} household(s) registered")
     finally:
         store.close()
+    return 0
+
+
+def cmd_rebuild(args) -> int:
+    from edge.central.store import CentralStore
+
+    store = CentralStore(args.db)
+    try:
+        store.rebuild()
+    finally:
+        store.close()
+    print("counters rebuilt")
     return 0
 
 
