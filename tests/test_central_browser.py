@@ -17,6 +17,7 @@ from mosquitto import Broker, free_port, pki_fixture, wait_for  # noqa: F401
 from support import require_module, unavailable
 
 from edge.central.auth import add_user
+from edge.central.health import HealthMonitor
 from edge.central.manifest import register_manifest
 from edge.central.store import CentralStore
 from edge.central.web import ServerThread, create_app
@@ -46,10 +47,14 @@ def site(tmp_path_factory, pki):
     consumer = Consumer(broker.settings("central"), world.store, world.registry, group=None)
     consumer.start()
     assert consumer.subscribed.wait(10)
+    monitor = HealthMonitor(broker.settings("central"), world.store)
+    monitor.start()
+    assert monitor.subscribed.wait(10)
     server = ServerThread(create_app(world.store, "browser-test", poll_s=0.25), port=free_port())
     server.start()
     yield world, broker, server, consumer
     server.stop()
+    monitor.stop()
     consumer.stop()
     world.close()
     broker.stop()
@@ -91,8 +96,8 @@ def text(driver, element_id: str) -> str:
     return driver.execute_script(script, element_id)
 
 
-def publish_from_terminal(broker, world, event: dict) -> None:
-    """Send an event the way a terminal does: its own certificate, QoS 1, its own topic."""
+def publish_from_terminal(broker, world, event: dict, leaf: str = "event") -> None:
+    """Send a message the way a terminal does: its own certificate, QoS 1, its own topic."""
     device_id = event["device_id"]
     done = threading.Event()
     client = make_client(f"{device_id}-browser-test", broker.settings(device_id))
@@ -101,7 +106,7 @@ def publish_from_terminal(broker, world, event: dict) -> None:
     client.loop_start()
     try:
         assert done.wait(10)
-        topic = f"bansos/v1/{event['regency']}/{device_id}/event"
+        topic = f"bansos/v1/{event['regency']}/{device_id}/{leaf}"
         info = client.publish(topic, canonical(event), qos=1)
         info.wait_for_publish(10)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -120,7 +125,8 @@ def test_a_payout_reaching_the_broker_appears_on_the_open_page(site, browser):
     browser.execute_script("window.__stillTheSamePage = true")
     event = world.pay("edge-a02", 1, feed=False)
     publish_from_terminal(broker, world, event)
-    assert wait_for(lambda: text(browser, "collected") == "2", 8), text(browser, "collected")
+    # "Within a few seconds of a payout reaching the broker."
+    assert wait_for(lambda: text(browser, "collected") == "2", 5), text(browser, "collected")
     assert browser.execute_script("return window.__stillTheSamePage === true")
     assert int(browser.find_element("tag name", "body").get_attribute("data-updates")) >= 1
     assert consumer.stored >= 1
@@ -175,3 +181,36 @@ def test_a_regency_user_cannot_see_another_regency(site, browser):
     browser.get(server.url + f"homevisit?round={ROUND}")
     assert household("edge-a01", 2) not in browser.page_source
     assert "KPM-3171-****-0002" in browser.page_source
+
+
+def test_a_health_report_updates_the_open_terminal_page(site, browser):
+    from selenium.webdriver.common.by import By
+
+    world, broker, server, consumer = site
+    login(browser, server, "nat")
+    browser.get(server.url + "terminals")
+    assert wait_for(lambda: text(browser, "live").startswith("live"), 10)
+    browser.execute_script("window.__stillTheSamePage = true")
+    report = {
+        "schema": "bansos.health/1",
+        "device_id": "edge-b01",
+        "regency": "3171",
+        "ts": "2026-12-02T08:00:00Z",
+        "uptime_s": 3600.0,
+        "outbox_depth": 12,
+        "last_seq": 40,
+        "model_id": None,
+        "bundle_id": None,
+        "temperature_c": 48.5,
+        "faults": ["printer"],
+        "clock": {"ok": False},
+    }
+    publish_from_terminal(broker, world, report, "health")
+
+    def row() -> str:
+        found = browser.find_elements(By.CSS_SELECTOR, "tr[data-device='edge-b01']")
+        return browser.execute_script("return arguments[0].innerText", found[0]) if found else ""
+
+    assert wait_for(lambda: "printer" in row(), 5), row()
+    assert "12" in row() and "not trusted" in row() and "40 missing" in row()
+    assert browser.execute_script("return window.__stillTheSamePage === true")

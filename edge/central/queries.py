@@ -262,7 +262,8 @@ def terminals(
                 "outbox_depth": depth,
                 "last_seq": seq,
                 "reported_seq": rseq,
-                "behind": (rseq - seq) if rseq is not None and seq is not None else None,
+                # Nothing stored yet from a terminal that reports events: all of them missing.
+                "behind": (rseq - (seq or 0)) if rseq is not None else None,
                 "clock_trusted": None if clock is None else bool(clock),
                 "faults": json.loads(faults) if faults else [],
             }
