@@ -150,3 +150,51 @@ def test_user_rules(world):
             add_user(world.store, "x", PASSWORD, role, scope)
     with pytest.raises(CentralError):
         add_user(world.store, "x", "short", "national")
+
+
+def test_edge_central_serve_runs_the_dashboard(tmp_path):
+    """The command itself: a process serving the login page, its session secret kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from mosquitto import free_port
+    from support import ROOT, wait_for
+
+    port = free_port()
+    secret = tmp_path / "session.key"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge",
+        "central",
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        "--http-port",
+        str(port),
+        "--secret-file",
+        str(secret),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/login"
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(url, timeout=1).status == 200
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        assert wait_for(up, 20, 0.2)
+        assert "Log in" in urllib.request.urlopen(url).read().decode()
+        assert secret.stat().st_mode & 0o077 == 0 and len(secret.read_text()) >= 32
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"dashboard: http://127.0.0.1:{port}/" in err

@@ -192,11 +192,12 @@ def _secret(path: Path | None) -> str:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
+    import signal
+    import threading
 
     from edge.central.health import HealthMonitor
     from edge.central.store import CentralStore
-    from edge.central.web import create_app
+    from edge.central.web import ServerThread, create_app
 
     store = CentralStore(args.db)
     helpers: list[Any] = []
@@ -208,19 +209,21 @@ def cmd_serve(args) -> int:
         helpers.append(
             Consumer(_settings(args), store, DeviceRegistry(args.registry), prefix=args.prefix)
         )
-    for h in helpers:
-        h.start()
     app = create_app(store, _secret(args.secret_file), https_only=args.https_only)
-    print(f"dashboard: http://{args.host}:{args.http_port}/", file=sys.stderr)
+    # uvicorn on a thread, signals here: a stop closes the broker clients and the store too.
+    server = ServerThread(app, args.host, args.http_port)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.http_port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,
-        )
+        server.start()
+        for h in helpers:
+            h.start()
+        print(f"dashboard: {server.url}", file=sys.stderr)
+        stop.wait()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
         for h in helpers:
             h.stop()
         store.close()
