@@ -85,6 +85,14 @@ def test_drill_down_from_the_country_to_a_terminal(world):
     assert 'href="/terminal/edge-a01?round=2026-12"' in page.text
     page = nat.get("/terminal/edge-c01", params={"outcome": "spoof"}).text
     assert "spoof" in page and "Newest spoof events" in page
+    # Names from manifests are text, never markup.
+    from edge.central.manifest import register_manifest
+
+    manifest = world.manifest("edge-b01")
+    manifest["point_name"] = "<script>alert(1)</script>"
+    register_manifest(world.store, manifest)
+    page = nat.get("/", params={"round": ROUND, "regency": "3171"}).text
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # The partial a live page fetches is the content alone.
     partial = nat.get("/", headers={"X-Partial": "1"}).text
     assert "<html" not in partial and 'id="progress"' in partial
