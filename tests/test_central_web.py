@@ -206,3 +206,36 @@ def test_edge_central_serve_runs_the_dashboard(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"dashboard: http://127.0.0.1:{port}/" in err
+
+
+def test_one_poll_of_the_store_serves_every_open_page():
+    """The live feed asks the store once per interval, however many pages are waiting."""
+    import asyncio
+
+    from edge.central.web import ChangeFeed
+
+    class Store:
+        def __init__(self) -> None:
+            self.token = 0
+            self.calls = 0
+
+        def change_token(self) -> tuple:
+            self.calls += 1
+            return (self.token,)
+
+    async def scenario(store: Store) -> list[int]:
+        feed = ChangeFeed(store, poll_s=0.05)
+        seen = await feed.current()
+        waiters = [asyncio.create_task(feed.wait(seen, timeout=5)) for _ in range(50)]
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in waiters)  # nothing changed: everyone still waits
+        store.token = 1
+        versions = await asyncio.gather(*waiters)
+        assert await feed.wait(versions[0], timeout=0.2) == versions[0]  # quiet: times out
+        return versions
+
+    store = Store()
+    versions = asyncio.run(scenario(store))
+    assert versions == [1] * 50
+    # About one query per 50 ms over ~0.6 s, not one per waiting page.
+    assert store.calls < 25

@@ -68,12 +68,62 @@ def _templates() -> Jinja2Templates:
     return t
 
 
+class ChangeFeed:
+    """One poll of the store's change token per process, shared by every open page.
+
+    However many pages are open, the store sees one cheap query every ``poll_s``; each page's
+    stream waits on a condition for the version to move.
+    """
+
+    def __init__(self, store: CentralStore, poll_s: float) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self.version = 0
+        self._changed: asyncio.Condition | None = None
+        self._task: asyncio.Task | None = None
+
+    async def current(self) -> int:
+        """The version now; starts the poller on the server's event loop at first use."""
+        if self._task is None:
+            self._changed = asyncio.Condition()
+            token = await run_in_threadpool(self.store.change_token)
+            self._task = asyncio.create_task(self._poll(token))
+        return self.version
+
+    async def wait(self, seen: int, timeout: float) -> int:
+        """The version once it differs from ``seen``, or after ``timeout`` seconds."""
+        changed = self._changed
+        assert changed is not None, "current() first"
+        async with changed:
+            try:
+                await asyncio.wait_for(changed.wait_for(lambda: self.version != seen), timeout)
+            except TimeoutError:
+                pass
+        return self.version
+
+    async def _poll(self, token: tuple) -> None:
+        changed = self._changed
+        assert changed is not None
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                now = await run_in_threadpool(self.store.change_token)
+            except Exception as exc:  # the database is down: pages keep their last view
+                log.warning("live feed: %s", exc)
+                continue
+            if now != token:
+                token = now
+                async with changed:
+                    self.version += 1
+                    changed.notify_all()
+
+
 class Dashboard:
     """The web app's handlers, bound to one store."""
 
     def __init__(self, store: CentralStore, poll_s: float = 0.5) -> None:
         self.store = store
-        self.poll_s = poll_s
+        self.feed = ChangeFeed(store, poll_s)
         self.templates = _templates()
 
     # -- helpers -----------------------------------------------------------------------------
@@ -239,17 +289,14 @@ class Dashboard:
             return PlainTextResponse("login first", 401)
 
         async def events():
-            last = await run_in_threadpool(self.store.change_token)
-            quiet_since = time.monotonic()
+            seen = await self.feed.current()
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
-                await asyncio.sleep(self.poll_s)
-                token = await run_in_threadpool(self.store.change_token)
-                if token != last:
-                    last, quiet_since = token, time.monotonic()
+                version = await self.feed.wait(seen, timeout=15.0)
+                if version != seen:
+                    seen = version
                     yield "event: change\ndata: 1\n\n"
-                elif time.monotonic() - quiet_since > 15:
-                    quiet_since = time.monotonic()
+                else:
                     yield ": keep-alive\n\n"
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
