@@ -19,8 +19,9 @@ from support import require_module, unavailable
 from edge.central.auth import add_user
 from edge.central.health import HealthMonitor
 from edge.central.manifest import register_manifest
+from edge.central.server import ServerThread
 from edge.central.store import CentralStore
-from edge.central.web import ServerThread, create_app
+from edge.central.web import create_app
 from edge.events import canonical
 from edge.mqtt.client import connect_async, make_client
 from edge.mqtt.consumer import Consumer

@@ -212,7 +212,7 @@ def test_one_poll_of_the_store_serves_every_open_page():
     """The live feed asks the store once per interval, however many pages are waiting."""
     import asyncio
 
-    from edge.central.web import ChangeFeed
+    from edge.central.server import ChangeFeed
 
     class Store:
         def __init__(self) -> None:

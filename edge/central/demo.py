@@ -160,7 +160,8 @@ class DemoDashboard:
     """The dashboard of ``make run``: the demo country plus the demo terminal, served live."""
 
     def __init__(self, root: Path, port: int = 8080) -> None:
-        from edge.central.web import ServerThread, create_app, free_port
+        from edge.central.server import ServerThread, free_port
+        from edge.central.web import create_app
 
         root.mkdir(parents=True, exist_ok=True)
         (root / "central.sqlite").unlink(missing_ok=True)

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from edge.central import demo
+from edge.central.server import ServerThread, free_port
 from edge.central.store import CentralStore
-from edge.central.web import ServerThread, create_app, free_port
+from edge.central.web import create_app
 
 
 def chromium(width: int, height: int):

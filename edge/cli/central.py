@@ -196,8 +196,9 @@ def cmd_serve(args) -> int:
     import threading
 
     from edge.central.health import HealthMonitor
+    from edge.central.server import ServerThread
     from edge.central.store import CentralStore
-    from edge.central.web import ServerThread, create_app
+    from edge.central.web import create_app
 
     store = CentralStore(args.db)
     helpers: list[Any] = []
