@@ -325,13 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"receipts (ESC/POS bytes): {state / 'receipts.bin'}")
     print(f"check it yourself: .venv/bin/edge audit {state / 'ledger.sqlite'}")
     if dashboard is not None:
-        print(f"\ndashboard: {dashboard.url} (still serving)")
         if sys.stdin.isatty():
+            print(f"\ndashboard: {dashboard.url} (still serving)")
             try:
                 input("press Enter (or Ctrl-C) to stop the dashboard\n")
             except (EOFError, KeyboardInterrupt):
                 pass
         dashboard.stop()
+        print("dashboard stopped; `make dashboard` serves it again")
     return 0 if report.ok else 1
 
 
