@@ -387,3 +387,35 @@ def test_central_installed_on_a_store_with_events_counts_them_once(tmp_path, wor
         assert q.progress(store, NATIONAL, q.Filters(ROUND))["total"] == total
     finally:
         store.close()
+
+
+def test_an_override_pays_collects_and_is_listed(world):
+    """``accepted_override`` (an officer's override of a refusal) counts as a payout and is
+    listed with its event. Stored directly: the event schema gets the outcome separately."""
+    world.terminal("edge-a01")
+    event = {
+        "event_id": "0b5e3a1e-0000-4000-8000-000000000001",
+        "device_id": "edge-a01",
+        "regency": "3171",
+        "seq": 1,
+        "ts": "2026-12-01T09:30:00.000Z",
+        "outcome": "accepted_override",
+        "household_id": household("edge-a01", 3),
+        "round_id": ROUND,
+        "amount": AMOUNT,
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+    }
+    assert world.store.add(event)
+    [row] = q.progress(world.store, NATIONAL, q.Filters(ROUND, "31", "3171"))["rows"]
+    assert (row["collected"], row["paid"], row["amount"]) == (1, 1, AMOUNT)
+    assert q.overrides(world.store, NATIONAL) == [
+        {
+            "event_id": event["event_id"],
+            "device_id": "edge-a01",
+            "regency": "3171",
+            "ts": event["ts"],
+        }
+    ]
+    assert q.overrides(world.store, User("x", "regency", "3172")) == []
+    assert q.refusals(world.store, NATIONAL, q.Filters())["totals"] == {"accepted_override": 1}

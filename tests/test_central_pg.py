@@ -17,6 +17,7 @@ from test_central import (  # noqa: F401
     test_a_manifest_registered_after_the_payouts_links_them,
     test_a_rebuild_from_scratch_gives_what_the_trigger_kept,
     test_a_regency_user_sees_only_their_regency,
+    test_an_override_pays_collects_and_is_listed,
     test_double_payout_and_refusals_are_counted_but_collect_once,
     test_health_and_status_reports_feed_the_terminal_page,
     test_household_ref_matches_the_pseudonym_the_terminal_sends,
