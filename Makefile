@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup models run test lint bench bench-liveness clean
+.PHONY: setup models run dashboard test lint bench bench-liveness clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ models: setup
 
 run: models
 	$(BIN)/python -m edge.demo
+
+# The central dashboard again over what the last `make run` left (demo logins in its output).
+dashboard: setup
+	$(BIN)/edge central serve --db sqlite:///var/demo/central/central.sqlite
 
 test: models
 	$(BIN)/python -m pytest

@@ -232,6 +232,8 @@ def build_pilot(root: Path, engine: FaceEngine, with_shared: bool) -> tuple[Path
     )
     store = BundleStore(state, central_pub, identity, engine.model_id, engine.model_sha256)
     store.install(blob)
+    # Central keeps what it sent: the dashboard registers the bundle's entitlements from it.
+    (root / "central" / "bundle.json").write_bytes(blob)
     return state, photos
 
 
@@ -304,10 +306,16 @@ def demo_config(
     return cfg
 
 
-def run_part(title: str, state: Path, frames: Path, liveness: bool) -> list[Decision]:
+def run_part(
+    title: str, state: Path, frames: Path, liveness: bool, dashboard=None
+) -> list[Decision]:
     print(f"\n=== {title} ===")
     app = App(demo_config(state, frames, liveness=liveness))
     view = StaffView(app)
+    if dashboard is not None:
+        # In place of the broker (mqtt is off in the demo): each decision's event goes to
+        # central as soon as it is in the ledger, and the open dashboard shows it.
+        app.on_decision(lambda _decision: dashboard.follow(state / "ledger.sqlite"))
     app.run()
     return view.decisions
 
@@ -316,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.demo", description=__doc__)
     parser.add_argument("--dir", default="var/demo", help="where the demo pilot lives (wiped)")
     parser.add_argument("--no-shared", action="store_true", help="ignore ../shared")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
+    parser.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     root = Path(args.dir)
@@ -323,12 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     with_shared = not args.no_shared and (SHARED / "video" / "short_hamilton_clip.mp4").is_file()
     engine = FaceEngine.from_config(Config())
     state, photos = build_pilot(root, engine, with_shared)
+    dashboard = None if args.no_dashboard else start_dashboard(root, state, args.port)
     photo_script(root / "frames-photo", photos, staff_badges(root))
     decisions = run_part(
         "Part 1: a photo as the face (liveness OFF, since a still photo must fail it)",
         state,
         root / "frames-photo",
         liveness=False,
+        dashboard=dashboard,
     )
     if with_shared:
         video_script(root / "frames-video")
@@ -337,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             state,
             root / "frames-video",
             liveness=True,
+            dashboard=dashboard,
         )
     else:
         print("\n(../shared not found: the liveness part with a real video is skipped)")
@@ -353,7 +366,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outbox: {depth} event(s) waiting for the broker (mqtt.enabled = false in the demo)")
     print(f"receipts (ESC/POS bytes): {state / 'receipts.bin'}")
     print(f"check it yourself: .venv/bin/edge audit {state / 'ledger.sqlite'}")
+    if dashboard is not None:
+        if sys.stdin.isatty():
+            print(f"\ndashboard: {dashboard.url} (still serving)")
+            try:
+                input("press Enter (or Ctrl-C) to stop the dashboard\n")
+            except (EOFError, KeyboardInterrupt):
+                pass
+        dashboard.stop()
+        print("dashboard stopped; `make dashboard` serves it again")
     return 0 if report.ok else 1
+
+
+def start_dashboard(root: Path, state: Path, port: int):
+    """Serve the central dashboard over the demo country and this demo terminal."""
+    from edge.central.demo import DEMO_PASSWORD, DemoDashboard
+
+    dashboard = DemoDashboard(root / "central", port)
+    identity = DeviceIdentity.load_or_create(state / "keys")
+    dashboard.add_terminal(
+        root / "central" / "bundle.json",
+        root / "central" / "central_private.pem.pub",
+        Config().device.id,
+        identity.device_public_pem(),
+    )
+    print(f"\n=== Central dashboard: {dashboard.url} ===")
+    logins = ", ".join(f"{name} ({scope})" for name, scope in dashboard.users.items())
+    print(f"    log in as {logins}; password {DEMO_PASSWORD}")
+    print("    payouts of this demo appear on it live, beside the demo country's terminals")
+    return dashboard
 
 
 if __name__ == "__main__":

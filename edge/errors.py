@@ -76,3 +76,7 @@ class BadgeError(EdgeError):
 
 class ReleaseError(EdgeError):
     """A release artefact is unsigned, tampered, truncated, or cannot be installed here."""
+
+
+class CentralError(EdgeError):
+    """Central's dashboard side: a manifest, summary or user that cannot be used."""

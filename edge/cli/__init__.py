@@ -9,6 +9,7 @@ COMMAND_MODULES = (
     "edge.cli.mqtt",  # consume, command
     "edge.cli.registry",  # registry build, revoke, show, acl, install, publish
     "edge.cli.badge",  # badge issue, verify, reason-cards, evidence-key, open-evidence
+    "edge.cli.central",  # central serve, register, user, reconcile, verify
     "edge.cli.ops",  # check-config, selftest, health
     "edge.cli.retention",  # prune
     "edge.cli.bench",  # bench

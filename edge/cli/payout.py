@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--override-policy", type=Path, help="JSON limits on supervised overrides (docs/flow.md)"
     )
+    p.add_argument(
+        "--register",
+        metavar="DB",
+        help="also register its entitlements in the central store (edge central register)",
+    )
     b.set_defaults(func=cmd_bundle_build)
 
     i = bsub.add_parser("inspect", help="show a bundle's metadata (no templates, no names)")
@@ -224,6 +229,19 @@ def cmd_bundle_build(args) -> int:
     manifest_path = args.manifest or args.out.with_name(args.out.name + ".manifest.json")
     write_manifest(manifest_path, manifest(spec, result.households))
     print(f"manifest for central (full household ids, keep it there): {manifest_path}")
+    if args.register:
+        from edge.central.manifest import manifest_from_bundle, register_manifest
+        from edge.central.store import CentralStore
+        from edge.keys import public_pem
+
+        store = CentralStore(args.register)
+        try:
+            n = register_manifest(
+                store, manifest_from_bundle(blob, public_pem(central.public_key()))
+            )
+        finally:
+            store.close()
+        print(f"registered {n} entitlement(s) of round {args.round_id} at central")
     return 0
 
 
