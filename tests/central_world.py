@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from support import MATCH, T0, FakeClock
+from support import MATCH, T0, FakeClock, ref_of
 
 from edge.central.manifest import FORMAT, register_manifest
 from edge.central.store import CentralStore
@@ -75,6 +75,7 @@ class World:
             "households": [
                 {
                     "household_id": household(device_id, i),
+                    "household_ref": ref_of(household(device_id, i), round_id),
                     "amount": AMOUNT,
                     "masked_name": f"WARGA {i} D***",
                 }
@@ -94,9 +95,11 @@ class World:
         self, device_id: str, n: int, *, feed: bool = True, round_id: str = ROUND, hh: str = ""
     ) -> dict:
         """Pay household ``n`` of the terminal's manifest (or ``hh``) and feed the event."""
+        hid = hh or household(device_id, n)
         ev = self.ledgers[device_id].record(
             "accepted",
-            household_id=hh or household(device_id, n),
+            household_id=hid,
+            household_ref=ref_of(hid, round_id),
             round_id=round_id,
             amount=AMOUNT,
             **MATCH,
@@ -107,7 +110,11 @@ class World:
 
     def refuse(self, device_id: str, outcome: str = "no_match", n: int = 1) -> dict:
         ev = self.ledgers[device_id].record(
-            outcome, household_id=household(device_id, n), round_id=ROUND, score=0.2
+            outcome,
+            household_id=household(device_id, n),
+            household_ref=ref_of(household(device_id, n)),
+            round_id=ROUND,
+            score=0.2,
         )
         assert self.feed(ev) == "stored"
         return ev

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from central_world import AMOUNT, ROUND, World, household
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support import REF_KEY, ref_of
 
 from edge.central import queries as q
 from edge.central.auth import User
@@ -154,12 +155,10 @@ def test_a_manifest_registered_after_the_payouts_links_them(world):
 
 
 def test_household_ref_matches_the_pseudonym_the_terminal_sends(world):
-    world.terminal("edge-d01", register=False)
-    manifest = world.manifest("edge-d01")
-    manifest["households"][0]["household_ref"] = "h_pseudonymOfHouseholdOne"
-    register_manifest(world.store, manifest)
-    # A terminal with pseudonymous references puts the ref where the id was.
-    world.pay("edge-d01", 0, hh="h_pseudonymOfHouseholdOne")
+    world.terminal("edge-d01")
+    # The terminal sends only the household's reference; the manifest maps it back.
+    ev = world.pay("edge-d01", 1)
+    assert "household_id" not in ev and ev["household_ref"] == ref_of(household("edge-d01", 1))
     total = q.progress(world.store, NATIONAL, q.Filters(ROUND))["total"]
     assert (total["entitled"], total["collected"]) == (2, 1)
     [left] = q.home_visits(world.store, NATIONAL, q.Filters(ROUND, "32", "3273"))
@@ -201,7 +200,7 @@ def test_household_ids_are_masked_unless_the_user_may_see_them(world):
     ev = world.pay("edge-a01", 1)
     [shown] = q.device_events(world.store, JAKSEL, "edge-a01")
     assert shown["household"] == "KPM-3171-****-0001"
-    assert q.event_detail(world.store, JAKSEL, ev["event_id"])["event"]["household_id"] == (
+    assert q.event_detail(world.store, JAKSEL, ev["event_id"])["event"]["household"] == (
         "KPM-3171-****-0001"
     )
     officer = User("visit", "regency", "3171", show_ids=True)
@@ -294,11 +293,17 @@ def test_manifests_from_files_and_signed_bundles(
     assert manifest["households"] == [
         {
             "household_id": "KPM-3171-0001-0001",
-            "household_ref": None,
+            "household_ref": None,  # the bundle's key is encrypted to its terminal
             "amount": AMOUNT,
             "masked_name": "SITI A***",
         }
     ]
+    # With central's own copy of the round's reference key, the references are known.
+    keys = tmp_path / "ref_keys"
+    keys.mkdir()
+    (keys / f"3171_{ROUND}.key").write_bytes(REF_KEY)
+    [h] = manifest_from_bundle(blob, central_pem, keys)["households"]
+    assert h["household_ref"] == ref_of("KPM-3171-0001-0001")
     path.write_bytes(blob)
     with pytest.raises(CentralError):
         load_manifest(path)  # a bundle needs central's key to be trusted
@@ -318,6 +323,7 @@ def _bundle(central_key, identity) -> bytes:
         model_sha256="0" * 64,
         valid_from=datetime(2026, 11, 1, tzinfo=UTC),
         valid_until=datetime(2027, 1, 1, tzinfo=UTC),
+        ref_key=REF_KEY,
     )
     hh = Household("KPM-3171-0001-0001", "SITI A***", "3171", AMOUNT, [Member("m1", "recipient")])
     matrix = np.ones((1, 128), np.float32) / np.sqrt(128)
@@ -400,7 +406,7 @@ def test_an_override_pays_collects_and_is_listed(world):
         "seq": 1,
         "ts": "2026-12-01T09:30:00.000Z",
         "outcome": "accepted_override",
-        "household_id": household("edge-a01", 3),
+        "household_ref": ref_of(household("edge-a01", 3)),
         "round_id": ROUND,
         "amount": AMOUNT,
         "prev_hash": "0" * 64,

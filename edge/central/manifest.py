@@ -21,22 +21,38 @@ import logging
 from pathlib import Path
 
 from edge.central.store import CentralStore
+from edge.enrolment.refkeys import MANIFEST_FORMAT
 from edge.errors import BundleError, CentralError
 from edge.keys import verify_ed25519
 
 log = logging.getLogger(__name__)
 
-FORMAT = "bansos.manifest/1"
+# The format `edge bundle build` writes beside each bundle (edge.enrolment.refkeys.manifest).
+FORMAT = MANIFEST_FORMAT
 
 
-def manifest_from_bundle(blob: bytes, central_public_pem: bytes) -> dict:
-    """The manifest of a bundle file, after checking central's signature on it."""
+def manifest_from_bundle(
+    blob: bytes, central_public_pem: bytes, ref_keys: Path | str | None = None
+) -> dict:
+    """The manifest of a bundle file, after checking central's signature on it.
+
+    The bundle's reference key travels encrypted to its terminal, so central computes each
+    household's reference from its own copy in ``ref_keys`` (the folder `edge bundle build`
+    keeps them in); without it the households have no reference, and payouts (which name only
+    references) cannot be matched to them.
+    """
     from edge.enrolment.bundle import open_envelope
+    from edge.enrolment.refkeys import ref_key_for
+    from edge.privacy import household_ref
 
     body_bytes, sig = open_envelope(blob)
     if sig is None or not verify_ed25519(central_public_pem, sig, body_bytes):
         raise BundleError("bundle signature does not verify with central's key")
     body = json.loads(body_bytes)
+    key = ref_key_for(ref_keys, body["regency"], body["round_id"]) if ref_keys else None
+    for h in body.get("households", []):
+        if key is not None:
+            h["household_ref"] = household_ref(key, body["round_id"], h["household_id"])
     return {
         "format": FORMAT,
         "round_id": body["round_id"],
@@ -51,8 +67,11 @@ def manifest_from_bundle(blob: bytes, central_public_pem: bytes) -> dict:
     }
 
 
-def load_manifest(path: Path | str, central_public_pem: bytes | None = None) -> dict:
-    """Read a manifest file, or a bundle file (then ``central_public_pem`` is required)."""
+def load_manifest(
+    path: Path | str, central_public_pem: bytes | None = None, ref_keys: Path | None = None
+) -> dict:
+    """Read a manifest file, or a bundle file (then ``central_public_pem`` is required, and
+    ``ref_keys`` gives the households their references: :func:`manifest_from_bundle`)."""
     blob = Path(path).read_bytes()
     try:
         doc = json.loads(blob)
@@ -61,7 +80,7 @@ def load_manifest(path: Path | str, central_public_pem: bytes | None = None) -> 
     if isinstance(doc, dict) and doc.get("format") == "bansos.bundle/1":
         if central_public_pem is None:
             raise CentralError(f"{path}: a bundle; pass central's public key to register it")
-        return manifest_from_bundle(blob, central_public_pem)
+        return manifest_from_bundle(blob, central_public_pem, ref_keys)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CentralError(f"{path}: not a {FORMAT} manifest")
     return doc

@@ -335,9 +335,13 @@ def event_detail(store: CentralStore, user: User, event_id: str) -> dict:
         # The same answer for "absent" and "not yours": ids of other regencies are not probed.
         raise Forbidden("no such event in your scope")
     body = json.loads(rows[0][1])
-    for key in ("household_id", "household_ref"):
-        if body.get(key):
-            body[key] = user.household(body[key])
+    # Events name households by reference; the registered entitlement maps it back.
+    found = store.rows(
+        "SELECT household_id FROM c_entitlements WHERE round_id = ? AND household_ref = ?",
+        (body.get("round_id"), body.get("household_ref")),
+    )
+    if found:
+        body["household"] = user.household(found[0][0])
     flags = store.rows(
         "SELECT kind, detail FROM anomalies WHERE event_id = ? ORDER BY at", (event_id,)
     )

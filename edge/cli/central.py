@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _db(r)
     r.add_argument("files", nargs="+", type=Path, help="bansos.manifest/1 JSON or bundle files")
     r.add_argument("--central-pub", type=Path, help="central public key (to accept bundle files)")
+    r.add_argument(
+        "--ref-keys",
+        type=Path,
+        help="central's household reference keys (edge bundle build --ref-keys): bundle files "
+        "carry theirs encrypted, so references are computed from these",
+    )
     r.set_defaults(func=cmd_register)
 
     u = csub.add_parser("user", help="add or replace a dashboard user")
@@ -92,7 +98,7 @@ def cmd_register(args) -> int:
     store = CentralStore(args.db)
     try:
         for path in args.files:
-            n = register_manifest(store, load_manifest(path, pub))
+            n = register_manifest(store, load_manifest(path, pub, args.ref_keys))
             print(f"{path}: {n} household(s) registered")
     finally:
         store.close()

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--override-policy", type=Path, help="JSON limits on supervised overrides (docs/flow.md)"
     )
-    p.add_argument(
+    b.add_argument(
         "--register",
         metavar="DB",
         help="also register its entitlements in the central store (edge central register)",
@@ -227,18 +227,16 @@ def cmd_bundle_build(args) -> int:
     args.out.write_bytes(blob)
     print(f"bundle written: {args.out} ({len(blob)} bytes) for device {device_id}")
     manifest_path = args.manifest or args.out.with_name(args.out.name + ".manifest.json")
-    write_manifest(manifest_path, manifest(spec, result.households))
+    doc = manifest(spec, result.households)
+    write_manifest(manifest_path, doc)
     print(f"manifest for central (full household ids, keep it there): {manifest_path}")
     if args.register:
-        from edge.central.manifest import manifest_from_bundle, register_manifest
+        from edge.central.manifest import register_manifest
         from edge.central.store import CentralStore
-        from edge.keys import public_pem
 
         store = CentralStore(args.register)
         try:
-            n = register_manifest(
-                store, manifest_from_bundle(blob, public_pem(central.public_key()))
-            )
+            n = register_manifest(store, doc)
         finally:
             store.close()
         print(f"registered {n} entitlement(s) of round {args.round_id} at central")

@@ -21,7 +21,7 @@ from edge.events import iso_utc
 from edge.fsutil import write_atomic
 from edge.privacy import household_ref
 
-MANIFEST_FORMAT = "bansos.bundle-manifest/1"
+MANIFEST_FORMAT = "bansos.manifest/1"  # edge.central.manifest reads it
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
