@@ -298,7 +298,9 @@ def test_unit_and_provisioning_agree_on_paths():
     assert f"ReadWritePaths=/{module.STATE}\n" in unit
     assert f"StateDirectory={module.STATE.name}\n" in unit
     assert f"ConfigurationDirectory={module.CONFIG.parent.name}\n" in unit
-    assert f"Documentation=file:///{module.TOOLS}/operations.md" in unit
+    assert f"Documentation=file:///{module.units.TOOLS}/operations.md" in unit
+    # The daemon waits for a card's first boot: the file that says there is one.
+    assert f"ConditionPathExists=|!/{module.units.TOOLS}/firstboot.json\n" in unit
     sysusers = (ROOT / "systemd/edge.sysusers.conf").read_text()
     assert set(module.GROUPS) == {
         line.split()[2] for line in sysusers.splitlines() if line[:2] == "m "
