@@ -274,6 +274,9 @@ class Provisioner(Target):
         self.check_release()
         if self.release is not None and self.release_dir is None:
             self.release_dir = artefact.install_release(self, self.args, self.release)
+        elif self.release_dir is None:
+            # Installed earlier (first boot, a re-run): its units and wheel stay the ones used.
+            self.release_dir = artefact.installed_release(self)
 
     def install_trust(self) -> None:
         if self.args.central_pub:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from artefact import OTA_UNITS, OTA_WANTS
-from rootfs import enable
+from rootfs import FIRSTBOOT_UNITS, enable
 from target import SYSUSERS, TIMER_WANTS, TOOLS, UNIT, UNIT_DIR, WANTS, Target
 
 PRUNE_UNITS = ("edge-prune.service", "edge-prune.timer")
@@ -46,7 +46,7 @@ def install_units(
 
 def stage_tools(target: Target, find_asset: FindAsset, script: Path) -> None:
     """Ship provision.py, its modules and the units so first boot can finish on the Pi."""
-    units = ("edge.service", *PRUNE_UNITS, *OTA_UNITS, "edge.sysusers.conf")
+    units = ("edge.service", *PRUNE_UNITS, *OTA_UNITS, *FIRSTBOOT_UNITS, "edge.sysusers.conf")
     for name in (*units, "operations.md"):
         target.copy(find_asset(name), TOOLS / name)
     target.copy(script, TOOLS / "provision.py", 0o755)
