@@ -219,3 +219,43 @@ def test_a_bad_release_is_refused_before_anything_is_written(tmp_path, kit, rele
     assert why in res.stderr, res.stderr
     root = tmp_path / "root"
     assert not root.exists() or not any(root.rglob("*"))
+
+
+def exec_binaries(unit_dir: Path) -> dict[str, str]:
+    """The program each update unit runs."""
+    out = {}
+    for name in OTA_UNITS:
+        for line in (unit_dir / name).read_text().splitlines():
+            if line.startswith("ExecStart="):
+                out[name] = line.removeprefix("ExecStart=").split()[0]
+    return out
+
+
+def test_the_update_units_run_an_edge_the_card_has(card):
+    rel = card / "opt/edge/releases/0.2.0"
+    (rel / "venv/bin").mkdir(parents=True)
+    (rel / "venv/bin/edge").write_text("#!/bin/sh\n")  # what first boot installs
+    binaries = exec_binaries(card / "etc/systemd/system")
+    assert set(binaries) == {"edge-update.service", "edge-rollback.service", "edge-recover.service"}
+    for unit, program in binaries.items():
+        assert (card / program.lstrip("/")).resolve() == rel / "venv/bin/edge", unit
+
+
+def test_a_terminal_provisioned_before_releases_can_still_be_updated(tmp_path, kit, releases):  # noqa: F811
+    """Without --release (a real venv): the installer the path unit starts exists, and adopts
+    the terminal at its first update (tests/test_ota.py); [ota] and the units are there."""
+    from test_provisioning import provision
+
+    res = provision(tmp_path, kit, "--release-pub", str(releases["pub"]))
+    assert res.returncode == 0, res.stderr
+    root = tmp_path / "root"
+    cfg = load_config(root / "etc/edge/config.toml")
+    assert cfg.ota.release_public_key == Path("/etc/edge/release_public.pem")
+    assert cfg.ota.ca_file is None  # no --release-ca: releases only in chunks over MQTT
+    assert (root / "opt/edge/models").is_dir() and not (root / "opt/edge/current").exists()
+    (root / "opt/edge/venv/bin").mkdir(parents=True)
+    (root / "opt/edge/venv/bin/edge").write_text("#!/bin/sh\n")
+    update = exec_binaries(root / "etc/systemd/system")["edge-update.service"]
+    assert (root / update.lstrip("/")).is_file()
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert (wants / "edge-update.path").is_symlink()
