@@ -152,6 +152,11 @@ def _whole(dest: Path, manifest: dict, verify_tree, error) -> bool:
     return True
 
 
+def install_or_find(target: Target, args: argparse.Namespace, release) -> Path | None:
+    """The verified ``release`` installed, or without one the release installed earlier."""
+    return install_release(target, args, release) if release else installed_release(target)
+
+
 def installed_release(target: Target) -> Path | None:
     """The release folder ``current`` points at, or None."""
     current = target.path(CURRENT)
@@ -170,3 +175,15 @@ def first_boot_argv(args: argparse.Namespace) -> list[str]:
     if args.release_ca:
         argv += ["--release-ca", f"/{RELEASE_CA}"]
     return argv
+
+
+def before_pip(install_release) -> None:
+    """On a running Pi the release is verified and unpacked before pip makes the venv, so with
+    this checkout's edge package on the system Python."""
+    try:
+        install_release()
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"provision: cannot verify the release ({exc}): apt install python3-cryptography "
+            "python3-packaging python3-pydantic, or provision the card with --root"
+        ) from exc

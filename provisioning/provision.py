@@ -115,7 +115,14 @@ class Provisioner(Target):
                 pip += ["--find-links", str(wheels)]  # an offline wheelhouse, when present
         # No "[pi]" extra: picamera2 and lgpio come from apt (python3-picamera2, python3-lgpio).
         before = self.pip_freeze(venv_python)
-        self.execute([*pip, str(target)])
+        wheels = self.release_dir / "wheels" if self.release_dir else None
+        if wheels and (wheels / "requirements.txt").is_file():
+            from wheelhouse import install_commands  # the release's lock: no index, hash-checked
+
+            for cmd in install_commands(venv_python, wheels):
+                self.execute(cmd)
+        else:
+            self.execute([*pip, str(target)])
         if self.pip_freeze(venv_python) != before:
             self.report.add("ran", "pip install", target.name)
             # Survives the re-exec into the venv, so the service is restarted for it.
@@ -262,21 +269,14 @@ class Provisioner(Target):
             open_registry(Path(self.args.registry).read_bytes(), central)
         if self.args.models:
             check_models(Path(self.args.models))
-        self.check_release()
-
-    def check_release(self) -> None:
-        """The release key and artefact (--release-pub, --release), verified once."""
-        if self.release is None:
-            self.release = artefact.check(self.args)
+        self.release = self.release or artefact.check(self.args)
 
     def install_release(self) -> None:
-        """Unpack the verified release as releases/<version> with the links edge/ota keeps."""
-        self.check_release()
-        if self.release is not None and self.release_dir is None:
-            self.release_dir = artefact.install_release(self, self.args, self.release)
-        elif self.release_dir is None:
-            # Installed earlier (first boot, a re-run): its units and wheel stay the ones used.
-            self.release_dir = artefact.installed_release(self)
+        """Unpack --release (verified once) as releases/<version> with edge/ota's links; else
+        use the release installed earlier (first boot, a re-run) for the units and wheel."""
+        self.release = self.release or artefact.check(self.args)
+        if self.release_dir is None:
+            self.release_dir = artefact.install_or_find(self, self.args, self.release)
 
     def install_trust(self) -> None:
         if self.args.central_pub:
@@ -376,14 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     prov = Provisioner(args)
     print(f"provision: {args.device_id} into {prov.root}" + ("" if prov.real else " (offline)"))
     if not args.no_install and prov.real:
-        if args.release:  # verified with the edge package of this checkout, before pip
-            try:
-                prov.install_release()
-            except ModuleNotFoundError as exc:
-                raise SystemExit(
-                    f"provision: cannot verify the release ({exc}): apt install "
-                    "python3-cryptography python3-packaging python3-pydantic, or use --root"
-                ) from exc
+        if args.release:
+            artefact.before_pip(prov.install_release)
         prov.install_package(prov.stage_package())
         ensure_edge_importable(args, argv)
     from edge.errors import EdgeError

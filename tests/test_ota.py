@@ -364,7 +364,8 @@ state = sys.argv[1]
 led = Ledger(state + "/ledger.sqlite", DeviceIdentity.load_or_create(state + "/keys"),
              "edge-3171-0042", "3171")
 if sys.argv[2] == "pay":
-    led.record("accepted", household_id="KPM-3171-0001-0001", round_id="2026-12", amount=300000)
+    led.record("accepted", household_id="KPM-3171-0001-0001", household_ref="ref-0001",
+               round_id="2026-12", amount=300000)
 print(json.dumps({"paid": led.is_paid("KPM-3171-0001-0001", "2026-12") is not None,
                   "events": led.stats()["events"]}))
 led.close()
@@ -443,6 +444,10 @@ def test_unit_files_switch_with_the_release_and_back(releases, terminal, tmp_pat
     service = FakeService()
     installer(terminal, pub, unit_dir=units, service=service).apply(arts["0.1.0"])
     assert sorted(p.name for p in units.iterdir()) == [
+        "edge-firstboot-led.service",
+        "edge-firstboot.service",
+        "edge-prune.service",
+        "edge-prune.timer",
         "edge-recover.service",
         "edge-rollback.service",
         "edge-update.path",

@@ -47,6 +47,17 @@ def releases(tmp_path_factory):
         out[version] = build_release(
             checkout, key, tmp / "dist", models_dir=models, wheelhouse=release_wheels
         )
+
+    def locked(checkout: Path, out_dir: Path, **kw) -> dict:
+        # As `edge release build --target` makes it, with stand-in wheels (no PyPI here).
+        release_wheels(checkout, out_dir)
+        (out_dir / "requirements.txt").write_text("six==1.17.0 \\\n    --hash=sha256:" + "0" * 64)
+        return {"platform": "x86_64", "deps": True, "target": "x86_64", "lock": "requirements.txt"}
+
+    checkout = tmp / "src-0.2.0"
+    out["locked"] = build_release(
+        checkout, key, tmp / "dist-locked", models_dir=models, wheelhouse=locked
+    )
     return out
 
 
@@ -259,3 +270,30 @@ def test_a_terminal_provisioned_before_releases_can_still_be_updated(tmp_path, k
     assert (root / update.lstrip("/")).is_file()
     wants = root / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "edge-update.path").is_symlink()
+
+
+def test_on_a_running_pi_the_release_installs_from_its_lock(tmp_path, kit, releases):  # noqa: F811
+    """What provision.py runs on a live Pi with --release, recorded instead of run."""
+    from test_provisioning import load_provision_module
+
+    module = load_provision_module()
+    argv = [
+        "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"),
+        "--device-id", "edge-3171-0009", "--regency", "3171", "--broker", "10.1.2.3",
+        "--release-pub", str(releases["pub"]), "--release", str(releases["locked"]),
+    ]  # fmt: skip
+    prov = module.Provisioner(module.build_parser().parse_args(argv), dry_run=True)
+    prov.real = True  # act as on "/" but only record the commands
+    prov.user_exists = lambda: True
+    prov.run()
+    cmds = [" ".join(c) for c in prov.commands]
+    rel = tmp_path / "root/opt/edge/releases/0.2.0"
+    # The venv where the venv link points, as the OTA installer makes a release's.
+    assert f"-m venv --system-site-packages {rel / 'venv'}" in cmds[0]
+    pip = [c for c in cmds if " -m pip install " in c]
+    wheels = rel / "wheels"
+    assert (
+        f"--no-index --find-links {wheels} --require-hashes -r {wheels}/requirements.txt" in pip[0]
+    )
+    assert pip[1].endswith(f"--no-deps {wheels}/bansos_edge-0.2.0-py3-none-any.whl")
+    assert cmds[-1] == "systemctl restart edge.service"

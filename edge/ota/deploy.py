@@ -84,10 +84,12 @@ class FakeService:
 
 
 def install_units(src: Path, unit_dir: Path) -> list[str]:
-    """Copy a release's unit files (``edge*.service``, ``edge*.path``) that differ from the
-    installed ones into ``unit_dir``, each atomically; return the names that changed."""
+    """Copy a release's unit files (``edge*.service``, ``edge*.path``, ``edge*.timer``) that
+    differ from the installed ones into ``unit_dir``, each atomically; return the names that
+    changed."""
     changed = []
-    for unit in sorted([*src.glob("edge*.service"), *src.glob("edge*.path")]):
+    units = [*src.glob("edge*.service"), *src.glob("edge*.path"), *src.glob("edge*.timer")]
+    for unit in sorted(units):
         dest = unit_dir / unit.name
         data = unit.read_bytes()
         if dest.exists() and dest.read_bytes() == data:
