@@ -48,6 +48,8 @@ def check(args: argparse.Namespace):
         raise SystemExit("provision: --release needs --release-pub to verify it")
     if args.release and args.models:
         raise SystemExit("provision: a release carries its models: give --release or --models")
+    if args.release_ca and not args.release_pub:
+        raise SystemExit("provision: --release-ca needs --release-pub (updates are off without)")
     if not args.release_pub:
         return None
     pem = Path(args.release_pub).read_bytes()

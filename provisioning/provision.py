@@ -320,6 +320,8 @@ class Provisioner(Target):
             self.report.add("skipped", "systemctl restart edge", "not a running system")
             return
         self.execute(["systemctl", "daemon-reload"])
+        if self.args.release_pub:  # enabled above by its link; watching from now, not next boot
+            self.execute(["systemctl", "start", "edge-update.path"], check=False)
         active = self.execute(
             ["systemctl", "is-active", "--quiet", "edge.service"], check=False
         ).returncode

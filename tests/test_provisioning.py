@@ -198,6 +198,8 @@ def test_rerun_keeps_keys_and_hand_edits(tmp_path, kit):
         (("--regency", "31"), "device.regency"),
         (("--pins", "red=x"), "bad pin"),
         (("--broker", "host:port"), "bad broker"),
+        (("--release-ca", "ca.pem"), "--release-ca needs --release-pub"),
+        (("--release", "r.tar"), "not allowed with argument --wheel"),
     ],
 )
 def test_bad_arguments_write_nothing(tmp_path, kit, extra, message):

@@ -297,3 +297,4 @@ def test_on_a_running_pi_the_release_installs_from_its_lock(tmp_path, kit, relea
     )
     assert pip[1].endswith(f"--no-deps {wheels}/bansos_edge-0.2.0-py3-none-any.whl")
     assert cmds[-1] == "systemctl restart edge.service"
+    assert "systemctl start edge-update.path" in cmds  # watching now, not after a reboot
