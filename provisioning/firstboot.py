@@ -5,8 +5,10 @@ Works the same on Bookworm (no cloud-init) and Trixie, with no network: every fi
 SD card (``provision --root``) or a USB stick labelled BANSOS. The steps, in order:
 
 1. ``user``      the ``edge`` system user and its groups (systemd-sysusers)
-2. ``venv``      /opt/edge/venv with the system site packages (apt's picamera2, lgpio)
-3. ``packages``  pip from the wheelhouse with no index, hash-checked against the lock
+2. ``venv``      /opt/edge/venv with the system site packages (apt's picamera2, lgpio); on a
+                 card provisioned from a release, where that link points (releases/<v>/venv)
+3. ``packages``  pip from the wheelhouse with no index, hash-checked against the lock (the
+                 release's own wheelhouse first), then the terminal's wheel
 4. ``terminal``  provision.py on the Pi: device keys, config, unit (kept if already there)
 5. ``enable``    state owned by edge, edge.service enabled and started
 
