@@ -35,10 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central-pub", help="central Ed25519 public key PEM (verifies bundles)")
     p.add_argument("--registry", help="device registry signed by central (edge registry build)")
     p.add_argument("--ca", help="CA certificate PEM of the broker")
+    p.add_argument(
+        "--release-pub",
+        help="release Ed25519 public key (`edge release keygen`): verifies releases, turns on "
+        "updates over the air ([ota] and the edge-update units)",
+    )
+    p.add_argument("--release-ca", help="the only CA trusted for HTTPS release downloads")
     p.add_argument("--no-tls", action="store_true", help="plain MQTT (lab only)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wheel", help="bansos_edge wheel to install")
     src.add_argument("--source", help="source checkout to install")
+    src.add_argument(
+        "--release",
+        help="signed release artefact (`edge release build`): verified with --release-pub, "
+        "installed as /opt/edge/releases/<version> with its wheels and models",
+    )
     p.add_argument("--models", help="models folder made by `make models` (manifest.json)")
     p.add_argument("--no-install", action="store_true", help="do not run pip (tests, dry layout)")
     p.add_argument("--no-system", action="store_true", help="no useradd/systemctl on a real root")

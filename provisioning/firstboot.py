@@ -5,8 +5,10 @@ Works the same on Bookworm (no cloud-init) and Trixie, with no network: every fi
 SD card (``provision --root``) or a USB stick labelled BANSOS. The steps, in order:
 
 1. ``user``      the ``edge`` system user and its groups (systemd-sysusers)
-2. ``venv``      /opt/edge/venv with the system site packages (apt's picamera2, lgpio)
-3. ``packages``  pip from the wheelhouse with no index, hash-checked against the lock
+2. ``venv``      /opt/edge/venv with the system site packages (apt's picamera2, lgpio); on a
+                 card provisioned from a release, where that link points (releases/<v>/venv)
+3. ``packages``  pip from the wheelhouse with no index, hash-checked against the lock (the
+                 release's own wheelhouse first), then the terminal's wheel
 4. ``terminal``  provision.py on the Pi: device keys, config, unit (kept if already there)
 5. ``enable``    state owned by edge, edge.service enabled and started
 
@@ -34,6 +36,9 @@ from wheelhouse import install_commands  # noqa: E402
 MARKERS = Path("var/lib/edge-firstboot")
 ARGS_FILE = Path("opt/edge/provisioning/firstboot.json")
 VENV = Path("opt/edge/venv")
+# A card provisioned from a release (provision --release): its own wheelhouse, and the venv
+# made inside it (venv -> current/venv), where edge/ota makes each release's venv.
+RELEASE_WHEELS = Path("opt/edge/current/wheels")
 WHEELHOUSES = (Path("opt/edge/wheelhouse"), Path("boot/firmware/bansos-wheelhouse"))
 USB_LABEL = Path("dev/disk/by-label/BANSOS")
 USB_MOUNT = Path("run/edge-firstboot/usb")
@@ -75,15 +80,21 @@ class FirstBoot:
     def step_user(self) -> None:
         self.run(["systemd-sysusers", "/etc/sysusers.d/edge.conf"])
 
-    def step_venv(self) -> None:
+    def venv(self) -> Path:
+        """Where the venv is made: through the link of a release, else /opt/edge/venv."""
         venv = self.root / VENV
+        return Path(os.path.realpath(venv)) if venv.is_symlink() else venv
+
+    def step_venv(self) -> None:
+        venv = self.venv()
         if venv.exists():  # half made before a power cut: start clean
             shutil.rmtree(venv)
         self.run(["python3", "-m", "venv", "--system-site-packages", str(venv)])
 
     def wheelhouse(self) -> Path:
-        """The wheelhouse on the card, else on the USB stick labelled BANSOS (mounted here)."""
-        for rel in WHEELHOUSES:
+        """The release's hash-pinned wheelhouse, the wheelhouse on the card, else on the USB
+        stick labelled BANSOS (mounted here)."""
+        for rel in (RELEASE_WHEELS, *WHEELHOUSES):
             if (self.root / rel / "requirements.txt").is_file():
                 return self.root / rel
         if (self.root / USB_LABEL).exists():
@@ -99,12 +110,15 @@ class FirstBoot:
         )
 
     def step_packages(self) -> None:
-        python = self.root / VENV / "bin" / "python"
-        for cmd in install_commands(python, self.wheelhouse()):
+        python = self.venv() / "bin" / "python"
+        release = self.root / RELEASE_WHEELS
+        # The release's own wheel on top, also when its dependencies come from a wheelhouse.
+        ours = release if any(release.glob("bansos_edge-*.whl")) else None
+        for cmd in install_commands(python, self.wheelhouse(), ours):
             self.run(cmd)
 
     def step_terminal(self) -> None:
-        python = self.root / VENV / "bin" / "python"
+        python = self.venv() / "bin" / "python"
         script = self.root / "opt/edge/provisioning/provision.py"
         # --no-system: this unit runs before edge.service; a synchronous restart would wait on us.
         argv = [

@@ -22,7 +22,9 @@ REPO = HERE.parent
 if (REPO / "edge" / "__init__.py").is_file() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
+import artefact  # noqa: E402
 import rootfs  # noqa: E402
+import units  # noqa: E402
 from args import build_parser  # noqa: E402
 from target import (  # noqa: E402
     CA_FILE,
@@ -38,12 +40,7 @@ from target import (  # noqa: E402
     SRC,
     STATE,
     SYSUSERS,
-    TIMER_WANTS,
-    TOOLS,
-    UNIT,
-    UNIT_DIR,
     VENV,
-    WANTS,
     Report,
     Target,
     check_models,
@@ -66,6 +63,8 @@ class Provisioner(Target):
         super().__init__(args.root, dry_run)
         self.args = args
         self.installed = False  # pip already ran in this process (before edge was importable)
+        self.release = None  # the verified release artefact (--release)
+        self.release_dir: Path | None = None  # where it is installed (releases/<version>)
 
     def stage_package(self) -> Path | None:
         """Put the wheel (or source tree) under /opt/edge; return what pip should install."""
@@ -76,6 +75,8 @@ class Provisioner(Target):
         if self.args.source:
             self.copy_tree(Path(self.args.source), SRC, skip=("models",))
             return self.path(SRC)
+        if self.release_dir is not None:
+            return artefact.release_wheel(self.release_dir)
         staged = sorted(self.path(DIST).glob("*.whl")) if self.path(DIST).is_dir() else []
         if staged:  # first boot: install what was staged onto the SD card
             self.report.add("unchanged", f"/{DIST}/{staged[-1].name}", "staged earlier")
@@ -103,16 +104,25 @@ class Provisioner(Target):
         venv_python = self.path(VENV / "bin" / "python")
         if not venv_python.exists():
             # System site packages: picamera2 and lgpio come from Raspberry Pi OS's apt.
-            self.execute(
-                [sys.executable, "-m", "venv", "--system-site-packages", str(self.path(VENV))]
-            )
+            # Made where the link of a release points (releases/<v>/venv), as the OTA
+            # installer makes each release's venv: a venv names its own path.
+            venv = os.path.realpath(self.path(VENV))
+            self.execute([sys.executable, "-m", "venv", "--system-site-packages", venv])
             self.report.add("created", f"/{VENV}")
         pip = [str(venv_python), "-m", "pip", "install", "--quiet"]
-        if self.path(DIST).is_dir():
-            pip += ["--find-links", str(self.path(DIST))]  # an offline wheelhouse, when present
+        for wheels in (self.path(DIST), self.release_dir and self.release_dir / "wheels"):
+            if wheels and wheels.is_dir():
+                pip += ["--find-links", str(wheels)]  # an offline wheelhouse, when present
         # No "[pi]" extra: picamera2 and lgpio come from apt (python3-picamera2, python3-lgpio).
         before = self.pip_freeze(venv_python)
-        self.execute([*pip, str(target)])
+        wheels = self.release_dir / "wheels" if self.release_dir else None
+        if wheels and (wheels / "requirements.txt").is_file():
+            from wheelhouse import install_commands  # the release's lock: no index, hash-checked
+
+            for cmd in install_commands(venv_python, wheels):
+                self.execute(cmd)
+        else:
+            self.execute([*pip, str(target)])
         if self.pip_freeze(venv_python) != before:
             self.report.add("ran", "pip install", target.name)
             # Survives the re-exec into the venv, so the service is restarted for it.
@@ -232,6 +242,7 @@ class Provisioner(Target):
             values["device"]["point_name"] = a.point_name
         if a.central_pub:
             values["bundle"] = {"central_public_key": f"/{CENTRAL_PUB}"}
+        values.update(artefact.config_values(a))
         return values
 
     def printer_values(self) -> dict:
@@ -258,6 +269,14 @@ class Provisioner(Target):
             open_registry(Path(self.args.registry).read_bytes(), central)
         if self.args.models:
             check_models(Path(self.args.models))
+        self.release = self.release or artefact.check(self.args)
+
+    def install_release(self) -> None:
+        """Unpack --release (verified once) as releases/<version> with edge/ota's links; else
+        use the release installed earlier (first boot, a re-run) for the units and wheel."""
+        self.release = self.release or artefact.check(self.args)
+        if self.release_dir is None:
+            self.release_dir = artefact.install_or_find(self, self.args, self.release)
 
     def install_trust(self) -> None:
         if self.args.central_pub:
@@ -267,36 +286,7 @@ class Provisioner(Target):
         if self.args.registry:
             # Claims sync works from the first boot; newer versions then arrive retained.
             self.copy(Path(self.args.registry), STATE / "registry.json", 0o644)
-
-    def install_unit(self) -> None:
-        self.copy(find_asset("edge.service"), UNIT)
-        self.copy(find_asset("edge.sysusers.conf"), SYSUSERS)
-        # The daily retention run (edge prune): a oneshot service and the timer that starts it.
-        for name in ("edge-prune.service", "edge-prune.timer"):
-            self.copy(find_asset(name), UNIT_DIR / name)
-        self.enable(WANTS, UNIT)
-        self.enable(TIMER_WANTS, UNIT_DIR / "edge-prune.timer")
-
-    def enable(self, wants: Path, unit: Path) -> None:
-        """What `systemctl enable` does, done by hand so it works on an SD card too."""
-        link = self.path(wants)
-        want = f"/{unit}"
-        if link.is_symlink() and os.readlink(link) == want:
-            self.report.add("unchanged", f"/{wants}", "enabled")
-        else:
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(want)
-            self.report.add("created", f"/{wants}", "enabled")
-
-    def stage_tools(self) -> None:
-        """Ship this script and its assets so first boot can finish the job on the Pi."""
-        assets = ("edge.service", "edge-prune.service", "edge-prune.timer", "edge.sysusers.conf")
-        for name in (*assets, "operations.md"):
-            self.copy(find_asset(name), TOOLS / name)
-        self.copy(Path(__file__).resolve(), TOOLS / "provision.py", 0o755)
-        self.copy(HERE / "target.py", TOOLS / "target.py")
+        artefact.install_trust(self, self.args)
 
     def system_user(self) -> None:
         if not self.real:
@@ -330,6 +320,8 @@ class Provisioner(Target):
             self.report.add("skipped", "systemctl restart edge", "not a running system")
             return
         self.execute(["systemctl", "daemon-reload"])
+        if self.args.release_pub:  # enabled above by its link; watching from now, not next boot
+            self.execute(["systemctl", "start", "edge-update.path"], check=False)
         active = self.execute(
             ["systemctl", "is-active", "--quiet", "edge.service"], check=False
         ).returncode
@@ -346,14 +338,16 @@ class Provisioner(Target):
     def run(self) -> Report:
         config = self.prepare_config()
         self.check_inputs()
+        self.install_release()
         target = self.stage_package()
         self.install_package(target)
         self.install_models()
         self.make_identity()
         self.install_trust()
         self.write(CONFIG, config, 0o640)
-        self.install_unit()
-        self.stage_tools()
+        ota = bool(self.args.release_pub)
+        units.install_units(self, find_asset, self.release_dir, ota)
+        units.stage_tools(self, find_asset, Path(__file__).resolve())
         rootfs.install_udev(self, self.args)
         if not self.real:  # a card: first boot finishes on the Pi, offline
             rootfs.install_firstboot(self, self.args, find_asset)
@@ -384,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     prov = Provisioner(args)
     print(f"provision: {args.device_id} into {prov.root}" + ("" if prov.real else " (offline)"))
     if not args.no_install and prov.real:
+        if args.release:
+            artefact.before_pip(prov.install_release)
         prov.install_package(prov.stage_package())
         ensure_edge_importable(args, argv)
     from edge.errors import EdgeError

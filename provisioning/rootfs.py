@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import artefact
 from boot import (
     PRINTER_PORT,
     edit_cmdline,
@@ -49,9 +50,10 @@ def install_firstboot(target: Target, args: argparse.Namespace, find_asset) -> N
         target.copy(find_asset(unit), UNIT_DIR / unit)
     enable(target, "edge-firstboot.service", FIRSTBOOT_WANTS)
     here = Path(__file__).resolve().parent
-    for name in ("firstboot.py", "wheelhouse.py", "boot.py", "rootfs.py"):
-        target.copy(here / name, TOOLS / name, 0o755 if name == "firstboot.py" else 0o644)
-    choices = {"argv": first_boot_argv(args), "pins": args.pins, "model": args.model}
+    # provision.py's other modules are shipped by units.stage_tools, on a live root too.
+    target.copy(here / "firstboot.py", TOOLS / "firstboot.py", 0o755)
+    argv = [*first_boot_argv(args), *artefact.first_boot_argv(args)]
+    choices = {"argv": argv, "pins": args.pins, "model": args.model}
     data = (json.dumps(choices, indent=2, sort_keys=True) + "\n").encode()
     target.write(TOOLS / "firstboot.json", data)
 

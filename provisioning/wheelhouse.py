@@ -205,12 +205,15 @@ def build_wheelhouse(dest: Path, target: str, lock: Path | None = None) -> list[
     return sorted(dest.glob("*.whl"))
 
 
-def install_commands(python: str | Path, wheelhouse: Path) -> list[list[str]]:
+def install_commands(
+    python: str | Path, wheelhouse: Path, ours_from: Path | None = None
+) -> list[list[str]]:
     """The two pip runs that install the terminal from a wheelhouse with no index: the locked
-    dependencies, hash-checked, then the terminal's newest wheel on top."""
-    ours = sorted(Path(wheelhouse).glob("bansos_edge-*.whl"))
+    dependencies, hash-checked, then the terminal's newest wheel (from ``ours_from``, a
+    release's wheels, when given) on top."""
+    ours = sorted(Path(ours_from or wheelhouse).glob("bansos_edge-*.whl"))
     if not ours:
-        raise FileNotFoundError(f"{wheelhouse}: no bansos_edge wheel")
+        raise FileNotFoundError(f"{ours_from or wheelhouse}: no bansos_edge wheel")
     pip = [str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse)]
     return [
         [*pip, "--require-hashes", "-r", str(Path(wheelhouse) / "requirements.txt")],

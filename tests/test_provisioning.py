@@ -198,6 +198,8 @@ def test_rerun_keeps_keys_and_hand_edits(tmp_path, kit):
         (("--regency", "31"), "device.regency"),
         (("--pins", "red=x"), "bad pin"),
         (("--broker", "host:port"), "bad broker"),
+        (("--release-ca", "ca.pem"), "--release-ca needs --release-pub"),
+        (("--release", "r.tar"), "not allowed with argument --wheel"),
     ],
 )
 def test_bad_arguments_write_nothing(tmp_path, kit, extra, message):
@@ -298,7 +300,9 @@ def test_unit_and_provisioning_agree_on_paths():
     assert f"ReadWritePaths=/{module.STATE}\n" in unit
     assert f"StateDirectory={module.STATE.name}\n" in unit
     assert f"ConfigurationDirectory={module.CONFIG.parent.name}\n" in unit
-    assert f"Documentation=file:///{module.TOOLS}/operations.md" in unit
+    assert f"Documentation=file:///{module.units.TOOLS}/operations.md" in unit
+    # The daemon waits for a card's first boot: the file that says there is one.
+    assert f"ConditionPathExists=|!/{module.units.TOOLS}/firstboot.json\n" in unit
     sysusers = (ROOT / "systemd/edge.sysusers.conf").read_text()
     assert set(module.GROUPS) == {
         line.split()[2] for line in sysusers.splitlines() if line[:2] == "m "

@@ -270,3 +270,41 @@ def test_no_bundled_library_needs_an_executable_stack():
         if executable_stack(lib)
     ]
     assert offenders == []
+
+
+FIRSTBOOT_DONE = "/var/lib/edge-firstboot/all.done"
+FIRSTBOOT_ARGS = "/opt/edge/provisioning/firstboot.json"
+
+
+def test_the_daemon_waits_for_first_boot():
+    s = unit_settings(UNIT.read_text())
+    assert "edge-firstboot.service" in " ".join(s["After"]).split()
+    assert sorted(s["ConditionPathExists"]) == sorted([f"|{FIRSTBOOT_DONE}", f"|!{FIRSTBOOT_ARGS}"])
+    # The first-boot unit's own condition names the same marker firstboot.py writes.
+    firstboot = unit_settings((ROOT / "systemd" / "edge-firstboot.service").read_text())
+    assert firstboot["ConditionPathExists"] == [f"!{FIRSTBOOT_DONE}"]
+
+
+@needs_analyze
+@pytest.mark.parametrize(
+    ("files", "starts"),
+    [
+        ((FIRSTBOOT_ARGS,), False),  # a card whose first boot failed or has not run
+        ((FIRSTBOOT_ARGS, FIRSTBOOT_DONE), True),  # first boot completed
+        ((), True),  # provisioned on the Pi itself: no first boot at all
+    ],
+)
+def test_the_daemon_does_not_start_before_first_boot_completed(tmp_path, files, starts):
+    """The unit's own conditions, evaluated by systemd on a copy of the paths under tmp_path
+    (systemd-analyze condition reads the real root, so the paths are moved, not the root)."""
+    for rel in files:
+        (tmp_path / rel.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel.lstrip("/")).write_text("")
+    conditions = [
+        "ConditionPathExists=" + re.sub(r"(\|!?)/", rf"\g<1>{tmp_path}/", value)
+        for value in unit_settings(UNIT.read_text())["ConditionPathExists"]
+    ]
+    run = subprocess.run(
+        ["systemd-analyze", "condition", *conditions], capture_output=True, text=True, timeout=30
+    )
+    assert (run.returncode == 0) is starts, run.stdout + run.stderr

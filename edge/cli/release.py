@@ -31,8 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--version", help="must equal the checkout's version (a check)")
     q.add_argument("--checkout", default=".", help="source checkout (default: .)")
     q.add_argument("--models", help="built models folder (default <checkout>/models/out)")
+    wh = q.add_mutually_exclusive_group()
+    wh.add_argument(
+        "--target",
+        help="the hash-pinned wheelhouse of requirements/<target>.txt, as provisioning "
+        "builds it: bookworm-aarch64, trixie-aarch64, x86_64 (PyPI once)",
+    )
+    wh.add_argument("--deps", action="store_true", help="also put the runtime deps' wheels in")
     q.add_argument("--platform", help="pip platform tag of the target, with --deps")
-    q.add_argument("--deps", action="store_true", help="also put the runtime deps' wheels in")
     q.set_defaults(func=cmd_build)
 
     q = rs.add_parser("verify", help="check an artefact's signature and every file")
@@ -80,8 +86,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from edge.ota.release import build_release
+    from edge.ota.release import build_release, build_wheelhouse
+    from edge.ota.wheelhouse import lock_wheelhouse
 
+    if args.target and args.platform:
+        raise ReleaseError("--platform is for --deps; a --target names its platform itself")
     path = build_release(
         args.checkout,
         args.key,
@@ -90,6 +99,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         models_dir=args.models,
         platform=args.platform,
         deps=args.deps,
+        # The lock's wheelhouse, the same one a technician installs from; else this
+        # project's wheel alone (--deps: with its dependencies, unpinned).
+        wheelhouse=lock_wheelhouse(args.target) if args.target else build_wheelhouse,
     )
     print(path)
     return 0

@@ -84,11 +84,12 @@ class FakeService:
 
 
 def install_units(src: Path, unit_dir: Path) -> list[str]:
-    """Copy a release's unit files (``edge*.service``, ``.path``, ``.timer``) that differ from
-    the installed ones into ``unit_dir``, each atomically; return the names that changed."""
+    """Copy a release's unit files (``edge*.service``, ``edge*.path``, ``edge*.timer``) that
+    differ from the installed ones into ``unit_dir``, each atomically; return the names that
+    changed."""
     changed = []
-    kinds = ("edge*.service", "edge*.path", "edge*.timer")
-    for unit in sorted(u for kind in kinds for u in src.glob(kind)):
+    units = [*src.glob("edge*.service"), *src.glob("edge*.path"), *src.glob("edge*.timer")]
+    for unit in sorted(units):
         dest = unit_dir / unit.name
         data = unit.read_bytes()
         if dest.exists() and dest.read_bytes() == data:
@@ -199,17 +200,21 @@ def venv_deploy(
         # --ignore-installed: the system site-packages may hold another bansos-edge.
         args = ["install", "--no-index", "--ignore-installed", "--find-links"]
         args.append(str(release_dir / "wheels"))
-        if not manifest.get("wheelhouse", {}).get("deps"):
-            args.append("--no-deps")
+        wheelhouse = manifest.get("wheelhouse", {})
+        runs = []
+        if wheelhouse.get("lock"):
+            # A lock's wheelhouse (edge release build --target): the pinned dependencies,
+            # hash-checked, as first boot installs them; then this project's wheel on top.
+            lock = release_dir / "wheels" / Path(wheelhouse["lock"]).name
+            runs.append([*args, "--require-hashes", "-r", str(lock)])
+        no_deps = ["--no-deps"] if wheelhouse.get("lock") or not wheelhouse.get("deps") else []
+        runs.append([*args, *no_deps, f"bansos-edge=={manifest['version']}"])
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        run = subprocess.run(
-            [*pip, *args, f"bansos-edge=={manifest['version']}"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if run.returncode != 0:
-            raise ReleaseError(f"install from the wheelhouse failed: {run.stderr.strip()[-300:]}")
+        for cmd in runs:
+            run = subprocess.run([*pip, *cmd], capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                why = run.stderr.strip()[-300:]
+                raise ReleaseError(f"install from the wheelhouse failed: {why}")
         if extra_paths:
             site = next((venv / "lib").glob("python*/site-packages"))
             (site / "zz-extra.pth").write_text("".join(p + "\n" for p in extra_paths))
