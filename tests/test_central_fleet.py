@@ -8,14 +8,17 @@ import json
 
 import pytest
 from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
+from starlette.testclient import TestClient
 
 from edge.central import fleet
 from edge.central import queries as q
-from edge.central.auth import User
+from edge.central.auth import User, add_user
 from edge.central.health import HealthMonitor
 from edge.central.store import CentralStore
+from edge.central.web import create_app
 from edge.mqtt.client import BrokerSettings
 
+PASSWORD = "correct horse battery"
 NATIONAL = User("nat", "national")
 JAKSEL = User("jaksel", "regency", "3171")
 DKI = User("dki", "province", "31")
@@ -84,10 +87,10 @@ def test_health_and_status_name_the_release_and_the_update_in_hand(store):
     }
     report(store, status, "status")
     a01 = by_device(store)["edge-a01"]
-    assert a01["version"] == "1.1.0" and a01["update"] is None
+    assert a01["version"] == "1.1.0" and a01["ota"] is None
     staged = {"version": "1.2.0", "state": "staged", "received": 10, "size": 10, "error": None}
     report(store, health("edge-a01", "1.1.0", staged))
-    assert by_device(store)["edge-a01"]["update"] == {
+    assert by_device(store)["edge-a01"]["ota"] == {
         "version": "1.2.0",
         "state": "staged",
         "error": None,
@@ -95,13 +98,13 @@ def test_health_and_status_name_the_release_and_the_update_in_hand(store):
     rolled = {"version": "1.2.0", "state": "rolled_back", "error": "health check: camera"}
     report(store, health("edge-a01", "1.1.0", rolled))
     a01 = by_device(store)["edge-a01"]
-    assert a01["version"] == "1.1.0" and a01["update"]["state"] == "rolled_back"
-    assert a01["update"]["error"] == "health check: camera"
+    assert a01["version"] == "1.1.0" and a01["ota"]["state"] == "rolled_back"
+    assert a01["ota"]["error"] == "health check: camera"
     # Nothing in hand any more: the old verdict goes; a daemon that names no version (older
     # than releases) keeps the one its status named.
     report(store, health("edge-a01", None, None))
     a01 = by_device(store)["edge-a01"]
-    assert a01["version"] == "1.1.0" and a01["update"] is None
+    assert a01["version"] == "1.1.0" and a01["ota"] is None
     # An offline will without a version keeps it too; the next online names the new release.
     del status["version"]
     report(store, {**status, "state": "offline"}, "status")
@@ -177,4 +180,29 @@ def test_a_store_from_before_releases_gains_the_columns_and_keeps_its_rows(dsn):
         a01 = by_device(store)["edge-a01"]
         store.close()
         assert a01["status"] == "online" and a01["version"] == "1.2.0"
-        assert a01["update"]["state"] == "confirmed"
+        assert a01["ota"]["state"] == "confirmed"
+
+
+def test_the_terminals_page_shows_versions_in_the_users_scope(store):
+    fleet_of_five(store)
+    add_user(store, "nat", PASSWORD, "national")
+    add_user(store, "jaksel", PASSWORD, "regency", "3171")
+
+    def page(username: str, path: str) -> str:
+        client = TestClient(create_app(store, "test-secret"))
+        client.post("/login", data={"username": username, "password": PASSWORD})
+        r = client.get(path)
+        assert r.status_code == 200, r.text[:300]
+        return r.text
+
+    nat = page("nat", "/terminals")
+    assert 'data-version="1.1.0"><div class="v">2<' in nat
+    assert '<td class="bad">1.2.0 failed</td><td>signature</td>' in nat
+    assert '<span class="bad" title="health check failed">1.2.0 rolled back</span>' in nat
+    assert '<span class="ok" title="">1.2.0 confirmed</span>' in nat
+    mine = page("jaksel", "/terminals")
+    assert 'data-version="1.1.0"><div class="v">1<' in mine
+    assert "edge-c01" not in mine and "signature" not in mine
+    terminal = page("jaksel", "/terminal/edge-b01")
+    assert '<div class="v">1.1.0</div><div class="l">running version' in terminal
+    assert "1.2.0 rolled back" in terminal

@@ -270,8 +270,9 @@ def terminals(
                 "clock_trusted": None if clock is None else bool(clock),
                 "faults": json.loads(faults) if faults else [],
                 "version": version,
-                # The release in hand: version, state, error (None: nothing in hand).
-                "update": dict(zip(("version", "state", "error"), update, strict=True))
+                # The health report's ``update`` (version, state, error; None: nothing in hand),
+                # named otherwise because a template's ``t.update`` would find dict.update.
+                "ota": dict(zip(("version", "state", "error"), update, strict=True))
                 if update[1]
                 else None,
             }

@@ -115,7 +115,9 @@ class CentralStore(EventStore):
             trusted = source in ("ntp", "rtc", "central") if source else clock.get("ok")
         faults = [str(f)[:64] for f in report.get("faults") or []][:32]
         # The update in hand (edge/ota); null or absent: none, so the old verdict is cleared.
-        update = report.get("update") if isinstance(report.get("update"), dict) else {}
+        update = report.get("update")
+        if not isinstance(update, dict):
+            update = {}
         self.execute(
             "INSERT INTO c_terminals (device_id, province, regency, health_at, outbox_depth, "
             "reported_seq, clock_trusted, faults, updated_at, version, update_version, "

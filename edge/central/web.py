@@ -64,6 +64,7 @@ def _templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.filters.update(rp=_rp, num=_num, when=_when, place=q.name)
     t.env.globals["qs"] = _qs
+    t.env.globals["update_trouble"] = fleet.TROUBLE
     return t
 
 
