@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from central_world import World
 from pg import pg_cluster_fixture, pg_dsn_fixture  # noqa: F401
 from starlette.testclient import TestClient
 
@@ -206,3 +207,19 @@ def test_the_terminals_page_shows_versions_in_the_users_scope(store):
     terminal = page("jaksel", "/terminal/edge-b01")
     assert '<div class="v">1.1.0</div><div class="l">running version' in terminal
     assert "1.2.0 rolled back" in terminal
+
+
+def test_a_consumer_writing_through_the_central_store_records_heads_and_versions(dsn, tmp_path):
+    """``edge consume`` on central's database: the head book's writes take the device lock."""
+    world = World(CentralStore(dsn), tmp_path)
+    try:
+        world.terminal("edge-b01", register=False)
+        topic = "bansos/v1/3171/edge-b01/health"
+        payload = json.dumps(health("edge-b01", "1.1.0")).encode()
+        assert not world.consumer.heads.observe(topic, payload).startswith("rejected")
+        assert world.consumer.handle_health(topic, payload) == "fleet"
+        assert [(f["device_id"], f["version"]) for f in world.store.fleet()] == [
+            ("edge-b01", "1.1.0")
+        ]
+    finally:
+        world.close()

@@ -79,9 +79,8 @@ class CentralStore(EventStore):
         """Run one query (``?`` placeholders on both databases) and fetch every row."""
         return self._rows(sql, params)
 
-    def write(self, fn, *args):
-        """Call ``fn(sql, *args)`` inside one transaction; ``sql(text, params)`` executes."""
-        return self._run(self._transaction, fn, self._sql, *args)
+    # ``write(fn, *args, device=None)`` is EventStore's: one transaction (with the device's lock
+    # when named, which the consumer's head book asks for when it writes through this store).
 
     def execute(self, sql: str, params: tuple = ()) -> int:
         """One statement in its own transaction; returns the affected row count."""
