@@ -205,13 +205,18 @@ def test_a_health_report_updates_the_open_terminal_page(site, browser):
         "temperature_c": 48.5,
         "faults": ["printer"],
         "clock": {"ok": False},
+        "version": "1.1.0",
+        "update": {"version": "1.2.0", "state": "rolled_back", "error": "health check failed"},
     }
     publish_from_terminal(broker, world, report, "health")
 
     def row() -> str:
-        found = browser.find_elements(By.CSS_SELECTOR, "tr[data-device='edge-b01']")
+        found = browser.find_elements(By.CSS_SELECTOR, "#terminals tr[data-device='edge-b01']")
         return browser.execute_script("return arguments[0].innerText", found[0]) if found else ""
 
     assert wait_for(lambda: "printer" in row(), 5), row()
     assert "12" in row() and "not trusted" in row() and "40 missing" in row()
+    assert "1.1.0" in row() and "1.2.0 rolled back" in row()
     assert browser.execute_script("return window.__stillTheSamePage === true")
+    browser.get(server.url + "terminal/edge-b01")
+    assert text(browser, "version").startswith("1.1.0\nrunning version; update: 1.2.0 rolled back")

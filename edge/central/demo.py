@@ -164,8 +164,19 @@ def _health(store: CentralStore, terminals, now: float) -> None:
             "last_seq": None,
             "clock": {"ok": not offline},
             "faults": ["printer", "clock"] if offline else [],
+            # A rollout in progress: a third on the new release, one rolled back from it.
+            "version": "0.2.0" if i % 3 == 0 else "0.1.0",
+            "update": _update(i),
         }
         store.record_terminal_health(regency, report, now - (3600 if offline else 60))
+
+
+def _update(i: int) -> dict | None:
+    if i % 3 == 0:
+        return {"version": "0.2.0", "state": "confirmed"}
+    if i == 1:
+        return {"version": "0.2.0", "state": "rolled_back", "error": "selftest failed: camera"}
+    return {"version": "0.2.0", "state": "staged"} if i == 2 else None
 
 
 def feed_ledger(consumer: Consumer, path: Path, after_seq: int = 0) -> int:

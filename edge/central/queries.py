@@ -222,15 +222,16 @@ def anomalies(store: CentralStore, user: User, limit: int = 100) -> list[dict]:
 def terminals(
     store: CentralStore, user: User, f: Filters, now: float | None = None, limit: int = 1000
 ) -> list[dict]:
-    """Terminals in scope (the first ``limit`` by regency and id) with their last contact and
-    latest health report."""
+    """Terminals in scope (the first ``limit`` by regency and id) with their last contact,
+    latest health report, running release and the update in hand."""
     check(user, f)
     now = time.time() if now is None else now
     scope, sp = user.where()
     cond, params = _place(f)
     rows = store.rows(
         "SELECT device_id, regency, last_event_at, last_event_seq, status, status_at, "
-        "health_at, outbox_depth, reported_seq, clock_trusted, faults FROM c_terminals "
+        "health_at, outbox_depth, reported_seq, clock_trusted, faults, version, update_version, "
+        "update_state, update_error FROM c_terminals "
         f"WHERE {scope} AND {cond} ORDER BY regency, device_id LIMIT ?",
         (*sp, *params, limit),
     )
@@ -248,6 +249,8 @@ def terminals(
             rseq,
             clock,
             faults,
+            version,
+            *update,
         ) = r
         seen = max((t for t in (ev_at, status_at, health_at) if t is not None), default=None)
         silent = seen is None or now - seen > OFFLINE_AFTER_S
@@ -266,6 +269,12 @@ def terminals(
                 "behind": (rseq - (seq or 0)) if rseq is not None else None,
                 "clock_trusted": None if clock is None else bool(clock),
                 "faults": json.loads(faults) if faults else [],
+                "version": version,
+                # The health report's ``update`` (version, state, error; None: nothing in hand),
+                # named otherwise because a template's ``t.update`` would find dict.update.
+                "ota": dict(zip(("version", "state", "error"), update, strict=True))
+                if update[1]
+                else None,
             }
         )
     return out

@@ -17,7 +17,8 @@ Tables (all prefixed ``c_``):
 - ``c_timeline``: payouts per hour per regency (``level`` r) and per terminal (``level`` d);
 - ``c_outcomes``: decisions per terminal and outcome (refusals by reason);
 - ``c_flagged``: overrides, each linked to its event;
-- ``c_terminals``: last event, and the latest health and status message of each terminal;
+- ``c_terminals``: last event, and the latest health and status message of each terminal
+  (with its running release and the update in hand);
 - ``c_users``: dashboard logins (argon2 hashes, role, scope).
 """
 
@@ -99,7 +100,11 @@ TABLES = (
         reported_seq BIGINT,
         clock_trusted INTEGER,
         faults TEXT,
-        updated_at DOUBLE PRECISION NOT NULL DEFAULT 0)""",
+        updated_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+        version TEXT,
+        update_version TEXT,
+        update_state TEXT,
+        update_error TEXT)""",
     "CREATE INDEX IF NOT EXISTS c_terminals_regency ON c_terminals (regency)",
     "CREATE INDEX IF NOT EXISTS c_anomalies_at ON anomalies (at)",
     """CREATE TABLE IF NOT EXISTS c_users (
@@ -109,6 +114,33 @@ TABLES = (
         scope TEXT,
         show_ids INTEGER NOT NULL DEFAULT 0)""",
 )
+
+# Columns added to a table after it first shipped, in order: ``CREATE TABLE IF NOT EXISTS``
+# leaves an existing table as it was, so a store created by an older release gets them here.
+# Append only; never rename or drop (a dashboard of the older release may share the database).
+ADDED_COLUMNS = (
+    ("c_terminals", "version", "TEXT"),
+    ("c_terminals", "update_version", "TEXT"),
+    ("c_terminals", "update_state", "TEXT"),
+    ("c_terminals", "update_error", "TEXT"),
+)
+
+
+def added_columns(existing: dict[str, set[str]], pg: bool) -> list[str]:
+    """The ``ALTER TABLE`` statements that bring older tables forward.
+
+    ``existing`` maps each table to the columns it has now (SQLite has no ``ADD COLUMN IF NOT
+    EXISTS``, so the store looks them up); PostgreSQL gets the ``IF NOT EXISTS`` form anyway,
+    which is safe when two dashboards start at once.
+    """
+    out = []
+    for table, column, kind in ADDED_COLUMNS:
+        if pg:
+            out.append(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        elif column not in existing.get(table, set()):
+            out.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    return out
+
 
 _PAYOUT_LIST = ", ".join(f"'{o}'" for o in PAYOUTS)
 _MATCH = (

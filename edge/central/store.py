@@ -42,6 +42,8 @@ class CentralStore(EventStore):
         first_install = not self._conn.execute(found).fetchone()[0]
         for sql in schema.TABLES:
             self._ddl(sql)
+        for sql in schema.added_columns(self._columns(), self._pg):
+            self._ddl(sql)
         for sql in schema.pg_triggers() if self._pg else schema.sqlite_triggers():
             self._ddl(sql)
         if first_install and self._conn.execute("SELECT 1 FROM events LIMIT 1").fetchone():
@@ -58,6 +60,15 @@ class CentralStore(EventStore):
         """Recount every counter from the events and entitlements (``edge central rebuild``)."""
         self.write(rebuild_counters)
 
+    def _columns(self) -> dict[str, set[str]]:
+        """The columns each table that ``schema.ADDED_COLUMNS`` extends has now (SQLite)."""
+        if self._pg:
+            return {}  # PostgreSQL's ADD COLUMN IF NOT EXISTS needs no look-up
+        tables = {table for table, _, _ in schema.ADDED_COLUMNS}
+        return {
+            t: {row[1] for row in self._conn.execute(f"PRAGMA table_info({t})")} for t in tables
+        }
+
     def _ddl(self, sql: str) -> None:
         # No parameters: psycopg then leaves the text alone (the trigger bodies hold no %).
         self._conn.execute(sql)
@@ -68,9 +79,8 @@ class CentralStore(EventStore):
         """Run one query (``?`` placeholders on both databases) and fetch every row."""
         return self._rows(sql, params)
 
-    def write(self, fn, *args):
-        """Call ``fn(sql, *args)`` inside one transaction; ``sql(text, params)`` executes."""
-        return self._run(self._transaction, fn, self._sql, *args)
+    # ``write(fn, *args, device=None)`` is EventStore's: one transaction (with the device's lock
+    # when named, which the consumer's head book asks for when it writes through this store).
 
     def execute(self, sql: str, params: tuple = ()) -> int:
         """One statement in its own transaction; returns the affected row count."""
@@ -103,13 +113,22 @@ class CentralStore(EventStore):
             source = clock.get("source")
             trusted = source in ("ntp", "rtc", "central") if source else clock.get("ok")
         faults = [str(f)[:64] for f in report.get("faults") or []][:32]
+        # The update in hand (edge/ota); null or absent: none, so the old verdict is cleared.
+        update = report.get("update")
+        if not isinstance(update, dict):
+            update = {}
         self.execute(
             "INSERT INTO c_terminals (device_id, province, regency, health_at, outbox_depth, "
-            "reported_seq, clock_trusted, faults, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "reported_seq, clock_trusted, faults, updated_at, version, update_version, "
+            "update_state, update_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id) DO UPDATE SET health_at = excluded.health_at, "
             "outbox_depth = excluded.outbox_depth, reported_seq = excluded.reported_seq, "
             "clock_trusted = excluded.clock_trusted, faults = excluded.faults, "
-            "updated_at = excluded.updated_at",
+            "updated_at = excluded.updated_at, "
+            # A daemon older than releases sends no version: keep one its status may have named.
+            "version = COALESCE(excluded.version, c_terminals.version), "
+            "update_version = excluded.update_version, update_state = excluded.update_state, "
+            "update_error = excluded.update_error",
             (
                 report["device_id"],
                 regency[:2],
@@ -120,16 +139,35 @@ class CentralStore(EventStore):
                 None if trusted is None else int(bool(trusted)),
                 json.dumps(faults),
                 now,
+                _text(report.get("version"), 64),
+                _text(update.get("version"), 64),
+                _text(update.get("state"), 32),
+                _text(update.get("error"), 300),
             ),
         )
 
     def record_status(self, regency: str, status: dict, now: float | None = None) -> None:
-        """Keep a terminal's latest presence (``online`` / ``offline``, bansos.status/1)."""
+        """Keep a terminal's latest presence (``online`` / ``offline``, bansos.status/1) and the
+        release it names (``online`` carries the running ``version``)."""
         now = time.time() if now is None else now
         self.execute(
             "INSERT INTO c_terminals (device_id, province, regency, status, status_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-            "status = excluded.status, status_at = excluded.status_at, "
-            "updated_at = excluded.updated_at",
-            (status["device_id"], regency[:2], regency, status["state"], now, now),
+            "updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
+            "SET status = excluded.status, status_at = excluded.status_at, "
+            "updated_at = excluded.updated_at, "
+            "version = COALESCE(excluded.version, c_terminals.version)",
+            (
+                status["device_id"],
+                regency[:2],
+                regency,
+                status["state"],
+                now,
+                now,
+                _text(status.get("version"), 64),
+            ),
         )
+
+
+def _text(value, limit: int) -> str | None:
+    """A reported string cut to the schema's length (None stays None)."""
+    return None if value is None else str(value)[:limit]

@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from edge.central import fleet
 from edge.central import queries as q
 from edge.central.auth import User, authenticate, get_user
 from edge.central.reconcile import payout_rows, payouts_csv
@@ -63,6 +64,7 @@ def _templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.filters.update(rp=_rp, num=_num, when=_when, place=q.name)
     t.env.globals["qs"] = _qs
+    t.env.globals["update_trouble"] = fleet.TROUBLE
     return t
 
 
@@ -177,7 +179,12 @@ class Dashboard:
     def terminals(self, request: Request, user: User) -> Response:
         f = self.filters(request, user)
         return self.page(
-            request, "terminals.html", user, f=f, terminals=q.terminals(self.store, user, f)
+            request,
+            "terminals.html",
+            user,
+            f=f,
+            terminals=q.terminals(self.store, user, f),
+            fleet=fleet.versions(self.store, user, f),
         )
 
     def event(self, request: Request, user: User) -> Response:
