@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from edge.app import App
-from edge.config import PROJECT_ROOT, Config
+from edge.config import Config
+from edge.config.base import PROJECT_ROOT
 from edge.devices.receipt import render_text
 from edge.enrolment.badges import OverridePolicy, issue_badge, reason_text
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle

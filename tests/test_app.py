@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from edge import demo
-from edge.config import Config, MqttConfig
+from edge.config import Config
+from edge.config.central import MqttConfig
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
 from edge.ledger.audit import verify_events

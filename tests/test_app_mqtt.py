@@ -11,7 +11,8 @@ import pytest
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
-from edge.config import Config, MqttConfig
+from edge.config import Config
+from edge.config.central import MqttConfig
 from edge.errors import BundleError, CommandRefused
 from edge.ledger.audit import verify_events
 from edge.mqtt.commands import terminal_actions

@@ -260,7 +260,7 @@ def test_read_events_matches_ledger(ledger, tmp_path):
 def test_events_match_the_published_json_schema(ledger):
     import jsonschema
 
-    from edge.config import PROJECT_ROOT
+    from edge.config.base import PROJECT_ROOT
 
     schema_path = PROJECT_ROOT / "edge" / "schemas" / "event.v1.json"
     # The schema ships in the package: without it the install is broken, not the test moot.

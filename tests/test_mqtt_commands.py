@@ -16,7 +16,8 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from support import REF_KEY, T0, pay
 
 from edge.app import App
-from edge.config import Config, MqttConfig, parse_config
+from edge.config import Config, parse_config
+from edge.config.central import MqttConfig
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused

@@ -21,7 +21,8 @@ from test_override import rig as rig  # noqa: F401  (fixtures)
 from test_override import staff as staff  # noqa: F401
 
 from edge.__main__ import main
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.devices.signals import GpioSignals, Indicator
 from edge.errors import CommandRefused

@@ -15,7 +15,8 @@ from support import REF_KEY
 from test_flow import PEOPLE, FakeEngine, FakeLiveness, face_frame
 from test_override import card, feed
 
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv

@@ -45,7 +45,7 @@ from edge.ports import BundleProvider
 from edge.privacy import mask_id
 
 if TYPE_CHECKING:
-    from edge.config import OverrideConfig
+    from edge.config.payout import OverrideConfig
     from edge.payout.evidence import EvidenceStore
     from edge.ports import Bundle
 
