@@ -2,7 +2,7 @@
 
 No decisions and no policies live here: `edge.payout.flow` decides and records,
 `edge.devices.signals.Indicator` chooses what the LED shows, `edge.ops.health.ClockPause`
-pauses payouts on an untrusted clock, `edge.mqtt.commands.terminal_actions` holds the remote
+pauses payouts on an untrusted clock, `edge.mqtt.actions.terminal_actions` holds the remote
 commands, `edge.payout.receipts` prints, the reporter drains the ledger outbox. This module only
 connects them and keeps time.
 """
@@ -161,7 +161,7 @@ class App:
         if not self.cfg.mqtt.enabled:
             log.info("mqtt off: events wait in the ledger outbox")
             return None
-        from edge.mqtt.commands import terminal_actions
+        from edge.mqtt.actions import terminal_actions
         from edge.mqtt.reporter import Reporter
 
         actions = terminal_actions(self.cfg, self.bundles, self.desk, self.ledger)

@@ -15,7 +15,7 @@ from edge.config import Config
 from edge.config.central import MqttConfig
 from edge.errors import BundleError, CommandRefused
 from edge.ledger.audit import verify_events
-from edge.mqtt.commands import terminal_actions
+from edge.mqtt.actions import terminal_actions
 
 
 class FakeDesk:

@@ -28,7 +28,8 @@ from edge.devices.signals import GpioSignals, Indicator
 from edge.errors import CommandRefused
 from edge.ledger.audit import audit_ledger, verify_events
 from edge.mqtt.claims import ClaimsSync
-from edge.mqtt.commands import CommandProcessor, sign_command
+from edge.mqtt.commands import sign_command
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.schemas import validate
 from edge.mqtt.store import EventStore
 from edge.payout.evidence import EvidenceStore, generate_evidence_key, open_sealed

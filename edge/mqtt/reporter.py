@@ -132,7 +132,7 @@ class Reporter:
         commands = registry = None
         pem = load_central_public_pem(cfg.bundle.central_public_key)
         if pem is not None:
-            from edge.mqtt.commands import CommandProcessor
+            from edge.mqtt.processor import CommandProcessor
 
             commands = CommandProcessor(
                 pem, cfg.device.id, cfg.state_path, dict(actions or {}), clock_guard=clock_guard
