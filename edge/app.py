@@ -29,7 +29,8 @@ from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
 from edge.ops.clock import TimeKeeper
 from edge.ota.agent import UpdateAgent
-from edge.payout.flow import Decision, PayoutFlow
+from edge.payout.decision import Decision
+from edge.payout.flow import PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals
 from edge.vision.pipeline import FaceEngine, embedder_name

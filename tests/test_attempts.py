@@ -18,7 +18,8 @@ from edge.devices.signals import PATTERNS, Indicator, Signals
 from edge.ledger.audit import verify_events
 from edge.mqtt.schemas import validate
 from edge.payout.attempts import COUNTED
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 
 IMPOSTOR, RECIPIENT = 30, 10
 

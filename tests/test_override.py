@@ -20,7 +20,8 @@ from edge.enrolment.badges import OverridePolicy, issue_badge, qr_image, reason_
 from edge.ledger.audit import verify_events
 from edge.mqtt.schemas import validate
 from edge.payout.claim import encode_claim
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 from edge.payout.override import Step, SupervisedOverride
 
 ROUND = "2026-12"

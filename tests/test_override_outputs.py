@@ -32,8 +32,8 @@ from edge.mqtt.commands import sign_command
 from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.schemas import validate
 from edge.mqtt.store import EventStore
+from edge.payout.decision import Outcome
 from edge.payout.evidence import EvidenceStore, generate_evidence_key, open_sealed
-from edge.payout.flow import Outcome
 from edge.payout.receipts import ReceiptDesk
 
 STAFF = [

@@ -22,7 +22,8 @@ from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv
 from edge.enrolment.store import BundleStore
 from edge.payout.claim import encode_claim
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 
 ROUND = "2026-12"

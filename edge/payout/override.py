@@ -40,7 +40,7 @@ from edge.enrolment.badges import (
 )
 from edge.errors import AlreadyPaid, BadgeError
 from edge.events import parse_iso_utc
-from edge.payout.flow import Decision, Outcome
+from edge.payout.decision import Decision, Outcome
 from edge.ports import BundleProvider, RecordingLedger
 from edge.privacy import mask_id
 
