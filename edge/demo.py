@@ -33,7 +33,7 @@ from edge.enrolment.refkeys import ref_key_for
 from edge.enrolment.store import BundleStore
 from edge.events import is_payout
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.payout.claim import encode_claim
 from edge.payout.decision import Decision
 from edge.privacy import mask_id, mask_name

@@ -13,7 +13,7 @@ from edge.config import Config
 from edge.config.central import MqttConfig
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.ops import sdnotify
 from edge.ops.clock import RtcReading
 from tests.escpos_decode import decode

@@ -14,7 +14,7 @@ from edge import demo
 from edge.config import Config
 from edge.config.central import MqttConfig
 from edge.errors import BundleError, CommandRefused
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.mqtt.actions import terminal_actions
 
 

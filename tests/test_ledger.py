@@ -11,8 +11,9 @@ from support import REF_KEY, pay
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import GENESIS, event_hash, receipt_payload, verify_receipt_payload
-from edge.ledger.audit import audit_ledger, read_events, verify_events
+from edge.ledger.audit import audit_ledger, read_events
 from edge.ledger.schema import RECEIPTS_COLUMNS, SCHEMA_SQL, ReceiptState
+from edge.ledger.verify import verify_events
 from edge.privacy import household_ref
 
 

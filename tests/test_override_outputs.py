@@ -26,7 +26,8 @@ from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.devices.signals import GpioSignals, Indicator
 from edge.errors import CommandRefused
-from edge.ledger.audit import audit_ledger, verify_events
+from edge.ledger.audit import audit_ledger
+from edge.ledger.verify import verify_events
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.commands import sign_command
 from edge.mqtt.processor import CommandProcessor

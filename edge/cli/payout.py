@@ -352,8 +352,8 @@ def cmd_audit(args) -> int:
         head_problems,
         ledger_device_id,
         read_event_stream,
-        verify_events,
     )
+    from edge.ledger.verify import verify_events
 
     device = load_device_public(args.device_pub) if args.device_pub else None
     pem = device.sign_public_pem if device else None

@@ -261,7 +261,7 @@ class EventStore:
         return [r[0] for r in self._rows("SELECT event_id FROM events ORDER BY received_at")]
 
     def events(self, device_id: str) -> list[dict]:
-        """One device's stored events in seq order (for ``edge.ledger.audit.verify_events``)."""
+        """One device's stored events in seq order (for ``edge.ledger.verify.verify_events``)."""
         rows = self._rows("SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,))
         return [json.loads(r[0]) for r in rows]
 
