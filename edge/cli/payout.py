@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     n = bsub.add_parser("install", help="verify a bundle and install it in the state dir")
     n.add_argument("file", type=Path)
-    n.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(n)
     n.set_defaults(func=cmd_bundle_install)
 
     k = sub.add_parser("keys", help="device identity: make or show the terminal's keys")
@@ -109,6 +109,11 @@ def _parse_when(text: str | None) -> datetime:
         return parse_iso_utc(text)
     except ValueError as exc:
         raise EdgeError(f"not an ISO date/time: {text!r}") from exc
+
+
+def central_pub_option(parser: argparse.ArgumentParser) -> None:
+    """``--central-pub``, the file :func:`central_public_pem` prefers to the config's key."""
+    parser.add_argument("--central-pub", type=Path, help="central public key (default: config)")
 
 
 def central_public_pem(cfg, override: Path | None = None) -> bytes:
