@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import LivenessConfig
+from edge.config.vision import LivenessConfig
 from edge.vision.detector import Detector
 from edge.vision.liveness import LivenessChecker
 from edge.vision.pad import PadModel

@@ -35,8 +35,8 @@ from mosquitto import Broker, Pki, wait_for  # type: ignore[import-not-found]  #
 from edge.config import parse_config  # noqa: E402
 from edge.keys import DeviceIdentity, public_pem  # noqa: E402
 from edge.ledger.store import Ledger  # noqa: E402
-from edge.mqtt.commands import CommandProcessor  # noqa: E402
 from edge.mqtt.consumer import Consumer, DeviceRegistry  # noqa: E402
+from edge.mqtt.processor import CommandProcessor  # noqa: E402
 from edge.mqtt.recovery import RecoveryPolicy  # noqa: E402
 from edge.mqtt.reporter import Reporter  # noqa: E402
 from edge.mqtt.store import EventStore  # noqa: E402

@@ -2,7 +2,7 @@
 
 No decisions and no policies live here: `edge.payout.flow` decides and records,
 `edge.devices.signals.Indicator` chooses what the LED shows, `edge.ops.health.ClockPause`
-pauses payouts on an untrusted clock, `edge.mqtt.commands.terminal_actions` holds the remote
+pauses payouts on an untrusted clock, `edge.mqtt.actions.terminal_actions` holds the remote
 commands, `edge.payout.receipts` prints, the reporter drains the ledger outbox. This module only
 connects them and keeps time.
 """
@@ -29,7 +29,8 @@ from edge.modelstore import ModelStore
 from edge.ops import health, sdnotify
 from edge.ops.clock import TimeKeeper
 from edge.ota.agent import UpdateAgent
-from edge.payout.flow import Decision, PayoutFlow
+from edge.payout.decision import Decision
+from edge.payout.flow import PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 from edge.ports import CropSink, Liveness, Printer, Signals
 from edge.vision.pipeline import FaceEngine, embedder_name
@@ -161,7 +162,7 @@ class App:
         if not self.cfg.mqtt.enabled:
             log.info("mqtt off: events wait in the ledger outbox")
             return None
-        from edge.mqtt.commands import terminal_actions
+        from edge.mqtt.actions import terminal_actions
         from edge.mqtt.reporter import Reporter
 
         actions = terminal_actions(self.cfg, self.bundles, self.desk, self.ledger)

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from edge.app import App
-from edge.config import PROJECT_ROOT, Config
+from edge.config import Config
+from edge.config.base import PROJECT_ROOT
 from edge.devices.receipt import render_text
 from edge.enrolment.badges import OverridePolicy, issue_badge, reason_text
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
@@ -32,9 +33,9 @@ from edge.enrolment.refkeys import ref_key_for
 from edge.enrolment.store import BundleStore
 from edge.events import is_payout
 from edge.keys import DeviceIdentity, generate_central_key, load_central_private_key
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.payout.claim import encode_claim
-from edge.payout.flow import Decision
+from edge.payout.decision import Decision
 from edge.privacy import mask_id, mask_name
 from edge.vision.pipeline import FaceEngine
 

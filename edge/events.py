@@ -28,7 +28,7 @@ from edge.keys import load_ed25519_public, verify_ed25519
 SCHEMA = "bansos.event/1"
 GENESIS = "0" * 64
 # Every decision the terminal can record. edge/schemas/event.v1.json, Outcome in
-# edge/payout/flow.py and the slip wording in edge/devices/receipt.py list the same words;
+# edge/payout/decision.py and the slip wording in edge/devices/receipt.py list the same words;
 # tests/test_events.py keeps them in step.
 OUTCOMES = (
     "accepted",

@@ -179,18 +179,8 @@ NameLookup = Callable[[str], str | None]
 # -- ledger -----------------------------------------------------------------------------------
 
 
-class DecisionLedger(Protocol):
-    """What the payout flow asks of the ledger."""
-
-    def is_paid(self, household_id: str, round_id: str, household_ref: str | None = None) -> Any:
-        """The payout of this household and round (truthy), or None."""
-        ...
-
-    def count_outcomes(
-        self, household_id: str, round_id: str, outcomes: tuple[str, ...], since: str | None
-    ) -> int:
-        """How many recorded decisions of this household and round had one of ``outcomes``."""
-        ...
+class RecordingLedger(Protocol):
+    """Writing a signed decision event: what the payout flow and the override both ask."""
 
     def record(
         self,
@@ -206,8 +196,23 @@ class DecisionLedger(Protocol):
         bundle_id: str | None = None,
         household_ref: str | None = None,
         extra: dict | None = None,
+        override: dict | None = None,
     ) -> dict[str, Any]:
         """Write one signed decision event durably and return it (``AlreadyPaid`` on a double)."""
+        ...
+
+
+class DecisionLedger(RecordingLedger, Protocol):
+    """What the payout flow asks of the ledger."""
+
+    def is_paid(self, household_id: str, round_id: str, household_ref: str | None = None) -> Any:
+        """The payout of this household and round (truthy), or None."""
+        ...
+
+    def count_outcomes(
+        self, household_id: str, round_id: str, outcomes: tuple[str, ...], since: str | None
+    ) -> int:
+        """How many recorded decisions of this household and round had one of ``outcomes``."""
         ...
 
 

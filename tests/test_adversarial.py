@@ -28,8 +28,9 @@ from edge.errors import BundleError, ClaimError, ConfigError, LedgerError, Paylo
 from edge.events import canonical, receipt_payload, verify_receipt_payload
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings
-from edge.mqtt.commands import COMMAND_NAMES, CommandProcessor, sign_command
+from edge.mqtt.commands import COMMAND_NAMES, sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.remote_config import apply_config_changes
 from edge.mqtt.schemas import KINDS, errors, parse
 from edge.mqtt.store import EventStore

@@ -243,7 +243,7 @@ def test_a_bundle_envelope_with_junk_base64_is_a_bundle_error():
 
 
 def test_command_results_stay_encodable_whatever_the_topic(tmp_path, central_pem):
-    from edge.mqtt.commands import CommandProcessor
+    from edge.mqtt.processor import CommandProcessor
 
     proc = CommandProcessor(central_pem, DEVICE, tmp_path / "c.sqlite", {})
     try:
@@ -267,7 +267,7 @@ def test_a_signed_command_with_an_impossible_date_is_refused_not_failed(
     tmp_path, central_key, central_pem
 ):
     from edge.events import canonical
-    from edge.mqtt.commands import CommandProcessor
+    from edge.mqtt.processor import CommandProcessor
 
     body = {
         "schema": "bansos.command/1",

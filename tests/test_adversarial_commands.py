@@ -18,8 +18,10 @@ from support import T0
 from edge.config import Config
 from edge.events import CLOCK_FLOOR, check_event
 from edge.ledger.audit import audit_ledger
-from edge.mqtt.commands import CommandProcessor, sign_command, terminal_actions
+from edge.mqtt.actions import terminal_actions
+from edge.mqtt.commands import sign_command
 from edge.mqtt.counter import CommandCounter
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.schemas import errors
 from edge.ops.clock import RtcReading, TimeKeeper
 

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from edge import demo
-from edge.config import Config, MqttConfig
+from edge.config import Config
+from edge.config.central import MqttConfig
 from edge.devices.receipt import REFUSAL_WORDS
 from edge.events import verify_receipt_payload
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.ops import sdnotify
 from edge.ops.clock import RtcReading
 from tests.escpos_decode import decode

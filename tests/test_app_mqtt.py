@@ -11,10 +11,11 @@ import pytest
 from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 
 from edge import demo
-from edge.config import Config, MqttConfig
+from edge.config import Config
+from edge.config.central import MqttConfig
 from edge.errors import BundleError, CommandRefused
-from edge.ledger.audit import verify_events
-from edge.mqtt.commands import terminal_actions
+from edge.ledger.verify import verify_events
+from edge.mqtt.actions import terminal_actions
 
 
 class FakeDesk:

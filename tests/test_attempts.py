@@ -15,10 +15,11 @@ from test_flow import qr_frames as qr_frames  # noqa: F401 - the fixture, used b
 from edge.config import Config
 from edge.devices.receipt import Refusal, render_text
 from edge.devices.signals import PATTERNS, Indicator, Signals
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.mqtt.schemas import validate
 from edge.payout.attempts import COUNTED
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 
 IMPOSTOR, RECIPIENT = 30, 10
 

@@ -17,7 +17,8 @@ from edge.__main__ import main
 from edge.devices.receipt import COLUMNS, Receipt, render_text
 from edge.events import receipt_payload, sign_head
 from edge.keys import DevicePublic, write_card
-from edge.ledger.audit import audit_ledger, check_receipt, head_problems, verify_events
+from edge.ledger.audit import audit_ledger, check_receipt, head_problems
+from edge.ledger.verify import verify_events
 
 HH1, HH2, HH3 = "KPM-3171-0001-0001", "KPM-3171-0001-0002", "KPM-3171-0001-0003"
 

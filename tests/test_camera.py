@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from support import FakeClock, wait_for
 
-from edge.config import CameraConfig
+from edge.config.devices import CameraConfig
 from edge.devices.camera import (
     Camera,
     FolderCamera,

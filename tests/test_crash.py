@@ -22,7 +22,8 @@ import pytest
 from escpos_decode import split_slips
 from support import pay, wait_for
 
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.errors import AlreadyPaid
 from edge.events import verify_receipt_payload
@@ -73,7 +74,8 @@ PRINT_KILLS = 20
 # real ReceiptDesk; every start first prints what the last run left unprinted.
 PRINTING_CHILD = r"""
 import random, sys
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.errors import AlreadyPaid
 from edge.keys import DeviceIdentity

@@ -28,7 +28,7 @@ from edge.events import (
 from edge.keys import DeviceIdentity, load_ed25519_public
 from edge.mqtt.schemas import schema, validate
 from edge.ops.health import ClockGuard
-from edge.payout.flow import Outcome
+from edge.payout.decision import Outcome
 from edge.privacy import household_ref
 
 

@@ -18,10 +18,11 @@ from support import REF_KEY, pay
 
 from edge.config import Config
 from edge.enrolment.bundle import Bundle, Household, Member
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.ops.health import ClockPause, ClockReading
 from edge.payout.claim import render_claim_png
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 from edge.vision.embedder import fuse
 from edge.vision.liveness import LivenessResult
 from edge.vision.pipeline import FaceResult

@@ -11,8 +11,9 @@ from support import REF_KEY, pay
 
 from edge.errors import AlreadyPaid, LedgerError
 from edge.events import GENESIS, event_hash, receipt_payload, verify_receipt_payload
-from edge.ledger.audit import audit_ledger, read_events, verify_events
+from edge.ledger.audit import audit_ledger, read_events
 from edge.ledger.schema import RECEIPTS_COLUMNS, SCHEMA_SQL, ReceiptState
+from edge.ledger.verify import verify_events
 from edge.privacy import household_ref
 
 
@@ -260,7 +261,7 @@ def test_read_events_matches_ledger(ledger, tmp_path):
 def test_events_match_the_published_json_schema(ledger):
     import jsonschema
 
-    from edge.config import PROJECT_ROOT
+    from edge.config.base import PROJECT_ROOT
 
     schema_path = PROJECT_ROOT / "edge" / "schemas" / "event.v1.json"
     # The schema ships in the package: without it the install is broken, not the test moot.

@@ -10,7 +10,8 @@ import pytest
 from support import REF_KEY
 
 from edge.events import canonical, event_hash
-from edge.ledger.audit import audit_ledger, read_event_stream, verify_events
+from edge.ledger.audit import audit_ledger, read_event_stream
+from edge.ledger.verify import verify_events
 from edge.privacy import household_ref
 
 

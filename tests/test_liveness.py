@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import Config, LivenessConfig
+from edge.config import Config
+from edge.config.vision import LivenessConfig
 from edge.vision.detector import Detector
 from edge.vision.landmarks import Mesh
 from edge.vision.liveness import (

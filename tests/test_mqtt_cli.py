@@ -11,8 +11,8 @@ from support import pay
 from edge.__main__ import main
 from edge.config import parse_config
 from edge.keys import DeviceIdentity
-from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.consumer import Consumer, DeviceRegistry
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore
 from edge.registry import DeviceEntry, sign_registry

@@ -16,17 +16,15 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from support import REF_KEY, T0, pay
 
 from edge.app import App
-from edge.config import Config, MqttConfig, parse_config
+from edge.config import Config, parse_config
+from edge.config.central import MqttConfig
 from edge.enrolment.bundle import BundleSpec, Household, Member, build_bundle
 from edge.enrolment.store import BundleStore
 from edge.errors import CommandRefused
 from edge.events import canonical, verify_receipt_payload
-from edge.mqtt.commands import (
-    CommandProcessor,
-    bundle_action,
-    bundle_commands,
-    sign_command,
-)
+from edge.mqtt.actions import bundle_action
+from edge.mqtt.commands import bundle_commands, sign_command
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.remote_config import apply_config_changes, floors_of
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors

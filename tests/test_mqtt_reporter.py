@@ -17,8 +17,9 @@ from edge.events import canonical
 from edge.keys import DeviceIdentity, public_pem
 from edge.ledger.store import Ledger
 from edge.mqtt.client import make_client
-from edge.mqtt.commands import CommandProcessor, sign_command
+from edge.mqtt.commands import sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry, resend_requests
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.remote_config import apply_config_changes
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.schemas import errors

@@ -13,7 +13,7 @@ from mosquitto import Spy, broker_fixture, pki_fixture, wait_for  # noqa: F401
 from ota_support import HttpsServer, copy_checkout, fake_wheelhouse, tiny_models
 
 from edge import __version__, demo
-from edge.config import MqttConfig
+from edge.config.central import MqttConfig
 from edge.keys import load_central_private_key
 from edge.mqtt.commands import sign_command
 from edge.ota.release import build_release, generate_release_key

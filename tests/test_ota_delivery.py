@@ -22,8 +22,9 @@ from edge.config import parse_config
 from edge.errors import ReleaseError
 from edge.keys import DeviceIdentity
 from edge.mqtt.client import BrokerSettings
-from edge.mqtt.commands import CommandProcessor, sign_command
+from edge.mqtt.commands import sign_command
 from edge.mqtt.consumer import Consumer, DeviceRegistry
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.schemas import validate
 from edge.mqtt.store import EventStore
 from edge.ota import rollout

@@ -17,10 +17,11 @@ from test_flow import H1, H2, POOR, FakeEngine, FakeLiveness, face_frame, make_b
 
 from edge.config import Config
 from edge.enrolment.badges import OverridePolicy, issue_badge, qr_image, reason_text
-from edge.ledger.audit import verify_events
+from edge.ledger.verify import verify_events
 from edge.mqtt.schemas import validate
 from edge.payout.claim import encode_claim
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 from edge.payout.override import Step, SupervisedOverride
 
 ROUND = "2026-12"

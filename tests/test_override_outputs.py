@@ -21,17 +21,20 @@ from test_override import rig as rig  # noqa: F401  (fixtures)
 from test_override import staff as staff  # noqa: F401
 
 from edge.__main__ import main
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.devices.signals import GpioSignals, Indicator
 from edge.errors import CommandRefused
-from edge.ledger.audit import audit_ledger, verify_events
+from edge.ledger.audit import audit_ledger
+from edge.ledger.verify import verify_events
 from edge.mqtt.claims import ClaimsSync
-from edge.mqtt.commands import CommandProcessor, sign_command
+from edge.mqtt.commands import sign_command
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.schemas import validate
 from edge.mqtt.store import EventStore
+from edge.payout.decision import Outcome
 from edge.payout.evidence import EvidenceStore, generate_evidence_key, open_sealed
-from edge.payout.flow import Outcome
 from edge.payout.receipts import ReceiptDesk
 
 STAFF = [

@@ -15,13 +15,15 @@ from support import REF_KEY
 from test_flow import PEOPLE, FakeEngine, FakeLiveness, face_frame
 from test_override import card, feed
 
-from edge.config import Config, PrinterConfig
+from edge.config import Config
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import make_printer
 from edge.enrolment.bundle import BundleSpec, build_bundle
 from edge.enrolment.roster import enrol, read_csv
 from edge.enrolment.store import BundleStore
 from edge.payout.claim import encode_claim
-from edge.payout.flow import Outcome, PayoutFlow
+from edge.payout.decision import Outcome
+from edge.payout.flow import PayoutFlow
 from edge.payout.receipts import ReceiptDesk
 
 ROUND = "2026-12"

@@ -10,7 +10,7 @@ import pytest
 import serial
 from escpos_decode import decode
 
-from edge.config import PrinterConfig
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import (
     FileTransport,
     Printer,

@@ -14,7 +14,7 @@ import pytest
 from escpos_decode import decode
 from test_printer import FakeSerialPrinter
 
-from edge.config import PrinterConfig
+from edge.config.devices import PrinterConfig
 from edge.devices.printer import PrinterStatus, UsbTransport, make_printer
 from edge.devices.receipt import example_receipt
 

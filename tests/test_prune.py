@@ -15,8 +15,9 @@ from support import REF_KEY, ROUND, T0, pay, unavailable
 
 from edge.__main__ import main
 from edge.errors import AlreadyPaid
-from edge.ledger.audit import audit_ledger, read_events, verify_events
+from edge.ledger.audit import audit_ledger, read_events
 from edge.ledger.prune import STUB_FIELDS, prune_crops, prune_ledger
+from edge.ledger.verify import verify_events
 from edge.privacy import household_ref
 
 DAY = 86400.0

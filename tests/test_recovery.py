@@ -18,9 +18,9 @@ from support import FakeClock, wait_for
 from edge.events import canonical, iso_utc
 from edge.keys import public_pem
 from edge.mqtt.client import BrokerSettings
-from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.consumer import Consumer, DeviceRegistry
 from edge.mqtt.heads import HeadBook
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.recovery import Recovery, RecoveryPolicy, record_answer
 from edge.mqtt.store import EventStore
 

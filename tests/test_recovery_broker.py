@@ -20,8 +20,8 @@ from support import pay
 
 from edge.config import parse_config
 from edge.keys import public_pem
-from edge.mqtt.commands import CommandProcessor
 from edge.mqtt.consumer import Consumer, DeviceRegistry
+from edge.mqtt.processor import CommandProcessor
 from edge.mqtt.recovery import RecoveryPolicy
 from edge.mqtt.reporter import Reporter
 from edge.mqtt.store import EventStore

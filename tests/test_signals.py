@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge.config import SignalsConfig
+from edge.config.devices import SignalsConfig
 from edge.devices.signals import (
     HISTORY,
     OUTCOME_HOLD_S,

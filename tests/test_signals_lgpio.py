@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import require_module, unavailable
 
-from edge.config import SignalsConfig
+from edge.config.devices import SignalsConfig
 from edge.devices.signals import FaultedSignals, lgpio_workdir, make_signals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ PROBE = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {repo!r})
-    from edge.config import SignalsConfig
+    from edge.config.devices import SignalsConfig
     from edge.devices.signals import make_signals
     s = make_signals(SignalsConfig(kind="gpiozero"))
     print("lgpio" in sys.modules, type(s).__name__, getattr(s, "fault", ""))

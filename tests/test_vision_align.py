@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import QualityConfig
+from edge.config.vision import QualityConfig
 from edge.evaluation import load_image
 from edge.vision.align import (
     ARCFACE_TEMPLATE,

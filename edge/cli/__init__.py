@@ -4,7 +4,8 @@
 COMMAND_MODULES = (
     "edge.cli.face",  # enroll, verify, identify, eval, calibrate
     "edge.cli.run",  # run
-    "edge.cli.payout",  # bundle, keys, central-keygen, audit, claim-qr
+    "edge.cli.payout",  # bundle, keys, central-keygen, claim-qr
+    "edge.cli.audit",  # audit
     "edge.cli.devices",  # receipt, camera-test, printer-test, signals-test
     "edge.cli.mqtt",  # consume, command
     "edge.cli.registry",  # registry build, revoke, show, acl, install, publish

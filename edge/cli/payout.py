@@ -1,4 +1,4 @@
-"""Sub-commands for bundles, device keys, the ledger audit and invitation QR codes."""
+"""Sub-commands for bundles, device keys and invitation QR codes."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import argparse
 import json
 import logging
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge.config import load_config
-from edge.errors import BundleError, EdgeError, LedgerError
+from edge.errors import BundleError, EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     n = bsub.add_parser("install", help="verify a bundle and install it in the state dir")
     n.add_argument("file", type=Path)
-    n.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(n)
     n.set_defaults(func=cmd_bundle_install)
 
     k = sub.add_parser("keys", help="device identity: make or show the terminal's keys")
@@ -75,27 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("central-keygen", help="make a central Ed25519 key pair (pilot only)")
     c.add_argument("out", type=Path, help="private key file; the public key goes to OUT.pub")
     c.set_defaults(func=cmd_central_keygen)
-
-    a = sub.add_parser("audit", help="verify a ledger's hash chain and signatures, or a receipt")
-    a.add_argument("ledger", nargs="?", type=Path, help="ledger.sqlite or an events .jsonl file")
-    a.add_argument("--device-pub", type=Path, help="device card or Ed25519 public PEM")
-    a.add_argument(
-        "--receipt",
-        help="the text of a receipt's QR code: verified against the registry; with a LEDGER "
-        "also a checkpoint the ledger must still hold",
-    )
-    a.add_argument(
-        "--head",
-        help="a signed head checkpoint (JSON, or a file of it, or a health/status message "
-        "holding one): the ledger must reach it unchanged",
-    )
-    a.add_argument(
-        "--registry",
-        type=Path,
-        help="signed device registry (default: state_dir/registry.json when present)",
-    )
-    a.add_argument("--central-pub", type=Path, help="central public key for --registry")
-    a.set_defaults(func=cmd_audit)
 
     q = sub.add_parser("claim-qr", help="render the QR code of an invitation letter")
     q.add_argument("--household", required=True)
@@ -136,6 +114,11 @@ def _parse_when(text: str | None) -> datetime:
         return parse_iso_utc(text)
     except ValueError as exc:
         raise EdgeError(f"not an ISO date/time: {text!r}") from exc
+
+
+def central_pub_option(parser: argparse.ArgumentParser) -> None:
+    """``--central-pub``, the file :func:`central_public_pem` prefers to the config's key."""
+    parser.add_argument("--central-pub", type=Path, help="central public key (default: config)")
 
 
 def central_public_pem(cfg, override: Path | None = None) -> bytes:
@@ -325,87 +308,6 @@ def cmd_central_keygen(args) -> int:
     generate_central_key(args.out)
     print(f"central key: {args.out} (keep it secret); public key: {args.out}.pub")
     return 0
-
-
-def _audit_registry(args):
-    """The verified device registry: ``--registry``, else the state dir's when one is there."""
-    from edge.registry import FILE_NAME, open_registry
-
-    cfg = load_config(args.config)
-    path = args.registry
-    if path is None:
-        path = cfg.state_path / FILE_NAME
-        if not path.is_file():
-            return None
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise EdgeError(f"{path}: cannot read: {exc.strerror}") from exc
-    return open_registry(blob, central_public_pem(cfg, args.central_pub))
-
-
-def _read_head(text: str) -> dict:
-    """A head checkpoint from JSON text or a file; a health or status message gives its own."""
-    candidate = Path(text)
-    try:
-        if not text.lstrip().startswith("{") and candidate.is_file():
-            text = candidate.read_text("utf-8")
-        doc = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise EdgeError(f"--head: not a JSON head checkpoint or a file of one: {exc}") from exc
-    if isinstance(doc, dict) and isinstance(doc.get("head"), dict):
-        doc = doc["head"]
-    if not isinstance(doc, dict):
-        raise EdgeError("--head: not a JSON object")
-    return doc
-
-
-def cmd_audit(args) -> int:
-    from edge.keys import load_device_public
-    from edge.ledger.audit import (
-        audit_ledger,
-        check_receipt,
-        head_problems,
-        ledger_device_id,
-        read_event_stream,
-        verify_events,
-    )
-
-    device = load_device_public(args.device_pub) if args.device_pub else None
-    pem = device.sign_public_pem if device else None
-    registry = _audit_registry(args) if args.receipt is not None or args.registry else None
-    receipt = None
-    if args.receipt is not None:
-        try:
-            receipt = check_receipt(args.receipt, registry=registry, device=device)
-        except LedgerError as exc:
-            print(f"receipt INVALID: {exc}")
-            return 1
-        print(f"receipt valid: signed by {receipt['device_id']} with its registered key")
-        for k, v in receipt.items():
-            print(f"  {k}: {v}")
-        if args.ledger is None:
-            return 0
-    if args.ledger is None:
-        raise EdgeError("give a LEDGER file or --receipt TEXT")
-    head = _read_head(args.head) if args.head else None
-    t0 = time.monotonic()
-    if args.ledger.suffix in (".jsonl", ".json"):
-        if pem is None:
-            raise EdgeError("an event stream needs --device-pub")
-        events = read_event_stream(args.ledger)
-        report = verify_events(events, pem, from_genesis=False)
-        if head is not None:
-            device_id = str(events[0].get("device_id")) if events else ""
-            head_problems(head, device_id, pem, events, report)
-    else:
-        if pem is None and registry is not None:
-            entry = registry.lookup(ledger_device_id(args.ledger))
-            pem = entry.public_pem if entry is not None else None
-        report = audit_ledger(args.ledger, pem, head=head, receipt=receipt)
-    print(report.summary())
-    log.debug("audit took %.2f s", time.monotonic() - t0)
-    return 0 if report.ok else 1
 
 
 def cmd_claim_qr(args) -> int:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``edge registry`` and its actions to the ``edge`` parser."""
+    from edge.cli.payout import central_pub_option
+
     p = sub.add_parser("registry", help="the device registry signed by central (keys, regencies)")
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
@@ -50,12 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = rsub.add_parser("show", help="verify a registry and list its devices")
     s.add_argument("registry", type=Path)
-    s.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(s)
     s.set_defaults(func=cmd_show)
 
     a = rsub.add_parser("acl", help="central: the Mosquitto acl_file for the registry")
     a.add_argument("registry", type=Path)
-    a.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(a)
     a.add_argument("--prefix", default="bansos/v1", help="topic prefix")
     a.add_argument("--central-user", default="central", help="central's MQTT user (its CN)")
     a.add_argument("--out", type=Path, help="write here (default: print)")
@@ -63,12 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = rsub.add_parser("install", help="terminal: verify a registry and install it")
     i.add_argument("registry", type=Path)
-    i.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(i)
     i.set_defaults(func=cmd_install)
 
     u = rsub.add_parser("publish", help="central: publish the registry, retained, to all")
     u.add_argument("registry", type=Path)
-    u.add_argument("--central-pub", type=Path, help="central public key (default: config)")
+    central_pub_option(u)
     from edge.cli.mqtt import _broker_args
 
     _broker_args(u)

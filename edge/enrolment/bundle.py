@@ -13,41 +13,32 @@ and is itself wrapped with a key derived (HKDF-SHA256) from X25519 between a one
 key and the device's bundle key. The same content key encrypts the round's household
 reference key (``ref_key``, shared by the terminals of one regency and round; see
 :func:`edge.privacy.household_ref`). Templates and key are decrypted only in memory. Format
-details are in docs/ledger.md.
+details are in docs/ledger.md; the template encryption is :mod:`edge.enrolment.bundle_crypto`.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.enrolment.badges import OverridePolicy, parse_policy
-from edge.enrolment.bundle_body import DIM, ROLES, check_body, check_limits  # noqa: F401
+from edge.enrolment.bundle_body import DIM, check_body, check_limits
+from edge.enrolment.bundle_crypto import REF_KEY_BYTES, decrypt_templates, encrypt_templates
 from edge.errors import BundleError, KeyFileError
-from edge.events import canonical, iso_utc, parse_iso_utc, strict_json, unb64
+from edge.events import b64, canonical, iso_utc, parse_iso_utc, strict_json, unb64
 from edge.keys import DeviceIdentity, fingerprint, load_central_public_key, verify_ed25519
 from edge.privacy import household_ref
 
 log = logging.getLogger(__name__)
 
 FORMAT = "bansos.bundle/1"
-WRAP_ALG = "X25519-HKDF-SHA256-A256GCM"
-REF_KEY_BYTES = 32
-_WRAP_INFO = b"bansos.bundle/1 content-key wrap"
-_REF_AAD = b"|ref_key"  # the key and the templates share a content key, never a nonce or aad
 
 
 @dataclass(frozen=True)
@@ -121,20 +112,6 @@ class Bundle:
         }
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-def _unb64(s: str) -> bytes:
-    return unb64(s)  # strict: junk characters or wrong padding raise binascii.Error
-
-
-def _wrap_key(epk_raw: bytes, device_raw: bytes, shared: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=epk_raw + device_raw, info=_WRAP_INFO
-    ).derive(shared)
-
-
 @dataclass(frozen=True)
 class BundleSpec:
     """What a bundle is for: one terminal, one distribution point, one round, one model.
@@ -196,7 +173,7 @@ def build_bundle(
         "model": {"id": spec.model_id, "sha256": spec.model_sha256},
         "device": {"id": spec.device_id, "bundle_key": fingerprint(device_bundle_public)},
         "households": [_household_body(h) for h in households],
-        "templates": _encrypt_templates(
+        "templates": encrypt_templates(
             labels, matrix, bundle_id, device_bundle_public, spec.ref_key
         ),
     }
@@ -208,8 +185,8 @@ def build_bundle(
     body_bytes = canonical(body)
     envelope = {
         "format": FORMAT,
-        "body": _b64(body_bytes),
-        "sig": _b64(central_key.sign(body_bytes)),
+        "body": b64(body_bytes),
+        "sig": b64(central_key.sign(body_bytes)),
     }
     return json.dumps(envelope, indent=1).encode() + b"\n"
 
@@ -240,52 +217,14 @@ def _household_body(h: Household) -> dict:
     }
 
 
-def _encrypt_templates(
-    labels: list[str],
-    matrix: np.ndarray,
-    bundle_id: str,
-    device_bundle_public: bytes,
-    ref_key: bytes,
-) -> dict:
-    """The ``templates`` block: the matrix and the ref key under a fresh content key wrapped
-    for one device."""
-    aad = bundle_id.encode()
-    content_key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(12)
-    ciphertext = AESGCM(content_key).encrypt(nonce, matrix.tobytes(), aad)
-    ref_nonce = os.urandom(12)
-    ref_ciphertext = AESGCM(content_key).encrypt(ref_nonce, ref_key, aad + _REF_AAD)
-    eph = x25519.X25519PrivateKey.generate()
-    epk_raw = eph.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(device_bundle_public))
-    kek = _wrap_key(epk_raw, device_bundle_public, shared)
-    wrap_nonce = os.urandom(12)
-    return {
-        "labels": list(labels),
-        "dim": DIM,
-        "dtype": "float32-le",
-        "wrap": {
-            "alg": WRAP_ALG,
-            "epk": _b64(epk_raw),
-            "nonce": _b64(wrap_nonce),
-            "key": _b64(AESGCM(kek).encrypt(wrap_nonce, content_key, aad)),
-        },
-        "nonce": _b64(nonce),
-        "ciphertext": _b64(ciphertext),
-        "ref_key": {"nonce": _b64(ref_nonce), "ciphertext": _b64(ref_ciphertext)},
-    }
-
-
 def open_envelope(blob: bytes) -> tuple[bytes, bytes | None]:
     """Split a bundle file into body bytes and signature (None when unsigned); no checks."""
     try:
         env = json.loads(blob)
         if env.get("format") != FORMAT:
             raise BundleError(f"not a {FORMAT} bundle (format {str(env.get('format'))[:32]!r})")
-        body = _unb64(env["body"])
-        sig = _unb64(env["sig"]) if env.get("sig") else None
+        body = unb64(env["body"])
+        sig = unb64(env["sig"]) if env.get("sig") else None
     except BundleError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
@@ -382,7 +321,7 @@ def _open_body(
         policy = parse_policy(b.get("override_policy"))
     except (ValueError, TypeError, binascii.Error) as exc:
         raise BundleError(f"signed bundle body is malformed: {exc}") from exc
-    labels, matrix, ref_key = _decrypt_templates(b, identity)
+    labels, matrix, ref_key = decrypt_templates(b, identity)
     return Bundle(
         bundle_id=b["bundle_id"],
         round_id=b["round_id"],
@@ -412,38 +351,3 @@ def _households(body: dict) -> dict[str, Household]:
             h["household_id"], h["masked_name"], h["regency"], h["amount"], members
         )
     return households
-
-
-def _decrypt_templates(body: dict, identity: DeviceIdentity) -> tuple[list[str], np.ndarray, bytes]:
-    try:
-        tpl = body["templates"]
-        wrap = tpl["wrap"]
-        if wrap["alg"] != WRAP_ALG or tpl["dim"] != DIM:
-            raise BundleError(f"unsupported template encryption {wrap['alg']!r}")
-        aad = body["bundle_id"].encode()
-        epk = _unb64(wrap["epk"])
-        shared = identity.bundle_exchange(epk)
-        kek = _wrap_key(epk, identity.bundle_public_bytes(), shared)
-        content_key = AESGCM(kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["key"]), aad)
-        plain = AESGCM(content_key).decrypt(_unb64(tpl["nonce"]), _unb64(tpl["ciphertext"]), aad)
-        labels = [str(x) for x in tpl["labels"]]
-        ref = tpl.get("ref_key")
-        if not isinstance(ref, dict):
-            # Events would carry no household reference: claims sync and central could not
-            # match this terminal's payouts.
-            raise BundleError("bundle has no household reference key: rebuild it")
-        ref_key = AESGCM(content_key).decrypt(
-            _unb64(ref["nonce"]), _unb64(ref["ciphertext"]), aad + _REF_AAD
-        )
-    except InvalidTag as exc:
-        raise BundleError("templates do not decrypt with this device's key") from exc
-    except BundleError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:  # binascii.Error is a ValueError
-        raise BundleError("template block is malformed") from exc
-    matrix = np.frombuffer(plain, dtype="<f4").astype(np.float32)
-    if matrix.size != len(labels) * DIM:
-        raise BundleError("template count does not match its labels")
-    if len(ref_key) != REF_KEY_BYTES:
-        raise BundleError(f"household reference key is not {REF_KEY_BYTES} bytes")
-    return labels, matrix.reshape(len(labels), DIM), ref_key

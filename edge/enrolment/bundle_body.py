@@ -22,7 +22,7 @@ DIM = 128
 ROLES = ("recipient", "representative")
 MAX_HOUSEHOLDS = 100_000
 MAX_MEMBERS = 32
-# Config keys whose remote range a bundle may sign (see edge.mqtt.commands). Each is a score
+# Config keys whose remote range a bundle may sign (see edge.mqtt.remote_config). Each is a score
 # in (0, 1]; moving it the wrong way weakens verification, so central states the range.
 LIMIT_KEYS = ("vision.match_threshold", "vision.duplicate_threshold", "liveness.threshold")
 

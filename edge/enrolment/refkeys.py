@@ -15,7 +15,8 @@ import os
 import re
 from pathlib import Path
 
-from edge.enrolment.bundle import REF_KEY_BYTES, BundleSpec, Household
+from edge.enrolment.bundle import BundleSpec, Household
+from edge.enrolment.bundle_crypto import REF_KEY_BYTES
 from edge.errors import BundleError
 from edge.events import iso_utc
 from edge.fsutil import write_atomic

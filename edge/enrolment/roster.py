@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.enrolment.bundle import DIM, ROLES, Household, Member
+from edge.enrolment.bundle import Household, Member
+from edge.enrolment.bundle_body import DIM, ROLES
 from edge.errors import ClaimError, EnrolmentError
 from edge.payout.claim import validate_household_id
 from edge.privacy import mask_id, mask_name

@@ -65,7 +65,7 @@ class OverrideTally:
             self.errors.append(f"{where}: override of another household's refusal")
 
     def finish(self, report: Any) -> None:
-        """Write counts, errors and flags into ``report`` (an edge.ledger.audit.AuditReport)."""
+        """Write counts, errors and flags into ``report`` (an edge.ledger.verify.AuditReport)."""
         report.overrides = dict(self.overrides)
         report.override_staff = dict(self.staff)
         report.override_refused = self.refused

@@ -22,13 +22,11 @@ green and the receipt prints only for a payout that survives a power cut.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +47,22 @@ from edge.events import (
 from edge.keys import DeviceIdentity
 from edge.ledger.changes import ConfigEvents
 from edge.ledger.history import ClaimHistory
+from edge.ledger.outbox import Outbox
 from edge.ledger.receipts import ReceiptRows
 from edge.ledger.remote import RemotePayouts
 from edge.ledger.schema import (
     SCHEMA_SQL,
-    OutboxItem,
     connect,
     init_meta,
     num,
 )
+from edge.ledger.stream import EventStream
 from edge.privacy import mask_id
 
 log = logging.getLogger(__name__)
 
 
-class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
+class Ledger(EventStream, Outbox, ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
     """Durable, tamper-evident record of every decision on this terminal. Thread-safe."""
 
     def __init__(
@@ -321,53 +320,6 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         with self._lock:
             return self._find_paid(household_id, round_id, household_ref)
 
-    def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        """Unsent events, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT o.seq, o.event_id, e.body FROM outbox o JOIN events e ON e.seq = o.seq "
-                "WHERE o.sent_at IS NULL ORDER BY o.seq LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [OutboxItem(seq, eid, body.encode()) for seq, eid, body in rows]
-
-    def mark_sent(self, event_id: str) -> None:
-        """The broker acknowledged this event (idempotent)."""
-        with self._lock:
-            self._conn.execute(
-                "UPDATE outbox SET sent_at = ? WHERE event_id = ? AND sent_at IS NULL",
-                (iso_utc(self._clock()), event_id),
-            )
-
-    def outbox_depth(self) -> int:
-        """How many events wait for the broker."""
-        with self._lock:
-            return self._conn.execute(
-                "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
-            ).fetchone()[0]
-
-    def events(self) -> Iterator[dict]:
-        """Every event in sequence order (read in pages so writers are not blocked)."""
-        last = 0
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT 500", (last,)
-                ).fetchall()
-            if not rows:
-                return
-            for seq, body in rows:
-                last = seq
-                yield _load(body)
-
-    def event(self, event_id: str) -> dict | None:
-        """The event with this id, or None if this ledger has none."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT body FROM events WHERE event_id = ?", (event_id,)
-            ).fetchone()
-        return _load(row[0]) if row else None
-
     def signed_head(self) -> dict:
         """A head checkpoint ``{"seq", "hash", "ts", "sig"}`` of the chain as it is now.
 
@@ -377,22 +329,6 @@ class Ledger(ReceiptRows, RemotePayouts, ConfigEvents, ClaimHistory):
         with self._lock:
             seq, digest = self._head()
         return sign_head(self.device_id, seq, digest, iso_utc(self._clock()), self._identity.sign)
-
-    def events_with(self, outcome: str, round_id: str | None = None) -> list[dict]:
-        """The events of one outcome (optionally one round), in sequence order."""
-        sql, params = "SELECT body FROM events WHERE outcome = ?", [outcome]
-        if round_id is not None:
-            sql, params = sql + " AND round_id = ?", [*params, round_id]
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
-        return [_load(r[0]) for r in rows]
-
-    def payout_count(self, round_id: str) -> int:
-        """Payouts this terminal made in ``round_id`` (accepted and supervised overrides)."""
-        with self._lock:
-            return self._conn.execute(
-                "SELECT COUNT(*) FROM payouts WHERE round_id = ?", (round_id,)
-            ).fetchone()[0]
 
     def stats(self) -> dict:
         """Counts for health reports: events, payouts, outbox depth, receipts not yet printed
@@ -443,10 +379,6 @@ def _check_decision(
         # Without its reference, claims sync and central could not match the payout.
         raise ValueError("a payout needs household_id, household_ref, round_id and amount")
     return accepted
-
-
-def _load(body: str) -> dict:
-    return json.loads(body)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

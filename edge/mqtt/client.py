@@ -29,7 +29,7 @@ class BrokerSettings:
 
     @classmethod
     def from_config(cls, mqtt_cfg) -> BrokerSettings:
-        """Settings from ``cfg.mqtt`` (an ``edge.config.MqttConfig``)."""
+        """Settings from ``cfg.mqtt`` (an ``edge.config.central.MqttConfig``)."""
         return cls(
             host=mqtt_cfg.host,
             port=mqtt_cfg.port,

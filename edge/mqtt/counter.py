@@ -1,7 +1,7 @@
 """Central's command counters: every command for a device gets a larger counter than the last.
 
 The terminal refuses a command whose counter is not above the highest it applied
-(:class:`edge.mqtt.commands.CommandProcessor`), so replay protection needs no clock on the
+(:class:`edge.mqtt.processor.CommandProcessor`), so replay protection needs no clock on the
 terminal, only this sequence at central.
 """
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge.mqtt.store import EventStore, _lock_key
+from edge.mqtt.store import EventStore
+from edge.mqtt.store_schema import lock_key
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Leadership:
         # Session-level, not per transaction: the lock lives exactly as long as this
         # connection, so a crashed leader frees it for the next consumer at once.
         row = self._conn.execute(
-            "SELECT pg_try_advisory_lock(%s::bigint)", (_lock_key(f"lead:{self._name}"),)
+            "SELECT pg_try_advisory_lock(%s::bigint)", (lock_key(f"lead:{self._name}"),)
         ).fetchone()
         return bool(row and row[0])
 
@@ -70,7 +71,7 @@ class Leadership:
         if self.leader and self._conn is not None:
             try:  # at once: a closed connection frees the lock only when its backend exits
                 self._conn.execute(
-                    "SELECT pg_advisory_unlock(%s::bigint)", (_lock_key(f"lead:{self._name}"),)
+                    "SELECT pg_advisory_unlock(%s::bigint)", (lock_key(f"lead:{self._name}"),)
                 )
             except Exception as exc:
                 log.warning("could not release the recovery lock: %s", exc)

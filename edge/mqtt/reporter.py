@@ -14,16 +14,15 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge import __version__
 from edge.errors import PayloadError
 from edge.events import canonical, iso_utc
 from edge.mqtt.claims import ClaimsSync
 from edge.mqtt.client import BrokerSettings, connect_async, make_client
+from edge.mqtt.reports import health_report, status_message
 from edge.mqtt.schemas import validate
 from edge.mqtt.topics import Topics, result_topic, split
 from edge.registry import FILE_NAME as REGISTRY_FILE
@@ -31,17 +30,8 @@ from edge.registry import RegistryStore, registry_topic
 
 log = logging.getLogger(__name__)
 
-THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 REJECTED_RETRY_S = 30.0
-
-
-def read_temperature(path: Path = THERMAL_ZONE) -> float | None:
-    """SoC temperature in degrees Celsius, or None where it cannot be read."""
-    try:
-        return round(int(path.read_text().strip()) / 1000.0, 1)
-    except (OSError, ValueError):
-        return None
 
 
 class Reporter:
@@ -133,7 +123,7 @@ class Reporter:
         commands = registry = None
         pem = load_central_public_pem(cfg.bundle.central_public_key)
         if pem is not None:
-            from edge.mqtt.commands import CommandProcessor
+            from edge.mqtt.processor import CommandProcessor
 
             commands = CommandProcessor(
                 pem, cfg.device.id, cfg.state_path, dict(actions or {}), clock_guard=clock_guard
@@ -356,22 +346,13 @@ class Reporter:
         self._client.publish(result_topic(topic), canonical(result), qos=1)
 
     def _send_health(self, extra: dict) -> None:
-        report = {
-            "schema": "bansos.health/1",
-            "device_id": self._cfg.device.id,
-            "regency": self._cfg.device.regency,
-            "ts": iso_utc(self._clock()),
-            "boot_session": getattr(self._ledger, "boot_session", None),
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "outbox_depth": int(self._ledger.outbox_depth()),
-            "last_seq": self._last_seq(),
-            "model_id": None,
-            "bundle_id": None,
-            "temperature_c": read_temperature(),
-            "faults": [],
-            "head": self._head(),
-            "registry_version": self._claims.registry_version(),
-        }
+        report = health_report(
+            self._cfg,
+            self._ledger,
+            ts=iso_utc(self._clock()),
+            uptime_s=time.monotonic() - self._started,
+            registry_version=self._claims.registry_version(),
+        )
         if self._health_source is not None:
             report.update(self._health_source())
         report.update(extra)
@@ -384,29 +365,6 @@ class Reporter:
         if self._connected:
             self._client.publish(self.topics.health, canonical(report), qos=0)
 
-    def _head(self) -> dict | None:
-        # The signed head checkpoint (edge.events.sign_head) that proves a later cut or fork.
-        signed_head = getattr(self._ledger, "signed_head", None)
-        return signed_head() if signed_head else None
-
-    def _last_seq(self) -> int | None:
-        stats = getattr(self._ledger, "stats", None)
-        return int(stats()["events"]) if stats else None
-
     def _status(self, state: str, reason: str | None = None, head: bool = True) -> bytes:
-        body = {
-            "schema": "bansos.status/1",
-            "device_id": self._cfg.device.id,
-            "state": state,
-            "ts": iso_utc(self._clock()),
-        }
-        boot = getattr(self._ledger, "boot_session", None)
-        if boot:
-            body["boot_session"] = boot
-        checkpoint = self._head() if head else None
-        if checkpoint is not None:
-            body["head"] = checkpoint
-        body["version"] = __version__  # the running release, retained for central
-        if reason:
-            body["reason"] = reason
-        return canonical(body)
+        ts = iso_utc(self._clock())
+        return status_message(self._cfg, self._ledger, state, ts, reason, head)

@@ -14,7 +14,6 @@ household and round, so the chain and double-payout checks see every committed e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
@@ -24,68 +23,9 @@ from pathlib import Path
 
 from edge.events import PAYOUT_OUTCOMES, canonical, is_payout
 from edge.mqtt.heads import HEAD_TABLES, lag_rows
+from edge.mqtt.store_schema import DDL_LOCK, TABLES, lock_key, pg_value
 
 log = logging.getLogger(__name__)
-
-_TABLES = (
-    """CREATE TABLE IF NOT EXISTS events (
-        event_id TEXT PRIMARY KEY,
-        device_id TEXT NOT NULL,
-        regency TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        ts TEXT NOT NULL,
-        outcome TEXT,
-        household_ref TEXT,
-        round_id TEXT,
-        amount BIGINT,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        body TEXT NOT NULL,
-        received_at DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_device_seq ON events (device_id, seq)",
-    "CREATE INDEX IF NOT EXISTS events_claim ON events (household_ref, round_id)",
-    """CREATE TABLE IF NOT EXISTS anomalies (
-        kind TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        device_id TEXT,
-        detail TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (kind, event_id))""",
-    # The newest health report per terminal: running version and the update in hand, so
-    # central can watch a rollout (`edge consume --summary`, `edge release rollout`).
-    """CREATE TABLE IF NOT EXISTS fleet (
-        device_id TEXT PRIMARY KEY,
-        regency TEXT NOT NULL,
-        version TEXT,
-        update_version TEXT,
-        update_state TEXT,
-        update_error TEXT,
-        ts TEXT NOT NULL,
-        received_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS rejected (
-        topic TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        body TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL)""",
-)
-
-
-# Any fixed number: serialises the CREATE TABLEs of consumers that start at the same moment.
-_DDL_LOCK = 0x62616E736F73
-
-
-def _lock_key(name: str) -> int:
-    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (Python's hash() is salted)."""
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
-    )
-
-
-def _pg_value(value):
-    # PostgreSQL's text type cannot hold NUL, which SQLite takes; schema-valid events (free-form
-    # household ids) and junk in the rejected table may carry one. Refusing it would leave the
-    # message unacknowledged for ever, so it is stored as U+FFFD like other undecodable input.
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 class EventStore:
@@ -126,14 +66,14 @@ class EventStore:
     def _create_tables(self) -> None:
         if self._pg:
             # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
-            self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_DDL_LOCK,))
-        for sql in _TABLES + HEAD_TABLES:
+            self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (DDL_LOCK,))
+        for sql in TABLES + HEAD_TABLES:
             self._sql(sql)
 
     def _sql(self, sql: str, params: tuple = ()):
         if self._pg:
             sql = sql.replace("?", "%s")
-            params = tuple(_pg_value(v) for v in params)
+            params = tuple(pg_value(v) for v in params)
         return self._conn.execute(sql, params)
 
     def _run(self, fn, *args):
@@ -184,11 +124,11 @@ class EventStore:
             # so the same household paid at two terminals would go unflagged. The locks make
             # the checks below see it; always device first, so two adds cannot deadlock.
             self._sql(
-                "SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{event['device_id']}"),)
+                "SELECT pg_advisory_xact_lock(?::bigint)", (lock_key(f"d:{event['device_id']}"),)
             )
             if accepted:
                 claim = f"c:{event.get('household_ref')}\x1f{event.get('round_id')}"
-                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(claim),))
+                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (lock_key(claim),))
         new = self._insert(event, now)
         if new:
             self._check_chain(event, now)
@@ -292,7 +232,7 @@ class EventStore:
 
         def body():
             if self._pg and device is not None:
-                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (_lock_key(f"d:{device}"),))
+                self._sql("SELECT pg_advisory_xact_lock(?::bigint)", (lock_key(f"d:{device}"),))
             return fn(self._sql, *args)
 
         return self._run(self._transaction, body)
@@ -321,7 +261,7 @@ class EventStore:
         return [r[0] for r in self._rows("SELECT event_id FROM events ORDER BY received_at")]
 
     def events(self, device_id: str) -> list[dict]:
-        """One device's stored events in seq order (for ``edge.ledger.audit.verify_events``)."""
+        """One device's stored events in seq order (for ``edge.ledger.verify.verify_events``)."""
         rows = self._rows("SELECT body FROM events WHERE device_id = ? ORDER BY seq", (device_id,))
         return [json.loads(r[0]) for r in rows]
 

@@ -21,7 +21,9 @@ import numpy as np
 from edge.config import Config
 from edge.errors import AlreadyPaid, ClaimError
 from edge.payout.attempts import AttemptLimit
+from edge.payout.bundle_view import ActiveBundle, BundleView
 from edge.payout.claim import decode_claim
+from edge.payout.decision import Decision, Outcome
 from edge.ports import (
     Bundle,
     BundleProvider,
@@ -32,47 +34,9 @@ from edge.ports import (
     Liveness,
 )
 from edge.privacy import mask_id
-from edge.vision.matcher import Gallery
 from edge.vision.qr import QrReader
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(enum.StrEnum):
-    """Every decision the terminal can take; refusals are recorded like payouts.
-
-    Named members for :data:`edge.events.OUTCOMES`, which owns the list (the ledger refuses
-    any other word); tests/test_events.py checks that both, the event schema and the slip
-    wording agree. Written out rather than built from the tuple so type checkers see members.
-    """
-
-    ACCEPTED = "accepted"
-    NO_FACE = "no_face"
-    POOR_QUALITY = "poor_quality"
-    NO_MATCH = "no_match"
-    SPOOF = "spoof"
-    NOT_ENTITLED = "not_entitled"
-    WRONG_ROUND = "wrong_round"
-    ALREADY_PAID = "already_paid"
-    DUPLICATE_FACE = "duplicate_face"
-    BAD_QR = "bad_qr"
-    TOO_MANY_ATTEMPTS = "too_many_attempts"
-    ACCEPTED_OVERRIDE = "accepted_override"
-    OVERRIDE_REFUSED = "override_refused"
-
-
-@dataclass
-class Decision:
-    """What was decided and the ledger event that records it."""
-
-    outcome: Outcome
-    reason: str
-    event: dict[str, Any]
-    household_id: str | None = None
-    round_id: str | None = None
-    amount: int | None = None
-    score: float | None = None
-    liveness: float | None = None
 
 
 class OverrideHook(Protocol):
@@ -89,39 +53,6 @@ class OverrideHook(Protocol):
 class State(enum.StrEnum):
     IDLE = "idle"
     CAPTURE = "capture"
-
-
-@dataclass(frozen=True)
-class ActiveBundle:
-    """A bundle and the gallery built from it, taken together so that they always agree."""
-
-    bundle: Bundle | None
-    gallery: Gallery
-
-    @property
-    def bundle_id(self) -> str | None:
-        return self.bundle.bundle_id if self.bundle is not None else None
-
-
-class BundleView:
-    """The current bundle with its gallery, rebuilt only when the bundle changes."""
-
-    def __init__(self, provider: BundleProvider) -> None:
-        self._provider = provider
-        self.active = ActiveBundle(None, Gallery())
-
-    def refresh(self) -> ActiveBundle:
-        """Ask the provider for the bundle to use now; rebuild the gallery if it changed."""
-        bundle = self._provider()
-        bundle_id = bundle.bundle_id if bundle is not None else None
-        if bundle_id != self.active.bundle_id:
-            if bundle is None:
-                self.active = ActiveBundle(None, Gallery())
-            else:
-                labels, matrix = bundle.templates()
-                self.active = ActiveBundle(bundle, Gallery.from_matrix(labels, matrix))
-                log.info("bundle %s active: %d templates", bundle_id, len(labels))
-        return self.active
 
 
 @dataclass(frozen=True)

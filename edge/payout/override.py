@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -40,12 +40,12 @@ from edge.enrolment.badges import (
 )
 from edge.errors import AlreadyPaid, BadgeError
 from edge.events import parse_iso_utc
-from edge.payout.flow import Decision, Outcome
-from edge.ports import BundleProvider
+from edge.payout.decision import Decision, Outcome
+from edge.ports import BundleProvider, RecordingLedger
 from edge.privacy import mask_id
 
 if TYPE_CHECKING:
-    from edge.config import OverrideConfig
+    from edge.config.payout import OverrideConfig
     from edge.payout.evidence import EvidenceStore
     from edge.ports import Bundle
 
@@ -57,24 +57,8 @@ SHOWN_AGAIN_S = 1.5
 DAY_S = 86400.0
 
 
-class OverrideLedger(Protocol):
+class OverrideLedger(RecordingLedger, Protocol):
     """What the override needs of the ledger: record, and the counts its limits are about."""
-
-    def record(
-        self,
-        outcome: str,
-        *,
-        household_id: str | None = None,
-        round_id: str | None = None,
-        amount: int | None = None,
-        score: float | None = None,
-        threshold: float | None = None,
-        liveness: float | None = None,
-        model_id: str | None = None,
-        bundle_id: str | None = None,
-        override: dict | None = None,
-        household_ref: str | None = None,
-    ) -> dict[str, Any]: ...
 
     def events_with(self, outcome: str, round_id: str | None = None) -> list[dict]: ...
 
