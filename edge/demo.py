@@ -334,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     with_shared = not args.no_shared and (SHARED / "video" / "short_hamilton_clip.mp4").is_file()
     engine = FaceEngine.from_config(Config())
     state, photos = build_pilot(root, engine, with_shared)
-    dashboard = None if args.no_dashboard else start_dashboard(root, state, args.port)
+    dashboard = None
+    if not args.no_dashboard:
+        from edge.central.demo import start_demo_dashboard
+
+        device_pem = DeviceIdentity.load_or_create(state / "keys").device_public_pem()
+        dashboard = start_demo_dashboard(root, Config().device.id, device_pem, args.port)
     photo_script(root / "frames-photo", photos, staff_badges(root))
     decisions = run_part(
         "Part 1: a photo as the face (liveness OFF, since a still photo must fail it)",
@@ -377,25 +382,6 @@ def main(argv: list[str] | None = None) -> int:
         dashboard.stop()
         print("dashboard stopped; `make dashboard` serves it again")
     return 0 if report.ok else 1
-
-
-def start_dashboard(root: Path, state: Path, port: int):
-    """Serve the central dashboard over the demo country and this demo terminal."""
-    from edge.central.demo import DEMO_PASSWORD, DemoDashboard
-
-    dashboard = DemoDashboard(root / "central", port)
-    identity = DeviceIdentity.load_or_create(state / "keys")
-    dashboard.add_terminal(
-        root / "central" / "bundle.json",
-        root / "central" / "central_private.pem.pub",
-        Config().device.id,
-        identity.device_public_pem(),
-    )
-    print(f"\n=== Central dashboard: {dashboard.url} ===")
-    logins = ", ".join(f"{name} ({scope})" for name, scope in dashboard.users.items())
-    print(f"    log in as {logins}; password {DEMO_PASSWORD}")
-    print("    payouts of this demo appear on it live, beside the demo country's terminals")
-    return dashboard
 
 
 if __name__ == "__main__":

@@ -232,3 +232,19 @@ class DemoDashboard:
     def stop(self) -> None:
         self.server.stop()
         self.store.close()
+
+
+def start_demo_dashboard(root: Path, device_id: str, device_public_pem: bytes, port: int):
+    """Serve the dashboard over the demo country and the demo terminal (``make run``)."""
+    dashboard = DemoDashboard(root / "central", port)
+    dashboard.add_terminal(
+        root / "central" / "bundle.json",
+        root / "central" / "central_private.pem.pub",
+        device_id,
+        device_public_pem,
+    )
+    print(f"\n=== Central dashboard: {dashboard.url} ===")
+    logins = ", ".join(f"{name} ({scope})" for name, scope in dashboard.users.items())
+    print(f"    log in as {logins}; password {DEMO_PASSWORD}")
+    print("    payouts of this demo appear on it live, beside the demo country's terminals")
+    return dashboard
